@@ -1,0 +1,189 @@
+"""Configuration: frozen dataclasses with presets `tiny` (tests), `cpu` (demo), `paper` (GPU).
+
+Configs travel to executors as JSON (exec properties / Trainer custom_config), so every field is a
+plain JSON value and `from_dict(to_dict(c)) == c`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional
+
+OBJECTIVES = ("next_action", "sasrec", "all_action", "dense_all_action")
+DAY_S = 86400
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where events come from. source: synthetic | movielens | path (MovieLens-format csv dir)."""
+    source: str = "movielens"
+    path: str = ""  # for source=path: directory with ratings.csv + movies.csv
+    cache_dir: str = ""  # MovieLens download cache; default ~/.cache/pinrank
+    # Synthetic world size (source=synthetic).
+    num_users: int = 2000
+    num_items: int = 5000
+    num_interests: int = 40
+    events_per_user: int = 120
+    content_dim: int = 32
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleGenConfig:
+    """Turning events into per-user anchor examples (see docs/data.md)."""
+    eval_user_percent: int = 20  # stable hash of user_id -> eval split
+    train_window_days: int = 28  # training label window (dense all action K)
+    eval_window_days: int = 14  # evaluation label window
+    max_history: int = 512  # actions kept per example before Transform truncates to M (counted)
+    max_future: int = 64  # training positives kept per anchor (counted)
+    max_eval_future: int = 1000  # evaluation positives kept per anchor (counted)
+    anchors_per_user: int = 4  # training anchors sampled per training user
+    min_history: int = 1
+    drop_invalid_events: bool = False  # False: bad rows fail the run; True: drop and count
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemEmbeddingConfig:
+    """PinSage analogue: co-engagement PPMI factorisation + content features, frozen."""
+    dim: int = 64
+    cf_dim: int = 48  # dims from the co-engagement factorisation, rest from content
+    min_count: int = 1
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PinnerFormerConfig:
+    seq_len: int = 64  # M
+    hidden: int = 64  # H
+    num_layers: int = 2  # L
+    num_heads: int = 4
+    ffn_mult: int = 4
+    dropout: float = 0.1
+    output_dim: int = 64  # D
+    action_emb_dim: int = 8
+    surface_emb_dim: int = 8
+    objective: str = "dense_all_action"
+    label_window_days: int = 28  # K for all_action / dense_all_action
+    num_sampled_positions: int = 16  # dense all action positions per sequence
+    max_labels: int = 32  # all action labels per sequence
+    max_in_batch_negatives: int = 5000
+    num_random_negatives: int = 512
+    logq_correction: bool = True
+    sketch_width: int = 4096
+    sketch_depth: int = 4
+    init_temperature: float = 0.07
+    min_temperature: float = 0.01
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.hidden % self.num_heads:
+            raise ValueError(f"hidden={self.hidden} not divisible by num_heads={self.num_heads}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 64
+    train_steps: int = 1500
+    eval_steps: int = 20
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalEvalConfig:
+    k: int = 10
+    entropy_k: int = 50
+    min_recall: float = 0.01  # absolute gate on Recall@k
+    min_coverage: float = 0.0  # absolute gate on P90 coverage@k
+    max_recall_drop: float = 0.0  # candidate may not fall below baseline - this
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "pinrank"
+    preset: str = "cpu"
+    data: DataConfig = DataConfig()
+    examples: ExampleGenConfig = ExampleGenConfig()
+    items: ItemEmbeddingConfig = ItemEmbeddingConfig()
+    model: PinnerFormerConfig = PinnerFormerConfig()
+    train: TrainConfig = TrainConfig()
+    eval: RetrievalEvalConfig = RetrievalEvalConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineConfig":
+        return _from_dict(cls, d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "PipelineConfig":
+        return cls.from_dict(json.loads(s))
+
+    def replace(self, **sections: Any) -> "PipelineConfig":
+        """`cfg.replace(model={"objective": "next_action"}, train={"seed": 1})`."""
+        updates = {}
+        for key, val in sections.items():
+            cur = getattr(self, key)
+            updates[key] = dataclasses.replace(cur, **val) if isinstance(val, dict) else val
+        return dataclasses.replace(self, **updates)
+
+
+def _from_dict(cls, d):
+    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    for name, val in d.items():
+        sub = _SECTIONS.get(name) if cls is PipelineConfig else None
+        kwargs[name] = _from_dict(sub, val) if sub is not None else val
+    return cls(**kwargs)
+
+
+_SECTIONS = {"data": DataConfig, "examples": ExampleGenConfig, "items": ItemEmbeddingConfig,
+             "model": PinnerFormerConfig, "train": TrainConfig, "eval": RetrievalEvalConfig}
+
+
+def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
+    """Named presets. `tiny`: seconds, for tests. `cpu`: the 2-core demo. `paper`: GPU scale."""
+    if name == "tiny":
+        cfg = PipelineConfig(
+            preset="tiny",
+            data=DataConfig(source="synthetic", num_users=150, num_items=300, num_interests=8,
+                            events_per_user=60, content_dim=8),
+            examples=ExampleGenConfig(anchors_per_user=2, max_history=64, max_future=32),
+            items=ItemEmbeddingConfig(dim=16, cf_dim=8),
+            model=PinnerFormerConfig(seq_len=16, hidden=32, num_layers=1, num_heads=2, output_dim=32,
+                                     num_sampled_positions=4, max_labels=8, num_random_negatives=64,
+                                     sketch_width=512, dropout=0.0),
+            train=TrainConfig(batch_size=32, train_steps=60, eval_steps=2, warmup_steps=10,
+                              learning_rate=3e-3),
+            eval=RetrievalEvalConfig(min_recall=0.0),
+        )
+    elif name == "cpu":
+        cfg = PipelineConfig(preset="cpu")
+    elif name == "paper":
+        cfg = PipelineConfig(
+            preset="paper",
+            examples=ExampleGenConfig(max_history=1024, max_future=128, anchors_per_user=8),
+            items=ItemEmbeddingConfig(dim=256, cf_dim=192),
+            model=PinnerFormerConfig(seq_len=256, hidden=768, num_layers=6, num_heads=8,
+                                     output_dim=256, action_emb_dim=32, surface_emb_dim=32,
+                                     num_sampled_positions=32, num_random_negatives=8192,
+                                     sketch_width=1 << 20),
+            train=TrainConfig(batch_size=128, train_steps=20000, warmup_steps=2000,
+                              learning_rate=5e-4),
+        )
+    else:
+        raise ValueError(f"unknown preset {name!r}; choose tiny, cpu or paper")
+    if source is not None:
+        cfg = cfg.replace(data={"source": source})
+    return cfg

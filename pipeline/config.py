@@ -187,3 +187,21 @@ def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
     if source is not None:
         cfg = cfg.replace(data={"source": source})
     return cfg
+
+
+def apply_overrides(cfg: PipelineConfig, overrides) -> PipelineConfig:
+    """`["model.objective=next_action", "train.seed=1"]` -> new config (values parsed by type)."""
+    for item in overrides or ():
+        key, sep, raw = item.partition("=")
+        section, _, field = key.partition(".")
+        if not sep or not field or section not in _SECTIONS:
+            raise ValueError(f"bad override {item!r}: expected section.field=value with section "
+                             f"in {sorted(_SECTIONS)}")
+        types = {f.name: f.type for f in dataclasses.fields(_SECTIONS[section])}
+        if field not in types:
+            raise ValueError(f"unknown field {field!r} in {section}; known: {sorted(types)}")
+        kind = types[field] if isinstance(types[field], str) else types[field].__name__
+        value: Any = {"int": int, "float": float, "str": str,
+                      "bool": lambda s: s.lower() in ("1", "true", "yes")}[kind](raw)
+        cfg = cfg.replace(**{section: {field: value}})
+    return cfg

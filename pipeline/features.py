@@ -24,6 +24,11 @@ SURFACES = ("homefeed", "related", "search", "profile", "other")
 # PinnerFormer labels: repin, closeup >= 10 s, click >= 10 s (papers.md §1.1).
 POSITIVE_MIN_DURATION_S = 10.0
 ITEM_COLUMNS = ("item_id", "embedding", "interests")
+# Ranking impressions (optional dataset part): one row per candidate of a request, with one
+# int8 label per action head.
+IMPRESSION_LABELS = ACTIONS
+IMPRESSION_COLUMNS = ("request_id", "user_id", "item_id", "timestamp", "surface",
+                      "position") + IMPRESSION_LABELS
 
 # Raw example features.
 USER_ID = "user_id"

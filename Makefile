@@ -1,0 +1,32 @@
+# Two entry points (README): `make demo` runs the whole pipeline on MovieLens-100K,
+# `make test` runs the test suite. Both create/update the locked environment first.
+PY310 := $(shell pyenv prefix 3.10.13 2>/dev/null || echo $(HOME)/.pyenv/versions/3.10.13)/bin/python3.10
+VENV := .venv
+UV_VERSION := 0.13.9
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: env demo test test-fast e2e bench clean
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	$(PY310) -m uv --version >/dev/null 2>&1 || $(PY310) -m pip install -q "uv==$(UV_VERSION)"
+	$(PY310) -m uv sync --frozen --extra dev --python $(PY310)
+	touch $@
+
+env: $(VENV)/.synced
+
+demo: env
+	$(VENV)/bin/pinrank run --preset cpu --source movielens $(ARGS)
+
+test: env
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+test-fast: env
+	$(VENV)/bin/python -m pytest -q -m "not e2e" $(ARGS)
+
+e2e: env
+	$(VENV)/bin/python -m pytest -q -m e2e $(ARGS)
+
+clean:
+	rm -rf runs build .pytest_cache

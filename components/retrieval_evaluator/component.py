@@ -1,0 +1,118 @@
+"""RetrievalEvaluator: PinnerFormer's offline protocol as a blessing component.
+
+For every eval-split user (disjoint from training users) the candidate SavedModel embeds the
+history before the anchor through its own `serving_default` signature (the exact serving path),
+the pin tower embeds the whole catalog through `item_embedding`, and metrics.py scores Recall@k,
+P90 coverage@k and interest entropy@50 (design.md). The same is done for the last blessed model
+when the LatestBlessedModelStrategy resolver provides one, on the same users, in the same run.
+
+The ModelBlessing carries the custom properties that Pusher (`blessed`) and
+LatestBlessedModelStrategy (`blessed`, `current_model_id`) read, like the stock Evaluator's.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tfx import v1 as tfx
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
+
+from components.retrieval_evaluator import metrics as M
+from components.retrieval_evaluator import report
+from components.types import ItemEmbeddings
+from models.pinnerformer.train import load_item_embeddings
+from pipeline import features as F
+from pipeline.config import PipelineConfig
+
+BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
+
+
+def read_examples(files: Iterable[str]) -> List[bytes]:
+    return [r.numpy() for r in tf.data.TFRecordDataset(list(files), compression_type="GZIP")]
+
+
+def parse_lists(serialized: List[bytes], names: Iterable[str]) -> Dict[str, List[np.ndarray]]:
+    """Per-example int64 lists of the given features, without TF batching overhead."""
+    out = {n: [] for n in names}
+    for s in serialized:
+        ex = tf.train.Example.FromString(s)
+        for n in out:
+            out[n].append(np.asarray(ex.features.feature[n].int64_list.value, dtype=np.int64))
+    return out
+
+
+def embed_users(model, serialized: List[bytes], batch_size: int = 256) -> np.ndarray:
+    fn = model.signatures["serving_default"]
+    parts = [fn(examples=tf.constant(serialized[i:i + batch_size]))["embedding"].numpy()
+             for i in range(0, len(serialized), batch_size)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def embed_items(model, item_ids: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    fn = model.signatures["item_embedding"]
+    parts = [fn(item_id=tf.constant(item_ids[i:i + batch_size]))["embedding"].numpy()
+             for i in range(0, len(item_ids), batch_size)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def evaluate_saved_model(model_dir: str, serialized: List[bytes], lists: Dict[str, list],
+                         item_ids: np.ndarray, interests: np.ndarray, k: int,
+                         entropy_k: int) -> Dict:
+    model = tf.saved_model.load(model_dir)
+    return M.retrieval_metrics(
+        embed_users(model, serialized), embed_items(model, item_ids), item_ids,
+        history=lists[F.HIST_ITEM], positives=lists[F.FUT_ITEM], item_interests=interests,
+        k=k, entropy_k=entropy_k)
+
+
+@tfx.dsl.components.component
+def RetrievalEvaluator(
+    model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
+    examples: tfx.dsl.components.InputArtifact[standard_artifacts.Examples],
+    item_embeddings: tfx.dsl.components.InputArtifact[ItemEmbeddings],
+    evaluation: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelEvaluation],
+    blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
+    config_json: tfx.dsl.components.Parameter[str],
+    baseline_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
+) -> None:
+    cfg = PipelineConfig.from_json(config_json).eval
+    files = tf.io.gfile.glob(os.path.join(examples.uri, "Split-eval", "*"))
+    serialized = read_examples(files)
+    if not serialized:
+        raise ValueError(f"no eval examples under {examples.uri}/Split-eval")
+    lists = parse_lists(serialized, (F.HIST_ITEM, F.FUT_ITEM))
+    item_ids, _, interests = load_item_embeddings(item_embeddings.uri)
+
+    def run(artifact) -> Dict:
+        path = path_utils.serving_model_path(artifact.uri)
+        logging.info("RetrievalEvaluator: scoring %d eval users against %d items with %s",
+                     len(serialized), len(item_ids), path)
+        return evaluate_saved_model(path, serialized, lists, item_ids, interests, cfg.k,
+                                    cfg.entropy_k)
+
+    metrics = run(model)
+    baseline = run(baseline_model) if baseline_model is not None else None
+    gate = report.gate_decision(metrics, baseline, k=cfg.k, min_recall=cfg.min_recall,
+                                min_coverage=cfg.min_coverage,
+                                max_recall_drop=cfg.max_recall_drop)
+    report.write_report(evaluation.uri, metrics, baseline, gate)
+    logging.info("RetrievalEvaluator metrics: %s", json.dumps(metrics, sort_keys=True))
+
+    blessed = bool(gate["blessed"])
+    blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_string_custom_property("current_model", model.uri)
+    blessing.set_int_custom_property("current_model_id", model.id)
+    if baseline_model is not None:
+        blessing.set_string_custom_property("baseline_model", baseline_model.uri)
+        blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE),
+                           "w") as fh:
+        fh.write(json.dumps(gate))
+    for key in (f"recall@{cfg.k}", f"p90_coverage@{cfg.k}", f"interest_entropy@{cfg.entropy_k}"):
+        if key in metrics:
+            evaluation.set_float_custom_property(key, float(metrics[key]))

@@ -1,0 +1,134 @@
+"""Sampled softmax with mixed negatives and logQ correction (papers.md §1.5, Eq. 1-2).
+
+For pair i (user embedding u_i, positive p_i) with a shared negative pool n_1..n_N:
+
+    s(u, v) = <u, v> / tau
+    L_i = -log  e^{s(u_i,p_i) - log Q(p_i)} / ( e^{s(u_i,p_i) - log Q(p_i)} + sum_{j valid for i} e^{s(u_i,n_j) - log Q(n_j)} )
+
+(the logQ terms are dropped when `logq_correction` is False). The batch loss gives every user equal weight:
+average each user's pair losses, then average over the users that have at least one pair.
+
+Negative pool ("mixed" = one pool, one softmax):
+  * in-batch: the distinct label items of all pairs in the batch, capped at `max_in_batch` by a uniform
+    random subset. Q(v) = P(v is in the batch) ~= min(1, n_labels * count(v) / total) from the count-min
+    sketch; when the cap subsamples k of n distinct items, Q is multiplied by k / n (inclusion probability
+    of the subset). Decision: distinct items (not one entry per pair), because Q is defined as the
+    probability that the item is *in* the batch, not its expected multiplicity.
+  * random: `num_random` uniform catalog samples (with replacement), Q = num_random / |catalog|.
+  * masking (decision): a negative is dropped for pair i when it equals any positive item of pair i's user,
+    i.e. any real history positive or valid future positive of that row. This covers the pair's own label
+    (accidental hit) and every other label the user can have. The same rule is applied to random
+    negatives: a random draw that is one of the user's positives is a false negative just like an
+    in-batch one (papers.md does not say; this is the conservative choice). An item drawn both in-batch
+    and at random stays twice, each copy with its own Q.
+  * Deviation: no cross-replica all-gather of negatives; under a multi-replica strategy the in-batch pool
+    is per replica (papers.md gathers across GPUs).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+_MASKED = -1e9
+
+
+def sampled_softmax_loss(user_emb, pos_emb, pos_logq, neg_emb, neg_logq, neg_valid, pair_user,
+                         temperature, logq_correction: bool = True, num_users=None):
+    """Returns (loss scalar, per_pair_loss [P]).
+
+    user_emb [P, D], pos_emb [P, D], pos_logq [P], neg_emb [N, D], neg_logq [N], neg_valid [P, N] bool,
+    pair_user [P] int32 (row/user id of each pair), temperature scalar. With no pairs the loss is 0.
+    """
+    user_emb = tf.convert_to_tensor(user_emb, tf.float32)
+    pos_emb = tf.convert_to_tensor(pos_emb, tf.float32)
+    neg_emb = tf.convert_to_tensor(neg_emb, tf.float32)
+    tau = tf.cast(temperature, tf.float32)
+    pos_logit = tf.reduce_sum(user_emb * pos_emb, axis=-1) / tau  # [P]
+    neg_logit = tf.matmul(user_emb, neg_emb, transpose_b=True) / tau  # [P, N]
+    if logq_correction:
+        pos_logit -= tf.cast(pos_logq, tf.float32)
+        neg_logit -= tf.cast(neg_logq, tf.float32)[None, :]
+    neg_logit = tf.where(tf.convert_to_tensor(neg_valid, tf.bool), neg_logit, _MASKED)
+    logits = tf.concat([pos_logit[:, None], neg_logit], axis=1)
+    per_pair = tf.reduce_logsumexp(logits, axis=1) - pos_logit
+    return per_user_mean(per_pair, pair_user, num_users), per_pair
+
+
+def per_user_mean(per_pair, pair_user, num_users=None):
+    """Mean over users of each user's mean pair value; users without pairs do not count."""
+    pair_user = tf.cast(pair_user, tf.int32)
+    if num_users is None:
+        num_users = tf.maximum(tf.reduce_max(pair_user, initial=-1) + 1, 0)
+    total = tf.math.unsorted_segment_sum(per_pair, pair_user, num_users)
+    count = tf.math.unsorted_segment_sum(tf.ones_like(per_pair), pair_user, num_users)
+    user_mean = tf.math.divide_no_nan(total, count)
+    n_users = tf.reduce_sum(tf.cast(count > 0, per_pair.dtype))
+    return tf.math.divide_no_nan(tf.reduce_sum(user_mean), n_users)
+
+
+def in_batch_log_q(counts, total, n_labels):
+    """log Q(v) = log min(1, n_labels * count(v) / total); counts floored at 1 (unseen items, eval)."""
+    counts = tf.maximum(tf.cast(counts, tf.float32), 1.0)
+    total = tf.maximum(tf.cast(total, tf.float32), 1.0)
+    q = tf.minimum(1.0, tf.cast(n_labels, tf.float32) * counts / total)
+    return tf.math.log(q)
+
+
+class Negatives(NamedTuple):
+    item: tf.Tensor  # [N] int64
+    log_q: tf.Tensor  # [N] float32
+    valid: tf.Tensor  # [P, N] bool
+    is_random: tf.Tensor  # [N] bool
+
+
+def user_positive_mask(items, pair_user, user_pos_item, user_pos_valid):
+    """[P, N] bool: items[n] is one of the valid positives of pair p's user (row pair_user[p]).
+
+    Sort/search based, O(B*N log(B*K)) instead of a [B, K, N] comparison; ids are compacted with tf.unique
+    so (user, item) pairs can be packed into one int64 key.
+    """
+    items = tf.cast(tf.reshape(items, [-1]), tf.int64)
+    user_pos_item = tf.cast(user_pos_item, tf.int64)
+    b = tf.shape(user_pos_item, out_type=tf.int64)[0]
+    n = tf.size(items)
+    uniq, idx = tf.unique(tf.concat([items, tf.reshape(user_pos_item, [-1])], 0), out_idx=tf.int64)
+    u = tf.size(uniq, out_type=tf.int64)
+    item_idx = idx[:n]
+    pos_idx = tf.reshape(idx[n:], tf.shape(user_pos_item))
+    rows = tf.range(b)[:, None]
+    pos_keys = tf.sort(tf.reshape(tf.where(user_pos_valid, rows * u + pos_idx, -1), [-1]))
+    query = rows * u + item_idx[None, :]  # [B, N]
+    flat_q = tf.reshape(query, [-1])
+    at = tf.searchsorted(pos_keys, flat_q, side="left", out_type=tf.int64)
+    at = tf.minimum(at, tf.maximum(tf.size(pos_keys, out_type=tf.int64) - 1, 0))
+    found = tf.equal(tf.gather(tf.concat([pos_keys, [-1]], 0), at), flat_q)
+    found = tf.reshape(found, tf.shape(query))  # [B, N]
+    return tf.gather(found, tf.cast(pair_user, tf.int32))
+
+
+def assemble_negatives(label_item, label_log_q, pair_user, user_pos_item, user_pos_valid,
+                       random_item, random_log_q, max_in_batch: int, seed) -> Negatives:
+    """The mixed negative pool and its per-pair validity (see the module docstring).
+
+    label_item [P] int64 / label_log_q [P]: the pairs' positives and their in-batch log Q;
+    pair_user [P] int32; user_pos_item / user_pos_valid [B, K]: every positive of each row (for masking);
+    random_item [R] int64 uniform catalog draws with scalar `random_log_q`; seed: int [2] (cap subsample).
+    """
+    label_item = tf.cast(label_item, tf.int64)
+    uniq, idx = tf.unique(label_item, out_idx=tf.int32)
+    n_uniq = tf.size(uniq)
+    uniq_log_q = tf.math.unsorted_segment_max(tf.cast(label_log_q, tf.float32), idx, n_uniq)
+    k = tf.minimum(n_uniq, max_in_batch)
+    noise = tf.random.stateless_uniform([n_uniq], seed=tf.cast(seed, tf.int64))
+    _, keep = tf.math.top_k(noise, k=k)  # uniform subset of size k (all of them when n_uniq <= cap)
+    inb_item = tf.gather(uniq, keep)
+    subsample = tf.math.log(tf.cast(k, tf.float32)) - tf.math.log(tf.cast(tf.maximum(n_uniq, 1), tf.float32))
+    inb_log_q = tf.gather(uniq_log_q, keep) + subsample
+    random_item = tf.cast(tf.reshape(random_item, [-1]), tf.int64)
+    r = tf.size(random_item)
+    item = tf.concat([inb_item, random_item], 0)
+    log_q = tf.concat([inb_log_q, tf.fill([r], tf.cast(random_log_q, tf.float32))], 0)
+    is_random = tf.concat([tf.zeros([k], tf.bool), tf.ones([r], tf.bool)], 0)
+    valid = ~user_positive_mask(item, pair_user, user_pos_item, user_pos_valid)
+    return Negatives(item, log_q, valid, is_random)

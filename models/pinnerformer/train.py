@@ -1,0 +1,54 @@
+"""Training loop pieces shared by run_fn and the benchmark scripts (no TFX here)."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline.config import PipelineConfig
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to `peak`, then cosine decay to 0 at `total_steps`."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
+        self.peak, self.warmup, self.total = float(peak), int(warmup_steps), int(total_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / max(self.warmup, 1)
+        frac = tf.clip_by_value((step - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
+        cos = 0.5 * self.peak * (1.0 + tf.cos(math.pi * frac))
+        return tf.where(step < self.warmup, warm, cos)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup, "total_steps": self.total}
+
+
+def load_item_embeddings(uri: str):
+    """ItemEmbeddings artifact -> (item_id [N] int64, embedding [N, D] float32, interests)."""
+    with tf.io.gfile.GFile(os.path.join(uri, "item_embeddings.npz"), "rb") as fh:
+        npz = np.load(fh)
+        return npz["item_id"].astype(np.int64), npz["embedding"].astype(np.float32), npz["interests"]
+
+
+def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
+    t = cfg.train
+    return keras.optimizers.AdamW(
+        learning_rate=WarmupCosine(t.learning_rate, t.warmup_steps, t.train_steps),
+        weight_decay=t.weight_decay, clipnorm=1.0)
+
+
+def fit(model: keras.Model, cfg: PipelineConfig, train_ds: tf.data.Dataset,
+        eval_ds: tf.data.Dataset, log_dir: str, steps_per_epoch: int = 100, verbose: int = 2):
+    """model.fit in `train_steps / steps_per_epoch` epochs with TensorBoard logs in log_dir."""
+    t = cfg.train
+    steps_per_epoch = max(1, min(steps_per_epoch, t.train_steps))
+    epochs = max(1, math.ceil(t.train_steps / steps_per_epoch))
+    callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=max(1, steps_per_epoch // 4))]
+    return model.fit(train_ds, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                     validation_data=eval_ds, validation_steps=t.eval_steps,
+                     callbacks=callbacks, verbose=verbose)

@@ -1,0 +1,32 @@
+"""BeamDagRunner entry point for the tfx CLI (the file must call BeamDagRunner().run()).
+
+  tfx pipeline create --engine=beam --pipeline_path=$PWD/pipeline/beam_runner.py
+  tfx run create --engine=beam --pipeline_name=pinrank
+
+The CLI runs this file as a plain script, so settings come from the environment:
+PINRANK_PRESET (tiny|cpu|paper, default cpu), PINRANK_SOURCE (movielens|synthetic|path),
+PINRANK_DATA_PATH (for source=path), PINRANK_HOME (default ./runs), PINRANK_SET (comma-separated
+section.field=value overrides).
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner  # noqa: E402
+
+from pipeline.config import apply_overrides, preset  # noqa: E402
+from pipeline.runs import DEFAULT_HOME, RunPaths, build  # noqa: E402
+
+
+def config_from_env():
+    cfg = preset(os.environ.get("PINRANK_PRESET", "cpu"), os.environ.get("PINRANK_SOURCE"))
+    if os.environ.get("PINRANK_DATA_PATH"):
+        cfg = cfg.replace(data={"path": os.environ["PINRANK_DATA_PATH"]})
+    overrides = [o for o in os.environ.get("PINRANK_SET", "").split(",") if o]
+    return apply_overrides(cfg, overrides)
+
+
+if __name__ == "__main__":
+    cfg = config_from_env()
+    # BeamDagRunner() without arguments is the IR-based runner (notes §1.1).
+    BeamDagRunner().run(build(cfg, RunPaths.for_config(cfg, os.environ.get("PINRANK_HOME", DEFAULT_HOME))))

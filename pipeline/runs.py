@@ -1,0 +1,93 @@
+"""What every runner shares: where a run lives, data preparation, and the closing summary."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+from typing import Dict, List, Optional
+
+from tfx import v1 as tfx
+from tfx.orchestration import metadata
+
+from components.data.sources import prepare_dataset
+from pipeline.config import PipelineConfig
+from pipeline.pipeline import create_pipeline
+
+DEFAULT_HOME = os.environ.get("PINRANK_HOME", os.path.join(os.getcwd(), "runs"))
+# In-memory DirectRunner: on 2 cores, multi-process workers spend more time importing TF than
+# working. Pass `--beam-arg=--direct_running_mode=multi_processing` for big local data.
+DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    home: str
+    pipeline_root: str
+    metadata_path: str
+    serving_dir: str
+    data_dir: str
+
+    @classmethod
+    def for_config(cls, cfg: PipelineConfig, home: str = DEFAULT_HOME) -> "RunPaths":
+        home = os.path.abspath(home)
+        root = os.path.join(home, cfg.name)
+        return cls(home=home, pipeline_root=os.path.join(root, "pipeline_root"),
+                   metadata_path=os.path.join(root, "metadata.sqlite"),
+                   serving_dir=os.path.join(root, "serving"),
+                   data_dir=os.path.join(home, "data", _data_key(cfg)))
+
+
+def _data_key(cfg: PipelineConfig) -> str:
+    d = cfg.data
+    if d.source == "synthetic":
+        return f"synthetic-u{d.num_users}-i{d.num_items}-e{d.events_per_user}-s{d.seed}"
+    if d.source == "path":
+        return "path-" + hashlib.sha256(os.path.abspath(d.path).encode()).hexdigest()[:12]
+    return d.source
+
+
+def dataset_fingerprint(dataset_dir: str) -> str:
+    with open(os.path.join(dataset_dir, "DATASET.json"), "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def build(cfg: PipelineConfig, paths: RunPaths, beam_args: Optional[List[str]] = None,
+          enable_cache: bool = True) -> tfx.dsl.Pipeline:
+    """Prepares the data set (idempotent) and returns the pipeline for any runner."""
+    dataset_dir = prepare_dataset(cfg.data, paths.data_dir)
+    return create_pipeline(
+        cfg, pipeline_root=paths.pipeline_root, dataset_dir=dataset_dir,
+        dataset_fingerprint=dataset_fingerprint(dataset_dir), serving_dir=paths.serving_dir,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            paths.metadata_path),
+        beam_pipeline_args=list(beam_args if beam_args is not None else DEFAULT_BEAM_ARGS),
+        enable_cache=enable_cache)
+
+
+def _latest(store, type_name: str):
+    arts = store.get_artifacts_by_type(type_name)
+    return max(arts, key=lambda a: a.id) if arts else None
+
+
+def summarize(paths: RunPaths) -> Dict:
+    """Latest evaluation, blessing and push recorded in MLMD (what the run produced)."""
+    conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata_path)
+    out: Dict = {}
+    with metadata.Metadata(conn) as m:
+        ev = _latest(m.store, "ModelEvaluation")
+        if ev is not None:
+            with open(os.path.join(ev.uri, "metrics.json")) as fh:
+                out["evaluation"] = json.load(fh)
+            out["evaluation_uri"] = ev.uri
+        pushed = _latest(m.store, "PushedModel")
+        if pushed is not None:
+            props = pushed.custom_properties
+            out["pushed"] = bool(props["pushed"].int_value) if "pushed" in props else False
+            if "pushed_destination" in props:
+                out["pushed_destination"] = props["pushed_destination"].string_value
+    usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    out["peak_rss_mb"] = round(usage / 1024, 1)
+    return out

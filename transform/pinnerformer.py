@@ -1,0 +1,59 @@
+"""preprocessing_fn for PinnerFormer: keep the M most recent actions, newest first, fixed shape.
+
+Raw sequences arrive chronological and ragged; the model wants row 0 = most recent action
+(papers.md §1.3) with padding at the old end, so we take the last M, pad, then reverse each row
+within its length. Action and surface strings become vocabulary indices with 0 reserved for
+padding and the last index for out-of-vocabulary values. Time features (periodic encodings with
+learned phases) live in the model, since their phases are trained.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from pipeline import features as F
+from pipeline.config import PipelineConfig
+
+
+def newest_first(rt: tf.RaggedTensor, length: int, pad) -> tuple:
+    """Chronological ragged [B, None] -> (newest-first dense [B, length], lengths [B])."""
+    last = rt[:, -length:]
+    lengths = tf.cast(last.row_lengths(), tf.int64)
+    dense = last.to_tensor(default_value=pad, shape=[None, length])
+    return tf.reverse_sequence(dense, lengths, seq_axis=1, batch_axis=0), lengths
+
+
+def oldest_first(rt: tf.RaggedTensor, length: int, pad) -> tuple:
+    """Chronological ragged [B, None] -> (first `length` values, dense [B, length], lengths [B])."""
+    first = rt[:, :length]
+    return (first.to_tensor(default_value=pad, shape=[None, length]),
+            tf.cast(first.row_lengths(), tf.int64))
+
+
+def vocab_index(rt: tf.RaggedTensor, vocab_filename: str) -> tf.RaggedTensor:
+    """Strings -> 1..V for the vocabulary, V+1 for OOV; 0 stays free for padding."""
+    idx = tft.compute_and_apply_vocabulary(rt, num_oov_buckets=1, vocab_filename=vocab_filename)
+    return idx + 1
+
+
+def preprocessing_fn(inputs: Dict[str, Any], custom_config: Optional[Dict[str, Any]] = None):
+    cfg = PipelineConfig.from_json(custom_config["config_json"]) if custom_config else PipelineConfig()
+    m, f = cfg.model.seq_len, cfg.examples.max_future
+    out = {}
+    seqs = {
+        F.HIST_ITEM: (inputs[F.HIST_ITEM], F.PAD_ITEM),
+        F.HIST_ACTION: (vocab_index(inputs[F.HIST_ACTION], F.ACTION_VOCAB), F.PAD_INDEX),
+        F.HIST_SURFACE: (vocab_index(inputs[F.HIST_SURFACE], F.SURFACE_VOCAB), F.PAD_INDEX),
+        F.HIST_TS: (inputs[F.HIST_TS], 0),
+        F.HIST_DURATION: (inputs[F.HIST_DURATION], 0.0),
+        F.HIST_POS: (inputs[F.HIST_POS], 0),
+    }
+    for name, (rt, pad) in seqs.items():
+        out[F.xf(name)], lengths = newest_first(rt, m, pad)
+    out[F.SEQ_LEN_XF] = lengths
+    # Labels: serving graphs get no fut_* inputs and TFT prunes these outputs there.
+    out[F.xf(F.FUT_ITEM)], out[F.FUT_LEN_XF] = oldest_first(inputs[F.FUT_ITEM], f, F.PAD_ITEM)
+    out[F.xf(F.FUT_TS)], _ = oldest_first(inputs[F.FUT_TS], f, 0)
+    return out

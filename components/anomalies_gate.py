@@ -3,7 +3,6 @@
 ExampleValidator only records anomalies (and a `blessed` per-split custom property); nothing
 downstream refuses to run. Transform depends on this gate, so bad data never reaches training.
 """
-from __future__ import annotations
 
 import os
 

@@ -15,7 +15,6 @@ Everything is a Beam transform keyed by user, so it scales with the runner, not 
 truncation or dropped row is counted in `<examples>/event_example_gen.json` and in the artifact's
 custom properties; nothing is dropped silently.
 """
-from __future__ import annotations
 
 import hashlib
 import json
@@ -157,8 +156,8 @@ def build_examples(p: beam.Pipeline, input_base: str, cfg: ExampleGenConfig,
     data_end = beam.pvalue.AsSingleton(read.max_ts | "DataEnd" >> beam.CombineGlobally(lambda xs: max(xs, default=0)))
     per_user = (read.rows | "GroupByUser" >> beam.GroupByKey()
                 | "Concat" >> beam.MapTuple(lambda u, parts: (u, _concat_columns(parts))))
-    out = (per_user | "Anchors" >> beam.FlatMapTuple(
-        lambda u, rows, end: user_examples(u, rows, cfg, end), data_end))
+    out = (per_user | "Anchors" >> beam.FlatMap(
+        lambda kv, end: user_examples(kv[0], kv[1], cfg, end), data_end))
     for split in SPLITS:
         (out | f"Only{split}" >> beam.Filter(lambda x, s=split: x[0] == s and x[1] is not None)
          | f"Serialize{split}" >> beam.Map(lambda x: x[1].SerializeToString())

@@ -34,7 +34,7 @@ def cmd_run(args) -> int:
     summary = local_runner.run(cfg, args.home, args.beam_arg or list(DEFAULT_BEAM_ARGS),
                                enable_cache=not args.no_cache)
     ev = summary.get("evaluation", {})
-    m = ev.get("metrics", ev)
+    m = ev.get("candidate", {})
     k, ek = cfg.eval.k, cfg.eval.entropy_k
     print("\n== pinrank run summary ==")
     print(f"preset={cfg.preset} source={cfg.data.source} objective={cfg.model.objective}")

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 
+from components.data.events import read_dataset_manifest
 from components.data.sources import prepare_dataset
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
@@ -48,18 +49,13 @@ def _data_key(cfg: PipelineConfig) -> str:
     return d.source
 
 
-def dataset_fingerprint(dataset_dir: str) -> str:
-    with open(os.path.join(dataset_dir, "DATASET.json"), "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
-
-
 def build(cfg: PipelineConfig, paths: RunPaths, beam_args: Optional[List[str]] = None,
           enable_cache: bool = True) -> tfx.dsl.Pipeline:
     """Prepares the data set (idempotent) and returns the pipeline for any runner."""
     dataset_dir = prepare_dataset(cfg.data, paths.data_dir)
     return create_pipeline(
         cfg, pipeline_root=paths.pipeline_root, dataset_dir=dataset_dir,
-        dataset_fingerprint=dataset_fingerprint(dataset_dir), serving_dir=paths.serving_dir,
+        dataset_fingerprint=read_dataset_manifest(dataset_dir)["fingerprint"], serving_dir=paths.serving_dir,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             paths.metadata_path),
         beam_pipeline_args=list(beam_args if beam_args is not None else DEFAULT_BEAM_ARGS),

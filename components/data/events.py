@@ -74,13 +74,13 @@ PROBLEMS = {
     "missing_user_id": "missing user id",
     "unknown_action": "unknown action",
     "unknown_surface": "unknown surface",
-    "missing_timestamp": "missing timestamp",
+    "missing_timestamp": "missing or non-numeric timestamp",
     "negative_timestamp": "negative timestamp",
     "missing_duration": "missing or NaN duration",
     "negative_duration": "negative duration",
     "infinite_duration": "infinite duration",
-    "missing_item_id": "missing item id",
-    "unknown_item": "unknown item (not in the item table)",
+    "missing_item_id": "missing or non-numeric item id",
+    "unknown_item": "item id not in the item table",
 }
 _SHOW_VALUES = {"unknown_action", "unknown_surface", "negative_timestamp", "negative_duration",
                 "infinite_duration", "unknown_item"}
@@ -143,8 +143,13 @@ class ProblemReport:
         room = MAX_EXAMPLES - len(self.examples[name])
         if room > 0:
             pos = np.flatnonzero(mask)[:room]
-            vals = np.asarray(values, dtype=object)[pos] if values is not None else [None] * len(pos)
-            self.examples[name].extend(zip(np.asarray(index)[pos].tolist(), list(vals)))
+            if values is None:
+                vals = [None] * len(pos)
+            elif isinstance(values, pd.Series):
+                vals = values.iloc[pos].tolist()
+            else:
+                vals = np.asarray(values)[pos].tolist()
+            self.examples[name].extend(zip(np.asarray(index)[pos].tolist(), vals))
 
     @property
     def any(self) -> bool:
@@ -174,7 +179,7 @@ class ProblemReport:
 
 
 def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
         return "missing"
     if isinstance(v, str):
         return repr(v)
@@ -212,16 +217,16 @@ def check_events(df: pd.DataFrame, known_item_ids, report: ProblemReport) -> np.
     for col, domain, name in (("action", F.ACTIONS, "unknown_action"),
                               ("surface", F.SURFACES, "unknown_surface")):
         vals = df[col]
-        add(name, ~vals.isin(domain).to_numpy(), vals.to_numpy(dtype=object))
+        add(name, ~vals.isin(domain).to_numpy(), vals)
 
     ts = pd.to_numeric(df["timestamp"], errors="coerce")
     ts_missing = ts.isna().to_numpy()
     add("missing_timestamp", ts_missing)
     with np.errstate(invalid="ignore"):
-        add("negative_timestamp", (ts < 0).to_numpy(dtype=bool, na_value=False),
-            ts.to_numpy(dtype=object))
+        add("negative_timestamp", (ts < 0).to_numpy(dtype=bool, na_value=False), ts)
 
-    dur = pd.to_numeric(df["duration"], errors="coerce").astype("float64").to_numpy()
+    dur = pd.to_numeric(df["duration"], errors="coerce").to_numpy(dtype=np.float64,
+                                                                  na_value=np.nan)
     add("missing_duration", np.isnan(dur))
     with np.errstate(invalid="ignore"):
         add("negative_duration", dur < 0, dur)
@@ -233,8 +238,7 @@ def check_events(df: pd.DataFrame, known_item_ids, report: ProblemReport) -> np.
     if known_item_ids is not None:
         known = known_item_ids if isinstance(known_item_ids, pd.Index) else pd.Index(
             np.asarray(known_item_ids, dtype=np.int64))
-        add("unknown_item", ~item_missing & ~item.isin(known).to_numpy(),
-            df["item_id"].to_numpy(dtype=object))
+        add("unknown_item", ~item_missing & ~item.isin(known).to_numpy(), df["item_id"])
     return ~bad
 
 
@@ -254,7 +258,8 @@ def canonicalize_events(df: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-DROP_HINT = " (pass drop_invalid=True / examples.drop_invalid_events=True to drop and count them)"
+DROP_HINT = (". To drop and count such rows instead, set examples.drop_invalid_events=True "
+             "(drop_invalid=True)")
 
 
 def validate_events(df: pd.DataFrame, known_item_ids, *, where: str,

@@ -76,7 +76,7 @@ def cooccurrence(user_item_sets: Sequence[Sequence[int]], n_items: int) -> sp.cs
     """
     x = _incidence(user_item_sets, n_items)
     c = (x.T @ x).tocsr()
-    c.setdiag(0)
+    c = (c - sp.diags(c.diagonal(), format="csr")).tocsr()
     c.eliminate_zeros()
     c.sort_indices()
     return c

@@ -9,7 +9,6 @@ when the LatestBlessedModelStrategy resolver provides one, on the same users, in
 The ModelBlessing carries the custom properties that Pusher (`blessed`) and
 LatestBlessedModelStrategy (`blessed`, `current_model_id`) read, like the stock Evaluator's.
 """
-from __future__ import annotations
 
 import json
 import os

@@ -59,7 +59,7 @@ def per_user_mean(per_pair, pair_user, num_users=None):
     """Mean over users of each user's mean pair value; users without pairs do not count."""
     pair_user = tf.cast(pair_user, tf.int32)
     if num_users is None:
-        num_users = tf.maximum(tf.reduce_max(pair_user, initial=-1) + 1, 0)
+        num_users = tf.reduce_max(tf.concat([pair_user, [-1]], 0)) + 1
     total = tf.math.unsorted_segment_sum(per_pair, pair_user, num_users)
     count = tf.math.unsorted_segment_sum(tf.ones_like(per_pair), pair_user, num_users)
     user_mean = tf.math.divide_no_nan(total, count)
@@ -101,8 +101,8 @@ def user_positive_mask(items, pair_user, user_pos_item, user_pos_valid):
     query = rows * u + item_idx[None, :]  # [B, N]
     flat_q = tf.reshape(query, [-1])
     at = tf.searchsorted(pos_keys, flat_q, side="left", out_type=tf.int64)
-    at = tf.minimum(at, tf.maximum(tf.size(pos_keys, out_type=tf.int64) - 1, 0))
-    found = tf.equal(tf.gather(tf.concat([pos_keys, [-1]], 0), at), flat_q)
+    # `at` may equal len(pos_keys): the appended sentinel -1 never matches a query (queries are >= 0).
+    found = tf.equal(tf.gather(tf.concat([pos_keys, tf.constant([-1], tf.int64)], 0), at), flat_q)
     found = tf.reshape(found, tf.shape(query))  # [B, N]
     return tf.gather(found, tf.cast(pair_user, tf.int32))
 

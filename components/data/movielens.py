@@ -1,0 +1,401 @@
+"""MovieLens as canonical events: ML-100K fetched at run time, or any MovieLens-format csv pair.
+
+ML-100K comes from the `recbole==1.2.1` wheel on PyPI (`recbole/dataset_example/ml-100k/`):
+downloaded with `python -m pip download`, checked against a pinned sha256, and unpacked into a
+cache (`$PINRANK_CACHE`, DataConfig.cache_dir, default `~/.cache/pinrank`, subdirectory
+`ml-100k/`). MovieLens's licence forbids redistribution, so the data is never written into the
+repository; an offline machine can point `PINRANK_RECBOLE_WHEEL` at a copy of the wheel (it is
+verified the same way).
+
+Ratings become actions (RATING_ACTIONS; a rating r maps to the first row with r >= threshold):
+
+    r >= 4.5 (5 stars)      -> repin,   duration 20 s   positive
+    3.5 <= r < 4.5 (4)      -> closeup, duration 30 s   positive (closeup >= 10 s)
+    2.5 <= r < 3.5 (3)      -> click,   duration  5 s   NOT positive (short click)
+    r < 2.5 (<= 2 stars)    -> hide,    duration  0 s
+
+Half-star ratings (ML-latest, 25M) are rounded by the same thresholds, so x.5 goes up. Ratings
+must lie in [0, 5]; anything else (missing, non-numeric, a 10-point scale) is reported like any
+other invalid event row. Every event gets surface "homefeed" and the rating's timestamp. Items are
+all movies of the item file (also unrated ones); interests are the genres found in that file
+(sorted by name; ML-100K has 19 including "unknown"). The content embedding is the L2-normalised
+genre multi-hot followed by YEAR_WEIGHT x a one-hot release-year bucket (YEAR_EDGES; all zeros
+when the year is unknown): genre + era is legitimate item content, known before any rating.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from typing import Iterable, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from components.data import events as E
+
+# Bump whenever the conversion's output for the same inputs changes (invalidates caches).
+CONVERSION_VERSION = 1
+RECBOLE_VERSION = "1.2.1"
+RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
+RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+ML100K_PREFIX = "recbole/dataset_example/ml-100k/"
+ML100K_DIR = "ml-100k"
+MARKER_FILE = ".complete.json"
+WHEEL_ENV = "PINRANK_RECBOLE_WHEEL"
+CACHE_ENV = "PINRANK_CACHE"
+
+# (minimum rating, action, duration in seconds), highest threshold first.
+RATING_ACTIONS: Tuple[Tuple[float, str, float], ...] = (
+    (4.5, "repin", 20.0),
+    (3.5, "closeup", 30.0),
+    (2.5, "click", 5.0),
+    (float("-inf"), "hide", 0.0),
+)
+MIN_RATING, MAX_RATING = 0.0, 5.0
+SURFACE = "homefeed"
+YEAR_EDGES = (1960, 1980, 1990, 1995, 2000, 2010)  # buckets: <1960, [1960,1980), ..., >= 2010
+YEAR_WEIGHT = 0.5
+NO_GENRES = "(no genres listed)"
+
+_THRESHOLDS = np.array([t for t, _, _ in RATING_ACTIONS[::-1][1:]])  # ascending, finite
+_ACTIONS_ASC = np.array([a for _, a, _ in RATING_ACTIONS[::-1]], dtype=object)
+_DURATIONS_ASC = np.array([d for _, _, d in RATING_ACTIONS[::-1]])
+
+
+class MovieLensFetchError(RuntimeError):
+    """The recbole wheel could not be obtained or failed verification."""
+
+
+# --------------------------------------------------------------------------------------------
+# Mapping
+
+def ratings_to_actions(rating) -> Tuple[np.ndarray, np.ndarray]:
+    """Map star ratings to (action names, durations) with RATING_ACTIONS. Ratings must already
+    be valid (finite, within [MIN_RATING, MAX_RATING])."""
+    r = np.asarray(rating, dtype=np.float64)
+    bucket = np.searchsorted(_THRESHOLDS, r, side="right")
+    return _ACTIONS_ASC[bucket], _DURATIONS_ASC[bucket]
+
+
+def content_embeddings(genres: Sequence[Sequence[str]], years: Sequence[float],
+                       genre_names: Sequence[str]) -> np.ndarray:
+    """[N, len(genre_names) + len(YEAR_EDGES) + 1] float32: normalised genre multi-hot, then
+    YEAR_WEIGHT x release-year bucket one-hot (zeros for an unknown year)."""
+    index = {g: i for i, g in enumerate(genre_names)}
+    n, g = len(genres), len(genre_names)
+    out = np.zeros((n, g + len(YEAR_EDGES) + 1), np.float32)
+    rows = np.repeat(np.arange(n), [len(x) for x in genres])
+    cols = np.array([index[x] for gs in genres for x in gs], dtype=np.int64)
+    out[rows, cols] = 1.0
+    norm = np.linalg.norm(out[:, :g], axis=1, keepdims=True)
+    out[:, :g] /= np.maximum(norm, 1.0)
+    y = np.asarray(years, dtype=np.float64)
+    known = np.isfinite(y)
+    bucket = np.searchsorted(np.array(YEAR_EDGES), y[known], side="right")
+    out[np.flatnonzero(known), g + bucket] = YEAR_WEIGHT
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Fetching ML-100K
+
+def cache_root(cache_dir: str = "") -> str:
+    """DataConfig.cache_dir, else $PINRANK_CACHE, else ~/.cache/pinrank."""
+    return os.path.abspath(os.path.expanduser(
+        cache_dir or os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "pinrank")))
+
+
+def fetch_movielens_100k(cache_dir: str = "") -> str:
+    """Return a directory holding the ML-100K RecBole atomic files (ml-100k.inter, .item, ...).
+
+    The first call downloads and verifies the recbole wheel and extracts only
+    `recbole/dataset_example/ml-100k/*`; later calls find the marker and touch no network.
+    """
+    root = cache_root(cache_dir)
+    dest = os.path.join(root, ML100K_DIR)
+    if _cache_valid(dest):
+        return dest
+    os.makedirs(root, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".ml-100k-", dir=root) as tmp:
+        wheel = _obtain_wheel(tmp)
+        digest = E.sha256_file(wheel)
+        if digest != RECBOLE_WHEEL_SHA256:
+            raise MovieLensFetchError(
+                f"{wheel}: sha256 {digest} does not match the pinned {RECBOLE_WHEEL_SHA256} "
+                f"for {RECBOLE_WHEEL}; refusing to use it")
+        staging = os.path.join(tmp, ML100K_DIR)
+        os.makedirs(staging)
+        files = {}
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                if not info.filename.startswith(ML100K_PREFIX) or info.is_dir():
+                    continue
+                name = info.filename[len(ML100K_PREFIX):]
+                if not name or "/" in name or name.startswith("."):
+                    continue
+                with zf.open(info) as src, open(os.path.join(staging, name), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                files[name] = E.sha256_file(os.path.join(staging, name))
+        for needed in ("ml-100k.inter", "ml-100k.item"):
+            if needed not in files:
+                raise MovieLensFetchError(f"{RECBOLE_WHEEL} lacks {ML100K_PREFIX}{needed}")
+        with open(os.path.join(staging, MARKER_FILE), "w") as f:
+            json.dump({"wheel": RECBOLE_WHEEL, "wheel_sha256": RECBOLE_WHEEL_SHA256,
+                       "files": files}, f, indent=1, sort_keys=True)
+        if os.path.exists(dest):
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    return dest
+
+
+def _cache_valid(dest: str) -> bool:
+    try:
+        with open(os.path.join(dest, MARKER_FILE)) as f:
+            marker = json.load(f)
+        if marker.get("wheel_sha256") != RECBOLE_WHEEL_SHA256:
+            return False
+        return all(E.sha256_file(os.path.join(dest, name)) == digest
+                   for name, digest in marker["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _obtain_wheel(tmp: str) -> str:
+    local = os.environ.get(WHEEL_ENV)
+    if local:
+        if not os.path.isfile(local):
+            raise MovieLensFetchError(f"{WHEEL_ENV}={local}: no such file")
+        return local
+    cmd = [sys.executable, "-m", "pip", "download", f"recbole=={RECBOLE_VERSION}", "--no-deps",
+           "--only-binary=:all:", "--disable-pip-version-check", "--no-input", "-d", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise MovieLensFetchError(f"`{' '.join(cmd)}` timed out after 600 s") from None
+    wheel = os.path.join(tmp, RECBOLE_WHEEL)
+    if proc.returncode != 0 or not os.path.isfile(wheel):
+        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
+        raise MovieLensFetchError(
+            f"could not download {RECBOLE_WHEEL} (MovieLens-100K) with `{' '.join(cmd)}` "
+            f"(exit {proc.returncode}):\n{tail}\nOffline? Set {WHEEL_ENV} to a downloaded copy "
+            f"of the wheel, or use data.source=path with a ratings.csv/movies.csv directory.")
+    return wheel
+
+
+# --------------------------------------------------------------------------------------------
+# Reading inputs
+
+def read_atomic_file(path: str) -> pd.DataFrame:
+    """A RecBole atomic file (tab-separated, header `name:type`) with the types stripped from
+    the column names: token/token_seq columns stay strings, float columns become float64
+    (NaN where unparsable)."""
+    try:
+        df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str,
+                         keep_default_na=False, na_values=[], encoding="utf-8")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise E.DatasetFormatError(f"{path}: cannot read RecBole atomic file: {e}") from None
+    names = {}
+    for col in df.columns:
+        name, _, typ = col.partition(":")
+        if not typ:
+            raise E.DatasetFormatError(f"{path}: header field {col!r} lacks a ':type' suffix")
+        names[col] = name
+        if typ == "float":
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+    return df.rename(columns=names)
+
+
+def _movies_from_100k(path: str) -> pd.DataFrame:
+    items = read_atomic_file(path)
+    for col in ("item_id", "release_year", "class"):
+        if col not in items.columns:
+            raise E.DatasetFormatError(f"{path}: missing column {col!r} "
+                                       f"(found {list(items.columns)})")
+    return pd.DataFrame({
+        "movieId": items["item_id"],
+        "genres": [[g for g in s.split(" ") if g] for s in items["class"]],
+        "year": pd.to_numeric(items["release_year"], errors="coerce"),  # "unkonwn" -> NaN
+    })
+
+
+_YEAR_RE = re.compile(r"\((\d{4})\)\s*$")
+
+
+def _movies_from_csv(path: str) -> pd.DataFrame:
+    try:
+        movies = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise E.DatasetFormatError(f"{path}: cannot read movies csv: {e}") from None
+    missing = [c for c in ("movieId", "title", "genres") if c not in movies.columns]
+    if missing:
+        raise E.DatasetFormatError(f"{path}: missing column(s) {missing}; expected "
+                                   f"movieId,title,genres, found {list(movies.columns)}")
+    years = movies["title"].str.strip().str.extract(_YEAR_RE, expand=False)
+    return pd.DataFrame({
+        "movieId": movies["movieId"],
+        "genres": [[g for g in s.split("|") if g and g != NO_GENRES] for s in movies["genres"]],
+        "year": pd.to_numeric(years, errors="coerce"),
+    })
+
+
+def _movie_ids(movies: pd.DataFrame, where: str) -> np.ndarray:
+    raw = movies["movieId"].astype(str).str.strip()
+    ids = pd.to_numeric(raw, errors="coerce")
+    bad = ids.isna() | (ids != np.floor(ids)) | (ids < 0)
+    if bad.any():
+        rows = np.flatnonzero(bad.to_numpy())
+        shown = ", ".join(f"row {r} {raw.iloc[r]!r}" for r in rows[:E.MAX_EXAMPLES])
+        raise E.DatasetFormatError(f"{where}: {len(rows)} movie(s) with a missing or "
+                                   f"non-integer movieId ({shown})")
+    ids = ids.to_numpy(dtype=np.int64)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise E.DatasetFormatError(f"{where}: duplicate movieId(s) "
+                                   f"{uniq[counts > 1][:E.MAX_EXAMPLES].tolist()}")
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion
+
+def convert_movielens_100k(src_dir: str, out_dir: str, *, drop_invalid: bool = False,
+                           shard_rows: int = 1_000_000) -> dict:
+    """Convert the RecBole ML-100K atomic files in `src_dir` (see fetch_movielens_100k)."""
+    inter_path = os.path.join(src_dir, "ml-100k.inter")
+    item_path = os.path.join(src_dir, "ml-100k.item")
+    movies = _movies_from_100k(item_path)
+    inter = read_atomic_file(inter_path)
+    for col in ("user_id", "item_id", "rating", "timestamp"):
+        if col not in inter.columns:
+            raise E.DatasetFormatError(f"{inter_path}: missing column {col!r} "
+                                       f"(found {list(inter.columns)})")
+    ratings = inter.rename(columns={"user_id": "userId", "item_id": "movieId"})
+    info = {"source": "movielens-100k",
+            "origin": f"PyPI {RECBOLE_WHEEL} ({ML100K_PREFIX})",
+            "inputs": {"wheel": {"name": RECBOLE_WHEEL, "sha256": RECBOLE_WHEEL_SHA256},
+                       os.path.basename(inter_path): E.sha256_file(inter_path),
+                       os.path.basename(item_path): E.sha256_file(item_path)}}
+    return _convert(movies, item_path, [ratings], inter_path, out_dir, info,
+                    drop_invalid=drop_invalid, shard_rows=shard_rows)
+
+
+def convert_movielens_csv(ratings_csv: str, movies_csv: str, out_dir: str, *,
+                          drop_invalid: bool = False, shard_rows: int = 1_000_000,
+                          chunk_rows: int = 1_000_000) -> dict:
+    """Convert a MovieLens-format pair: ratings.csv (userId,movieId,rating,timestamp) and
+    movies.csv (movieId,title,genres with '|' separators; the year is read from the title's
+    trailing "(YYYY)"). Ratings are streamed in chunks, so ML-25M-sized files fit in memory.
+
+    Invalid rows (unknown movieId, bad rating/timestamp, missing userId) raise an
+    EventValidationError naming ratings_csv with file-wide counts (row numbers are 0-based data
+    rows), unless drop_invalid, which drops and counts them in DATASET.json.
+    """
+    movies = _movies_from_csv(movies_csv)
+    try:
+        reader = pd.read_csv(ratings_csv, dtype={"userId": str}, chunksize=chunk_rows)
+        chunks = _check_ratings_columns(reader, ratings_csv)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise E.DatasetFormatError(f"{ratings_csv}: cannot read ratings csv: {e}") from None
+    info = {"source": "movielens-csv",
+            "inputs": {"ratings_csv": {"path": os.path.abspath(ratings_csv),
+                                       "sha256": E.sha256_file(ratings_csv)},
+                       "movies_csv": {"path": os.path.abspath(movies_csv),
+                                      "sha256": E.sha256_file(movies_csv)}}}
+    return _convert(movies, movies_csv, chunks, ratings_csv, out_dir, info,
+                    drop_invalid=drop_invalid, shard_rows=shard_rows)
+
+
+def _check_ratings_columns(reader, path: str) -> Iterable[pd.DataFrame]:
+    it = iter(reader)
+    while True:
+        try:
+            chunk = next(it)
+        except StopIteration:
+            return
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+            raise E.DatasetFormatError(f"{path}: cannot read ratings csv: {e}") from None
+        missing = [c for c in ("userId", "movieId", "rating", "timestamp")
+                   if c not in chunk.columns]
+        if missing:
+            raise E.DatasetFormatError(f"{path}: missing column(s) {missing}; expected "
+                                       f"userId,movieId,rating,timestamp, found "
+                                       f"{list(chunk.columns)}")
+        yield chunk
+
+
+def _convert(movies: pd.DataFrame, movies_where: str, rating_chunks: Iterable[pd.DataFrame],
+             ratings_where: str, out_dir: str, info: dict, *, drop_invalid: bool,
+             shard_rows: int) -> dict:
+    item_ids = _movie_ids(movies, movies_where)
+    genre_names = sorted({g for gs in movies["genres"] for g in gs})
+    emb = content_embeddings(movies["genres"].tolist(), movies["year"].to_numpy(), genre_names)
+    index = {g: i for i, g in enumerate(genre_names)}
+    interests = [[index[g] for g in dict.fromkeys(gs)] for gs in movies["genres"]]
+    os.makedirs(out_dir, exist_ok=True)
+    E.clear_dataset(out_dir)
+    E.write_items(out_dir, item_ids, emb, interests, genre_names)
+    known = pd.Index(item_ids)
+    report = E.ProblemReport(ratings_where)
+    users: set = set()
+    action_counts = {a: 0 for _, a, _ in RATING_ACTIONS}
+    n_events = n_pos = 0
+    ts_min, ts_max = None, None
+    try:
+        with E.EventShardWriter(out_dir, shard_rows) as writer:
+            for chunk in rating_chunks:
+                rating = pd.to_numeric(chunk["rating"], errors="coerce").to_numpy(np.float64)
+                bad_rating = ~((rating >= MIN_RATING) & (rating <= MAX_RATING))
+                report.add("invalid_rating", bad_rating, chunk.index,
+                           chunk["rating"].to_numpy(dtype=object),
+                           label=f"missing or out-of-range rating (need {MIN_RATING:g}-"
+                                 f"{MAX_RATING:g} stars)", show_values=True)
+                actions, durations = ratings_to_actions(np.where(bad_rating, 0.0, rating))
+                item = pd.to_numeric(chunk["movieId"], errors="coerce")
+                if not item.isna().any():
+                    item = item.astype(np.int64)
+                ev = pd.DataFrame({
+                    "user_id": chunk["userId"].to_numpy(dtype=object),
+                    "item_id": item.to_numpy(),
+                    "action": actions, "timestamp": chunk["timestamp"].to_numpy(),
+                    "duration": durations, "surface": SURFACE}, index=chunk.index)
+                ok = E.check_events(ev, known, report) & ~bad_rating
+                if not drop_invalid and report.any:
+                    continue  # keep scanning: the error reports file-wide counts
+                clean = E.canonicalize_events(ev if ok.all() else ev[ok])
+                writer.write(clean)
+                n_events += len(clean)
+                n_pos += int(E.is_positive(clean["action"], clean["duration"]).sum())
+                for a, c in clean["action"].value_counts().items():
+                    action_counts[a] += int(c)
+                users.update(pd.unique(clean["user_id"]))
+                if len(clean):
+                    lo, hi = int(clean["timestamp"].min()), int(clean["timestamp"].max())
+                    ts_min = lo if ts_min is None else min(ts_min, lo)
+                    ts_max = hi if ts_max is None else max(ts_max, hi)
+            if not drop_invalid:
+                report.raise_if_any(E.DROP_HINT)
+    except BaseException:
+        E.clear_dataset(out_dir)  # never leave a half-written dataset behind
+        raise
+    summary = {
+        **info,
+        "conversion_version": CONVERSION_VERSION,
+        "mapping": {"rating_actions": [[t if np.isfinite(t) else None, a, d]
+                                       for t, a, d in RATING_ACTIONS],
+                    "surface": SURFACE, "year_edges": list(YEAR_EDGES),
+                    "year_weight": YEAR_WEIGHT},
+        "counts": {"users": len(users), "items": len(item_ids), "interests": len(genre_names),
+                   "events": n_events, "positives": n_pos, "actions": action_counts,
+                   "event_shards": len(writer.paths),
+                   "dropped": {k: v for k, v in report.counts.items() if v}},
+        "time_range": [ts_min, ts_max] if n_events else None,
+    }
+    E.write_dataset_manifest(out_dir, summary)
+    return summary

@@ -1,0 +1,124 @@
+"""PinnerFormer building blocks (papers.md §1.2-1.3): per-action features, PreNorm blocks, heads."""
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from .time_encoding import PeriodicTimeEncoding, abs_periods, rel_periods
+
+
+def _gelu(x):
+    return tf.nn.gelu(x, approximate=False)
+
+
+def attention_mask(seq_len, m):
+    """[B, M, M] bool, True = query i may attend key j.
+
+    Newest-first causal: j >= i (itself and older actions), and j must be a real action (j < seq_len).
+    A padded query row (i >= seq_len) would have no key at all; it is allowed to attend to itself only, so its
+    softmax is well defined (no NaN). Real rows never attend to padded keys, so padded rows cannot leak into
+    real outputs.
+    """
+    seq_len = tf.cast(tf.reshape(seq_len, [-1]), tf.int32)
+    i = tf.range(m)[:, None]
+    j = tf.range(m)[None, :]
+    real_key = tf.sequence_mask(seq_len, m)[:, None, :]
+    return ((j >= i)[None] & real_key) | tf.equal(i, j)[None]
+
+
+class ActionFeatures(keras.layers.Layer):
+    """Per-action input a_i = [item_emb, action_emb, surface_emb, log1p(duration), abs-time enc(ts),
+    rel enc(ts[0] - ts[i]) (time since the newest action), rel enc(ts[i] - ts[i+1]) (gap to the previous,
+    older action; 0 for the oldest real action)]; padded positions are all zeros.
+
+    Action / surface indices: 0 = padding, 1..V = vocabulary, V+1 = OOV (tables of size V+2). Padding and OOV
+    contribute zero vectors ("out-of-vocabulary values are dropped").
+    Deviation: log1p(duration) instead of log(duration), so zero durations stay finite ([I]).
+    """
+
+    def __init__(self, num_actions: int, num_surfaces: int, action_dim: int, surface_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        if num_actions < 3 or num_surfaces < 3:
+            raise ValueError("num_actions / num_surfaces count padding + vocabulary + OOV (>= 3)")
+        self.num_actions = num_actions
+        self.num_surfaces = num_surfaces
+        self.action_emb = keras.layers.Embedding(num_actions, action_dim, name="action_embedding")
+        self.surface_emb = keras.layers.Embedding(num_surfaces, surface_dim, name="surface_embedding")
+        self.abs_time = PeriodicTimeEncoding(abs_periods(), name="abs_time")
+        self.since_latest = PeriodicTimeEncoding(rel_periods(), name="time_since_latest")
+        self.gap = PeriodicTimeEncoding(rel_periods(), name="time_gap")
+
+    @staticmethod
+    def _vocab_lookup(table, idx, size):
+        idx = tf.cast(idx, tf.int32)
+        in_vocab = (idx >= 1) & (idx <= size - 2)
+        emb = table(tf.clip_by_value(idx, 0, size - 1))
+        return tf.where(in_vocab[..., None], emb, 0.0)
+
+    def call(self, item_vec, action, surface, ts, duration, seq_len):
+        m = tf.shape(ts)[1]
+        seq_len = tf.cast(tf.reshape(seq_len, [-1]), tf.int32)
+        real = tf.sequence_mask(seq_len, m)
+        ts = tf.cast(ts, tf.int64)
+        since = tf.maximum(ts[:, :1] - ts, 0)
+        older = tf.concat([ts[:, 1:], ts[:, -1:]], axis=1)
+        has_older = (tf.range(m)[None, :] + 1) < seq_len[:, None]
+        gap = tf.where(has_older, tf.maximum(ts - older, 0), tf.zeros_like(ts))
+        dur = tf.math.log1p(tf.maximum(tf.cast(duration, tf.float32), 0.0))[..., None]
+        x = tf.concat([
+            tf.cast(item_vec, tf.float32),
+            self._vocab_lookup(self.action_emb, action, self.num_actions),
+            self._vocab_lookup(self.surface_emb, surface, self.num_surfaces),
+            dur,
+            self.abs_time(ts),
+            self.since_latest(since),
+            self.gap(gap),
+        ], axis=-1)
+        return tf.where(real[..., None], x, 0.0)
+
+
+class TransformerBlock(keras.layers.Layer):
+    """PreNorm block: x += Dropout(MHA(LN(x))); x += Dropout(FFN(LN(x))), FFN = Dense(mult*H, GELU) -> Dense(H)."""
+
+    def __init__(self, hidden: int, num_heads: int, ffn_mult: int, dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        self.ln_attn = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_attn")
+        self.attn = keras.layers.MultiHeadAttention(num_heads, key_dim=hidden // num_heads,
+                                                    dropout=dropout, name="mha")
+        self.drop_attn = keras.layers.Dropout(dropout)
+        self.ln_ffn = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_ffn")
+        self.ffn_in = keras.layers.Dense(ffn_mult * hidden, activation=_gelu, name="ffn_in")
+        self.ffn_out = keras.layers.Dense(hidden, name="ffn_out")
+        self.drop_ffn = keras.layers.Dropout(dropout)
+
+    def call(self, x, mask, training=None):
+        h = self.ln_attn(x)
+        x = x + self.drop_attn(self.attn(h, h, attention_mask=mask, training=training), training=training)
+        h = self.ln_ffn(x)
+        return x + self.drop_ffn(self.ffn_out(self.ffn_in(h)), training=training)
+
+
+class OutputHead(keras.layers.Layer):
+    """Per-position head: LN -> Dense(mult*H) -> GELU -> Dense(D) -> L2 normalisation."""
+
+    def __init__(self, hidden: int, ffn_mult: int, output_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.ln = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_out")
+        self.fc1 = keras.layers.Dense(ffn_mult * hidden, activation=_gelu, name="fc1")
+        self.fc2 = keras.layers.Dense(output_dim, name="fc2")
+
+    def call(self, x):
+        return tf.math.l2_normalize(self.fc2(self.fc1(self.ln(x))), axis=-1)
+
+
+class ItemTower(keras.layers.Layer):
+    """Pin tower on the frozen content embedding: Dense(mult*H) -> GELU -> Dense(D) -> L2 normalisation.
+    papers.md leaves the depth open ([I] mirror the output MLP); no LayerNorm, as in the brief."""
+
+    def __init__(self, hidden: int, ffn_mult: int, output_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.fc1 = keras.layers.Dense(ffn_mult * hidden, activation=_gelu, name="fc1")
+        self.fc2 = keras.layers.Dense(output_dim, name="fc2")
+
+    def call(self, x):
+        return tf.math.l2_normalize(self.fc2(self.fc1(x)), axis=-1)

@@ -1,0 +1,268 @@
+"""gRPC client for TF Serving's PredictionService / ModelService (and the local stand-in).
+
+Every call carries a deadline; only UNAVAILABLE is retried (server starting, replica going
+away, batching queue full: nothing ran, so a retry is safe and likely to succeed). Every other
+failure (bad request, missing model, deadline exceeded, model error) is surfaced at once as a
+ServingError carrying the gRPC status code and details, because retrying cannot fix it and a
+DEADLINE_EXCEEDED retry would only multiply load on a slow server.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import grpc
+import numpy as np
+
+from pipeline import features as F
+from serving import constants as C
+
+
+class ServingError(Exception):
+    """A failed serving RPC: `code` is the grpc.StatusCode, `details` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, method: str = "", attempts: int = 1):
+        self.code = code
+        self.details = details or ""
+        self.method = method
+        self.attempts = attempts
+        super().__init__(f"{method} failed with {code.name} after {attempts} attempt(s): "
+                         f"{self.details}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStatus:
+    """One entry of GetModelStatus: version, state name (AVAILABLE, LOADING, ...), error."""
+    version: int
+    state: str
+    error_code: int = 0
+    error_message: str = ""
+
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+def to_tensor_proto(value: Any):
+    """numpy/array-like -> TensorProto, keeping the array's dtype (no silent casts: a dtype the
+    signature does not expect must fail on the server, not be coerced). str -> utf-8 bytes."""
+    import tensorflow as tf
+
+    arr = np.asarray(value)
+    if arr.dtype.kind == "U" or (arr.dtype.kind == "O" and arr.size and
+                                 any(isinstance(x, str) for x in arr.flat)):
+        arr = np.vectorize(lambda s: s.encode("utf-8") if isinstance(s, str) else s,
+                           otypes=[object])(arr)
+    elif arr.dtype.kind == "S":
+        arr = arr.astype(object)
+    return tf.make_tensor_proto(arr)
+
+
+def from_tensor_proto(proto) -> np.ndarray:
+    import tensorflow as tf
+
+    return tf.make_ndarray(proto)
+
+
+class ServingClient:
+    """Blocking client. `timeout_s` is the deadline of each attempt; `retries` extra attempts
+    are made on UNAVAILABLE only, with exponential backoff and jitter."""
+
+    def __init__(self, target: str = C.DEFAULT_TARGET, timeout_s: float = 5.0, retries: int = 3,
+                 backoff_s: float = 0.05, max_backoff_s: float = 2.0,
+                 max_message_bytes: int = 64 << 20, channel: Optional[grpc.Channel] = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        if timeout_s <= 0 or retries < 0:
+            raise ValueError("timeout_s must be > 0 and retries >= 0")
+        self.target = target
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self._sleep = sleep
+        self._own_channel = channel is None
+        if channel is None:
+            options = [("grpc.max_receive_message_length", max_message_bytes),
+                       ("grpc.max_send_message_length", max_message_bytes),
+                       # Reconnect quickly after a refused connection, so retries on a server
+                       # that is (re)starting succeed instead of failing fast in backoff.
+                       ("grpc.initial_reconnect_backoff_ms", 100),
+                       ("grpc.min_reconnect_backoff_ms", 100),
+                       ("grpc.max_reconnect_backoff_ms", 1000)]
+            if target.startswith("dns:"):  # headless Service: spread calls over all replicas
+                options.append(("grpc.lb_policy_name", "round_robin"))
+            channel = grpc.insecure_channel(target, options=options)
+        self._channel = channel
+        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(channel)
+
+    # -- plumbing
+
+    def close(self) -> None:
+        if self._own_channel:
+            self._channel.close()
+
+    def __enter__(self) -> "ServingClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method: str, rpc, request):
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return rpc(request, timeout=self.timeout_s)
+            except grpc.RpcError as e:
+                code = e.code() if callable(getattr(e, "code", None)) else grpc.StatusCode.UNKNOWN
+                details = e.details() if callable(getattr(e, "details", None)) else str(e)
+                if code not in RETRYABLE or attempt > self.retries:
+                    raise ServingError(code, details, method, attempt) from None
+                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+                self._sleep(delay * random.uniform(0.5, 1.0))
+
+    @staticmethod
+    def _spec(spec, model: str, version: Optional[int], version_label: Optional[str] = None,
+              signature: Optional[str] = None) -> None:
+        spec.name = model
+        if version is not None and version_label is not None:
+            raise ValueError("pass version or version_label, not both")
+        if version is not None:
+            spec.version.value = int(version)
+        if version_label is not None:
+            spec.version_label = version_label
+        if signature is not None:
+            spec.signature_name = signature
+
+    # -- PredictionService
+
+    def predict_versioned(self, model: str, signature: str, inputs: Mapping[str, Any],
+                          version: Optional[int] = None, version_label: Optional[str] = None,
+                          output_filter: Sequence[str] = ()) -> Tuple[Dict[str, np.ndarray], int]:
+        """Predict and also return the version that served the request."""
+        from tensorflow_serving.apis import predict_pb2
+
+        req = predict_pb2.PredictRequest()
+        self._spec(req.model_spec, model, version, version_label, signature)
+        for name, value in inputs.items():
+            req.inputs[name].CopyFrom(to_tensor_proto(value))
+        req.output_filter.extend(output_filter)
+        resp = self._call("Predict", self._predict.Predict, req)
+        outputs = {k: from_tensor_proto(v) for k, v in resp.outputs.items()}
+        return outputs, resp.model_spec.version.value
+
+    def predict(self, model: str, signature: str, inputs: Mapping[str, Any],
+                version: Optional[int] = None, version_label: Optional[str] = None,
+                output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+        """Runs `signature` of `model` (latest version unless pinned) on raw tensors."""
+        return self.predict_versioned(model, signature, inputs, version, version_label,
+                                      output_filter)[0]
+
+    def predict_examples(self, model: str, serialized_examples: Sequence[Any],
+                         signature: str = C.SERVING_DEFAULT, version: Optional[int] = None,
+                         input_name: str = C.EXAMPLES) -> Dict[str, np.ndarray]:
+        """Runs a tf.Example signature (DT_STRING [-1]); accepts bytes or tf.train.Example."""
+        batch = np.array([e.SerializeToString() if hasattr(e, "SerializeToString") else bytes(e)
+                          for e in serialized_examples], dtype=object)
+        return self.predict(model, signature, {input_name: batch}, version)
+
+    def metadata(self, model: str, version: Optional[int] = None) -> Dict[str, Any]:
+        """Signature name -> tensorflow.SignatureDef (as TF Serving lists them, including
+        `__saved_model_init_op`)."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        req = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._spec(req.model_spec, model, version)
+        req.metadata_field.append(C.SIGNATURE_DEF_FIELD)
+        resp = self._call("GetModelMetadata", self._predict.GetModelMetadata, req)
+        any_msg = resp.metadata[C.SIGNATURE_DEF_FIELD]
+        sdm = get_model_metadata_pb2.SignatureDefMap()
+        if not any_msg.Unpack(sdm):
+            raise ServingError(grpc.StatusCode.INTERNAL,
+                               f"unexpected metadata type {any_msg.type_url!r}",
+                               "GetModelMetadata")
+        return dict(sdm.signature_def)
+
+    # -- ModelService
+
+    def status(self, model: str, version: Optional[int] = None) -> List[VersionStatus]:
+        """GetModelStatus: every version the server tracks for `model` (newest first)."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        req = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(req.model_spec, model, version)
+        resp = self._call("GetModelStatus", self._models.GetModelStatus, req)
+        state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+        out = [VersionStatus(s.version, state_name(s.state), int(s.status.error_code),
+                             s.status.error_message) for s in resp.model_version_status]
+        return sorted(out, key=lambda s: -s.version)
+
+    def wait_until_available(self, model: str, version: Optional[int] = None,
+                             timeout_s: float = 60.0, poll_s: float = 0.1) -> int:
+        """Blocks until `model` (or `version` of it) is AVAILABLE; returns that version.
+        NOT_FOUND and UNAVAILABLE mean "not yet" here (server or version still coming up)."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while True:
+            try:
+                avail = [s.version for s in self.status(model, version) if s.state == "AVAILABLE"]
+                if avail:
+                    return max(avail)
+                last = "no AVAILABLE version"
+            except ServingError as e:
+                if e.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                    raise
+                last = f"{e.code.name}: {e.details}"
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{model}{'' if version is None else f' v{version}'} not "
+                                   f"available after {timeout_s:.0f} s ({last})")
+            time.sleep(poll_s)
+
+
+def embed_request_from_events(events_df, user_id: Union[str, Sequence[str]], max_len: int,
+                              now_ts: int) -> Dict[str, np.ndarray]:
+    """`embed_raw` inputs from the canonical event log (user_id, item_id, action, timestamp,
+    duration, surface): per user, the most recent `max_len` actions strictly before `now_ts`,
+    oldest first (ties by item id, as EventExampleGen orders them), padded after `hist_len` to
+    a fixed [B, max_len] so requests batch on the server. One row per user id given."""
+    missing = [c for c in F.EVENT_COLUMNS if c not in events_df.columns]
+    if missing:
+        raise ValueError(f"events are missing columns {missing}")
+    if max_len < 1:
+        raise ValueError("max_len must be >= 1")
+    users = [user_id] if isinstance(user_id, (str, bytes)) else list(user_id)
+    b = len(users)
+    out = {
+        F.HIST_ITEM: np.full((b, max_len), C.PAD_ITEM, np.int64),
+        F.HIST_ACTION: np.full((b, max_len), C.PAD_STRING, object),
+        F.HIST_SURFACE: np.full((b, max_len), C.PAD_STRING, object),
+        F.HIST_TS: np.full((b, max_len), C.PAD_INT, np.int64),
+        F.HIST_DURATION: np.full((b, max_len), C.PAD_FLOAT, np.float32),
+        C.HIST_LEN: np.zeros((b,), np.int64),
+    }
+    ts_all = events_df["timestamp"].to_numpy(np.int64)
+    items_all = events_df["item_id"].to_numpy(np.int64)
+    uid_col = events_df["user_id"].to_numpy()
+    before = ts_all < int(now_ts)
+    for row, uid in enumerate(users):
+        sel = np.flatnonzero(before & (uid_col == uid))
+        # Chronological, ties by item id; keep the newest max_len.
+        idx = sel[np.lexsort((items_all[sel], ts_all[sel]))][-max_len:]
+        n = len(idx)
+        if not n:
+            continue
+        out[F.HIST_ITEM][row, :n] = items_all[idx]
+        out[F.HIST_TS][row, :n] = ts_all[idx]
+        out[F.HIST_ACTION][row, :n] = [_bytes(a) for a in events_df["action"].to_numpy()[idx]]
+        out[F.HIST_SURFACE][row, :n] = [_bytes(s) for s in events_df["surface"].to_numpy()[idx]]
+        out[F.HIST_DURATION][row, :n] = events_df["duration"].to_numpy(np.float32)[idx]
+        out[C.HIST_LEN][row] = n
+    return out
+
+
+def _bytes(v: Any) -> bytes:
+    return v.encode("utf-8") if isinstance(v, str) else bytes(v)

@@ -1,0 +1,170 @@
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline import features as F
+from pipeline.config import OBJECTIVES, PinnerFormerConfig
+from models.pinnerformer import PinnerFormer, attention_mask
+
+M, FUT, N_ITEMS, DIN = 8, 5, 40, 6
+CFG = PinnerFormerConfig(seq_len=M, hidden=16, num_layers=2, num_heads=2, output_dim=8, action_emb_dim=4,
+                         surface_emb_dim=4, dropout=0.0, num_sampled_positions=3, max_labels=4,
+                         num_random_negatives=16, max_in_batch_negatives=50, sketch_width=64, sketch_depth=2)
+ITEM_IDS = np.arange(1000, 1000 + N_ITEMS, dtype=np.int64)
+SEQ_KEYS = [F.xf(n) for n in F.HIST_FEATURES]
+
+
+def _batch(rng, n, seq_len=None):
+    L = rng.integers(1, M + 1, n) if seq_len is None else np.asarray(seq_len)
+    real = np.arange(M)[None] < L[:, None]
+    ts = np.sort(rng.integers(1_650_000_000, 1_650_000_000 + 50 * 86400, (n, M)), 1)[:, ::-1]
+    fl = rng.integers(0, FUT + 1, n)
+    fts = ts[:, :1] + np.sort(rng.integers(1, 30 * 86400, (n, FUT)), 1)
+    feats = {
+        F.xf(F.HIST_ITEM): np.where(real, rng.choice(ITEM_IDS, (n, M)), F.PAD_ITEM),
+        F.xf(F.HIST_ACTION): np.where(real, rng.integers(1, 6, (n, M)), 0),
+        F.xf(F.HIST_SURFACE): np.where(real, rng.integers(1, 7, (n, M)), 0),
+        F.xf(F.HIST_TS): np.where(real, ts, 0),
+        F.xf(F.HIST_DURATION): np.where(real, rng.exponential(20, (n, M)), 0).astype(np.float32),
+        F.xf(F.HIST_POS): np.where(real, rng.integers(0, 2, (n, M)), 0),
+        F.SEQ_LEN_XF: L.astype(np.int64),
+        F.xf(F.FUT_ITEM): np.where(np.arange(FUT)[None] < fl[:, None], rng.choice(ITEM_IDS, (n, FUT)), -1),
+        F.xf(F.FUT_TS): fts, F.FUT_LEN_XF: fl[:, None].astype(np.int64),
+    }
+    return {k: v.astype(np.int64) if v.dtype != np.float32 else v for k, v in feats.items()}
+
+
+def _model(cfg=CFG, seed=0):
+    emb = np.random.default_rng(seed).normal(size=(N_ITEMS, DIN)).astype(np.float32)
+    return PinnerFormer(cfg, ITEM_IDS, emb, num_actions=6, num_surfaces=7, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+def _encode(model, feats):
+    return model.encode({k: tf.constant(v) for k, v in feats.items()}).numpy()
+
+
+def test_attention_mask():
+    mask = attention_mask(tf.constant([3, 0]), 4).numpy()
+    np.testing.assert_array_equal(mask[0], [[1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(mask[1], np.eye(4))  # padded queries see only themselves (no NaN)
+
+
+def test_causal_newest_first(model):
+    feats = _batch(np.random.default_rng(0), 2, seq_len=[M, 6])
+    base = _encode(model, feats)
+    newer = {k: v.copy() for k, v in feats.items()}
+    newer[F.xf(F.HIST_ITEM)][:, 0] = ITEM_IDS[[7, 8]]  # position 0 is the newest action
+    newer[F.xf(F.HIST_ACTION)][:, 0] = 5
+    newer[F.xf(F.HIST_DURATION)][:, 0] += 100.0
+    out = _encode(model, newer)
+    np.testing.assert_allclose(out[:, 1:], base[:, 1:], atol=1e-6)  # older positions cannot see it
+    assert np.abs(out[:, 0] - base[:, 0]).max() > 1e-3
+    older = {k: v.copy() for k, v in feats.items()}
+    older[F.xf(F.HIST_ITEM)][:, 3] = ITEM_IDS[[9, 10]]
+    older[F.xf(F.HIST_SURFACE)][:, 3] = 6  # 6 = OOV for 7 surfaces: dropped, but the item still changed
+    out = _encode(model, older)
+    np.testing.assert_allclose(out[:, 4:6], base[:, 4:6], atol=1e-6)
+    assert np.all(np.abs(out[:, :4] - base[:, :4]).max(-1) > 1e-4)  # every newer position sees it
+
+
+def test_padding_invariance(model):
+    rng = np.random.default_rng(1)
+    feats = _batch(rng, 3, seq_len=[5, 2, 5])
+    base = _encode(model, feats)
+    garbage = {k: v.copy() for k, v in feats.items()}
+    for k in SEQ_KEYS:  # random junk in the padded slots: masks come from seq_len only
+        pad = np.arange(M)[None] >= feats[F.SEQ_LEN_XF][:, None]
+        garbage[k] = np.where(pad, _batch(rng, 3, seq_len=[M] * 3)[k], feats[k])
+    np.testing.assert_allclose(_encode(model, garbage)[:, :5], base[:, :5], atol=1e-6)
+    # Narrower input (width 5, no extra padding) gives the same embeddings at the real positions.
+    narrow = {k: (v[:, :5] if k in SEQ_KEYS else v) for k, v in feats.items()}
+    got = _encode(model, narrow)
+    assert got.shape == (3, 5, CFG.output_dim)
+    np.testing.assert_allclose(got[0], base[0, :5], atol=1e-6)
+    np.testing.assert_allclose(got[1, :2], base[1, :2], atol=1e-6)
+    # [B] and [B, 1] scalars are interchangeable.
+    col = dict(feats, **{F.SEQ_LEN_XF: feats[F.SEQ_LEN_XF][:, None]})
+    np.testing.assert_allclose(_encode(model, col), base, atol=1e-6)
+
+
+def test_unit_norm_and_empty_history(model):
+    rng = np.random.default_rng(2)
+    feats = _batch(rng, 4, seq_len=[0, 3, 0, M])
+    feats[F.xf(F.HIST_ITEM)][2] = ITEM_IDS[:M]  # junk behind seq_len 0
+    out = _encode(model, feats)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
+    user = model({k: tf.constant(v) for k, v in feats.items()}).numpy()
+    np.testing.assert_allclose(user, out[:, 0], atol=1e-6)
+    np.testing.assert_allclose(user[0], user[2], atol=1e-6)  # empty history = one learned embedding
+
+
+def test_item_tower(model):
+    emb = model.item_embedding(tf.constant(np.r_[ITEM_IDS[:3], [-1, 5]])).numpy()
+    assert emb.shape == (5, CFG.output_dim)
+    np.testing.assert_allclose(np.linalg.norm(emb[:3], axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(emb[3], emb[4], atol=1e-7)  # unknown ids share the zero-input row
+    np.testing.assert_array_equal(model.item_rows(tf.constant([1000, 1039, 7])).numpy(), [1, 40, 0])
+    assert not model.frozen_item_embeddings.trainable
+    assert all("frozen_item" not in v.name for v in model.trainable_variables)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_every_objective_gives_a_finite_loss(objective):
+    m = _model(dataclasses.replace(CFG, objective=objective))
+    feats = {k: tf.constant(v) for k, v in _batch(np.random.default_rng(3), 6).items()}
+    with tf.GradientTape() as tape:
+        loss, n_pairs = m.pair_loss(feats, training=True, seed=[0, 1], update_sketch=True)
+    assert np.isfinite(loss.numpy()) and loss.numpy() > 0 and n_pairs.numpy() > 0
+    assert m.sketch.total.numpy() == n_pairs.numpy()
+    grads = tape.gradient(loss, m.trainable_variables)
+    assert all(g is not None and np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in grads)
+
+
+def test_fit_reduces_loss_then_export_round_trip(tmp_path):
+    m = _model(dataclasses.replace(CFG, num_layers=1), seed=1)
+    m.compile(optimizer=keras.optimizers.Adam(5e-3))
+    data = _batch(np.random.default_rng(4), 32)
+    ds = tf.data.Dataset.from_tensor_slices(data).batch(16)
+
+    def eval_loss():  # what test_step computes (fixed seed (seed, -1), no sketch update), eagerly
+        losses = [m.pair_loss(b, training=False, seed=[1, -1], update_sketch=False)[0].numpy() for b in ds]
+        return float(np.mean(losses))
+
+    before = eval_loss()
+    hist = m.fit(ds.repeat(), steps_per_epoch=40, epochs=1, verbose=0)
+    assert set(hist.history) == {"loss", "temperature"}
+    total = m.sketch.total.numpy()
+    assert total > 0  # train_step updates the sketch ...
+    m.loss_tracker.reset_state()
+    for b in ds:  # Keras' test_step, run eagerly (tracing `evaluate` would add seconds to the test)
+        after = m.test_step(b)
+    assert m.sketch.total.numpy() == total  # ... test_step does not
+    assert after["loss"].numpy() == pytest.approx(eval_loss(), rel=1e-5)
+    assert after["loss"].numpy() < before - 0.5, (before, after)
+
+    # Export with caller-defined signatures ([None, M] history, [None] item ids) and reload.
+    spec = {k: tf.TensorSpec([None, M], tf.float32 if k == F.xf(F.HIST_DURATION) else tf.int64, name=k)
+            for k in SEQ_KEYS}
+    spec[F.SEQ_LEN_XF] = tf.TensorSpec([None], tf.int64, name=F.SEQ_LEN_XF)
+    serve = tf.function(lambda f: {"embedding": m(f, training=False)}, input_signature=[spec])
+    items = tf.function(lambda i: {"embedding": m.item_embedding(i)},
+                        input_signature=[tf.TensorSpec([None], tf.int64, name="item_id")])
+    path = os.path.join(tmp_path, "export")
+    tf.saved_model.save(m, path, signatures={"serving_default": serve, "item_embedding": items})
+    loaded = tf.saved_model.load(path)
+    x = {k: tf.constant(data[k][:5]) for k in spec}
+    np.testing.assert_allclose(loaded.signatures["serving_default"](**x)["embedding"].numpy(),
+                               m(x).numpy(), atol=1e-6)
+    q = tf.constant(np.r_[ITEM_IDS[::7], [-1, 123]])  # unknown ids go through the restored lookup table
+    np.testing.assert_allclose(loaded.signatures["item_embedding"](item_id=q)["embedding"].numpy(),
+                               m.item_embedding(q).numpy(), atol=1e-6)

@@ -1,0 +1,266 @@
+"""The deploy configs parse with TF Serving's protos (or the strongest check available), typos
+fail, and docker-compose / k8s / kustomize / models.config agree with each other."""
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import threading
+
+import pytest
+import yaml
+
+from serving import configs
+from serving import constants as C
+
+DEPLOY = C.DEPLOY_DIR
+
+
+def _path(name):
+    return os.path.join(DEPLOY, name)
+
+
+def _text(name):
+    with open(_path(name)) as fh:
+        return fh.read()
+
+
+def test_models_config_parses_with_tf_serving_proto():
+    cfg = configs.load_model_server_config(_path(C.MODELS_CONFIG))
+    assert type(cfg).DESCRIPTOR.full_name == "tensorflow.serving.ModelServerConfig"
+    models = {m.name: m for m in cfg.model_config_list.config}
+    assert tuple(models) == C.MODEL_NAMES
+    for name, m in models.items():
+        assert m.base_path == f"{C.CONTAINER_MODEL_ROOT}/{name}"
+        assert m.model_platform == "tensorflow"
+        assert m.model_version_policy.latest.num_versions == C.NUM_VERSIONS == 2
+
+
+def test_batching_parameters_parse_and_follow_tf_serving_rules():
+    p = configs.load_batching_parameters(_path(C.BATCHING_CONFIG))
+    assert p.max_batch_size == 512 and p.batch_timeout_micros == 1000
+    assert p.num_batch_threads == 4 and p.max_enqueued_batches == 8
+    assert p.allowed_batch_sizes == (32, 64, 128, 256, 512)
+    assert p.other == {}
+
+
+def test_monitoring_config_parses():
+    m = configs.load_monitoring_config(_path(C.MONITORING_CONFIG))
+    assert m.prometheus_enable and m.prometheus_path == C.PROMETHEUS_PATH
+
+
+def test_schema_sources_report_what_is_shipped():
+    src = configs.schema_sources()
+    assert "model_server_config_pb2" in src[C.MODELS_CONFIG]
+    for name, module in ((C.BATCHING_CONFIG, configs._BATCHING_MODULE),
+                         (C.MONITORING_CONFIG, configs._MONITORING_MODULE)):
+        shipped = configs._optional_module(module) is not None
+        assert ("not shipped" not in src[name]) == shipped
+
+
+BROKEN = {
+    C.MODELS_CONFIG: [
+        ("model_platform:", "model_platfrom:"),  # unknown field
+        ('name: "ranker"', 'name: "pinnerformer"'),  # duplicate model
+        ("num_versions: 2", "num_versions: two"),  # wrong type
+        ("model_config_list {", "model_config_list"),  # syntax
+    ],
+    C.BATCHING_CONFIG: [
+        ("max_batch_size {", "max_batch_sise {"),  # typo in a field name
+        ("max_batch_size { value: 512 }", "max_batch_size: 512"),  # not the Int64Value form
+        ("max_batch_size { value: 512 }", "max_batch_size { value: 384 }"),  # last bucket != max
+        ("allowed_batch_sizes: 64\n", "allowed_batch_sizes: 16\n"),  # not increasing
+        ("num_batch_threads { value: 4 }", "num_batch_threads { value: 0 }"),
+        ("batch_timeout_micros { value: 1000 }", "batch_timeout_micros { value: 1000 "),
+        ("max_enqueued_batches { value: 8 }",
+         "max_enqueued_batches { value: 8 }\npad_variable_length_inputs: true"),  # unverifiable
+        ("max_enqueued_batches { value: 8 }", "max_enqueued_batches { value: 8 valeu: 1 }"),
+    ],
+    C.MONITORING_CONFIG: [
+        ("prometheus_config {", "prometheus_confg {"),
+        ("enable: true", "enable: ture"),
+        ("enable: true", "enable: false"),
+        ('path: "/monitoring/prometheus/metrics"', 'path: "/metrics"'),
+        ("path:", "pth:"),
+        ("}", ""),  # syntax
+    ],
+}
+LOADERS = {C.MODELS_CONFIG: configs.load_model_server_config,
+           C.BATCHING_CONFIG: configs.load_batching_parameters,
+           C.MONITORING_CONFIG: configs.load_monitoring_config}
+
+
+@pytest.mark.parametrize("name,old,new", [(n, o, w) for n, cases in BROKEN.items()
+                                          for o, w in cases])
+def test_broken_copy_fails(tmp_path, name, old, new):
+    text = _text(name)
+    assert old in text, f"mutation {old!r} does not apply to {name}"
+    broken = tmp_path / name
+    broken.write_text(text.replace(old, new))  # every occurrence: comments may quote it
+    with pytest.raises(configs.ConfigError) as e:
+        LOADERS[name](str(broken))
+    assert str(broken) in str(e.value)
+
+
+def test_unmodified_copy_still_parses(tmp_path):
+    """Guards the mutation test: the copy mechanism itself does not break files."""
+    for name, load in LOADERS.items():
+        shutil.copy(_path(name), tmp_path / name)
+        load(str(tmp_path / name))
+
+
+# ------------------------------------------------------------------ compose / k8s consistency
+
+EXPECTED_FLAGS = {
+    "--port": str(C.GRPC_PORT),
+    "--rest_api_port": str(C.REST_PORT),
+    "--model_config_file": f"{C.CONTAINER_CONFIG_DIR}/{C.MODELS_CONFIG}",
+    "--batching_parameters_file": f"{C.CONTAINER_CONFIG_DIR}/{C.BATCHING_CONFIG}",
+    "--monitoring_config_file": f"{C.CONTAINER_CONFIG_DIR}/{C.MONITORING_CONFIG}",
+    "--enable_batching": "true",
+    "--enable_model_warmup": "true",
+}
+
+
+def _flags(args):
+    out = {}
+    for a in args:
+        k, _, v = a.partition("=")
+        out[k] = v
+    return out
+
+
+def _compose():
+    with open(_path("docker-compose.yml")) as fh:
+        return yaml.safe_load(fh)["services"]["tfserving"]
+
+
+def _k8s():
+    with open(_path("k8s.yaml")) as fh:
+        docs = [d for d in yaml.safe_load_all(fh) if d]
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    return by_kind
+
+
+def test_compose_and_k8s_run_the_same_server_command():
+    svc = _compose()
+    dep = _k8s()["Deployment"][0]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert svc["image"] == container["image"] == C.SERVING_IMAGE
+    assert svc["entrypoint"] == container["command"] == ["tensorflow_model_server"]
+    assert svc["command"] == container["args"]
+    flags = _flags(container["args"])
+    for k, v in EXPECTED_FLAGS.items():
+        assert flags.get(k) == v, k
+    assert int(flags["--model_config_file_poll_wait_seconds"]) > 0
+    assert int(flags["--file_system_poll_wait_seconds"]) > 0
+
+
+def test_compose_ports_volumes_gpu():
+    svc = _compose()
+    assert set(svc["ports"]) == {f"{C.GRPC_PORT}:{C.GRPC_PORT}", f"{C.REST_PORT}:{C.REST_PORT}"}
+    vols = {v["target"]: v for v in svc["volumes"]}
+    assert set(vols) == {C.CONTAINER_MODEL_ROOT, C.CONTAINER_CONFIG_DIR}
+    assert all(v["type"] == "bind" and v["read_only"] for v in vols.values())
+    assert "PINRANK_SERVING_DIR" in vols[C.CONTAINER_MODEL_ROOT]["source"]
+    assert os.path.samefile(os.path.join(DEPLOY, vols[C.CONTAINER_CONFIG_DIR]["source"]), DEPLOY)
+    dev = svc["deploy"]["resources"]["reservations"]["devices"][0]
+    assert dev["driver"] == "nvidia" and dev["count"] == 1 and "gpu" in dev["capabilities"]
+    assert "/config/ready.sh" in svc["healthcheck"]["test"]
+
+
+def test_k8s_deployment_probes_gpu_volumes_service():
+    kinds = _k8s()
+    dep = kinds["Deployment"][0]
+    pod = dep["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": C.GRPC_PORT, "http": C.REST_PORT}
+    ready = container["readinessProbe"]["exec"]["command"]
+    assert ready == ["bash", "/config/ready.sh", f"/config/{C.MODELS_CONFIG}"]
+    assert container["livenessProbe"]["tcpSocket"]["port"] == C.GRPC_PORT
+    assert container["startupProbe"]["tcpSocket"]["port"] == C.GRPC_PORT
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert set(mounts) == {C.CONTAINER_MODEL_ROOT, C.CONTAINER_CONFIG_DIR}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    claim = volumes[mounts[C.CONTAINER_MODEL_ROOT]]["persistentVolumeClaim"]["claimName"]
+    assert claim in {p["metadata"]["name"] for p in kinds["PersistentVolumeClaim"]}
+    ann = pod["metadata"]["annotations"]
+    assert ann["prometheus.io/path"] == configs.load_monitoring_config(
+        _path(C.MONITORING_CONFIG)).prometheus_path
+    assert ann["prometheus.io/port"] == str(C.REST_PORT)
+    labels = pod["metadata"]["labels"]
+    for svc in kinds["Service"]:
+        assert svc["spec"]["selector"].items() <= labels.items()
+        assert {p["port"] for p in svc["spec"]["ports"]} <= {C.GRPC_PORT, C.REST_PORT}
+    assert any(p["port"] == C.GRPC_PORT for s in kinds["Service"] for p in s["spec"]["ports"])
+
+
+def test_kustomize_configmap_carries_every_referenced_config():
+    with open(_path("kustomization.yaml")) as fh:
+        kust = yaml.safe_load(fh)
+    assert kust["resources"] == ["k8s.yaml"]
+    gen = kust["configMapGenerator"][0]
+    dep = _k8s()["Deployment"][0]
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == gen["name"]
+    files = set(gen["files"])
+    referenced = {v.split("/config/")[1] for v in
+                  _flags(dep["spec"]["template"]["spec"]["containers"][0]["args"]).values()
+                  if v.startswith("/config/")} | {"ready.sh"}
+    assert referenced == files == set(C.CONFIG_FILES) | {"ready.sh"}
+    for f in files:
+        assert os.path.isfile(_path(f)), f
+
+
+# ------------------------------------------------------------------ readiness probe script
+
+
+class _FakeRest(http.server.BaseHTTPRequestHandler):
+    states = {}
+
+    def do_GET(self):
+        name = self.path.rsplit("/", 1)[-1]
+        state = self.states.get(name)
+        if state is None:
+            body, code = {"error": f"Could not find any versions of model {name}"}, 404
+        else:
+            body, code = {"model_version_status": [
+                {"version": "1700000000", "state": state,
+                 "status": {"error_code": "OK", "error_message": ""}}]}, 200
+        data = json.dumps(body, indent=1).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                    reason="needs bash and coreutils timeout")
+def test_ready_script_requires_every_model_available():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeRest)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = dict(os.environ, REST_PORT=str(server.server_address[1]), PROBE_TIMEOUT_S="2")
+
+    def probe():
+        return subprocess.run(["bash", _path("ready.sh"), _path(C.MODELS_CONFIG)], env=env,
+                              capture_output=True, text=True, timeout=20)
+
+    try:
+        _FakeRest.states = {m: "AVAILABLE" for m in C.MODEL_NAMES}
+        assert probe().returncode == 0
+        _FakeRest.states = {C.PINNERFORMER: "AVAILABLE", C.RANKER: "LOADING"}
+        r = probe()
+        assert r.returncode == 1 and C.RANKER in r.stderr
+        _FakeRest.states = {C.PINNERFORMER: "AVAILABLE"}  # ranker never pushed: 404
+        assert probe().returncode == 1
+    finally:
+        server.shutdown()
+        server.server_close()

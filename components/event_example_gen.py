@@ -25,7 +25,7 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from tfx import v1 as tfx
-from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 
@@ -191,7 +191,7 @@ def EventExampleGen(
     with beam_pipeline as p:
         build_examples(p, input_base, cfg, examples.uri)
     examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
-    example_gen_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
+    examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
     with tf.io.gfile.GFile(os.path.join(examples.uri, _STATS_FILE)) as fh:
         stats = json.load(fh)
     for key, val in stats.items():

@@ -12,6 +12,7 @@ inside the commands so that building the `pinrank` parser stays fast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -55,7 +56,8 @@ def add_subcommands(subparsers) -> None:
         sp.add_argument("--events", required=True,
                         help="dataset dir (<dir>/events/part-*.parquet), a .parquet or a .csv with "
                              "columns " + ",".join(F.EVENT_COLUMNS))
-        sp.add_argument("--user-id", action="append", required=True, dest="user_ids")
+        sp.add_argument("--user-id", action="append", required=True, dest="user_ids",
+                        metavar="USER_ID", help="repeat for several users (embed)")
         sp.add_argument("--now-ts", type=int, help="history strictly before this unix time "
                                                    "(default: now)")
         sp.add_argument("--max-len", type=int,
@@ -128,7 +130,7 @@ def cmd_query_status(args) -> int:
     def run(args):
         with _client(args) as c:
             st = c.status(args.model, args.version)
-        _print([s.__dict__ for s in st])
+        _print([dataclasses.asdict(s) for s in st])
         return 1 if args.require_available and not any(s.state == "AVAILABLE" for s in st) else 0
 
     return _run(run, args)

@@ -15,6 +15,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
 
 from pipeline import features as F
 from serving import constants as C
@@ -47,8 +51,6 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 def to_tensor_proto(value: Any):
     """numpy/array-like -> TensorProto, keeping the array's dtype (no silent casts: a dtype the
     signature does not expect must fail on the server, not be coerced). str -> utf-8 bytes."""
-    import tensorflow as tf
-
     arr = np.asarray(value)
     if arr.dtype.kind == "U" or (arr.dtype.kind == "O" and arr.size and
                                  any(isinstance(x, str) for x in arr.flat)):
@@ -60,8 +62,6 @@ def to_tensor_proto(value: Any):
 
 
 def from_tensor_proto(proto) -> np.ndarray:
-    import tensorflow as tf
-
     return tf.make_ndarray(proto)
 
 
@@ -73,8 +73,6 @@ class ServingClient:
                  backoff_s: float = 0.05, max_backoff_s: float = 2.0,
                  max_message_bytes: int = 64 << 20, channel: Optional[grpc.Channel] = None,
                  sleep: Callable[[float], None] = time.sleep):
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-
         if timeout_s <= 0 or retries < 0:
             raise ValueError("timeout_s must be > 0 and retries >= 0")
         self.target = target
@@ -144,8 +142,6 @@ class ServingClient:
                           version: Optional[int] = None, version_label: Optional[str] = None,
                           output_filter: Sequence[str] = ()) -> Tuple[Dict[str, np.ndarray], int]:
         """Predict and also return the version that served the request."""
-        from tensorflow_serving.apis import predict_pb2
-
         req = predict_pb2.PredictRequest()
         self._spec(req.model_spec, model, version, version_label, signature)
         for name, value in inputs.items():
@@ -173,8 +169,6 @@ class ServingClient:
     def metadata(self, model: str, version: Optional[int] = None) -> Dict[str, Any]:
         """Signature name -> tensorflow.SignatureDef (as TF Serving lists them, including
         `__saved_model_init_op`)."""
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
         req = get_model_metadata_pb2.GetModelMetadataRequest()
         self._spec(req.model_spec, model, version)
         req.metadata_field.append(C.SIGNATURE_DEF_FIELD)
@@ -191,8 +185,6 @@ class ServingClient:
 
     def status(self, model: str, version: Optional[int] = None) -> List[VersionStatus]:
         """GetModelStatus: every version the server tracks for `model` (newest first)."""
-        from tensorflow_serving.apis import get_model_status_pb2
-
         req = get_model_status_pb2.GetModelStatusRequest()
         self._spec(req.model_spec, model, version)
         resp = self._call("GetModelStatus", self._models.GetModelStatus, req)

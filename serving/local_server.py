@@ -40,6 +40,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import grpc
 import numpy as np
 
+# No TensorFlow at module level: `pinrank --help` builds its parser from add_serve_arguments.
 from serving import constants as C
 from serving.configs import BatchingParameters, load_batching_parameters, load_model_server_config
 
@@ -207,7 +208,7 @@ class ModelManager:
             return
         for n in names:
             path = os.path.join(self._model_root, n)
-            if os.path.isdir(path) and n not in self._models:
+            if os.path.isdir(path) and not n.startswith(".") and n not in self._models:
                 log.info("found model %s at %s", n, path)
                 with self._lock:
                     self._models[n] = _Model(ModelSource(n, path, latest=self._num_versions))
@@ -760,15 +761,16 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=C.GRPC_PORT,
                    help=f"gRPC port (default {C.GRPC_PORT}; 0 picks a free one)")
     p.add_argument("--file_system_poll_wait_seconds", "--file-system-poll-wait-seconds",
-                   type=float, default=1.0,
-                   help="poll for new versions this often (0: only at start-up)")
+                   type=float, default=1.0, metavar="SECONDS",
+                   help="poll for new versions this often (default 1; 0: only at start-up)")
     p.add_argument("--num_versions", "--num-versions", type=int, default=C.NUM_VERSIONS,
+                   metavar="N",
                    help="with --model_base_path: versions kept loaded per model")
     p.add_argument("--enable_batching", "--enable-batching", action="store_true",
                    help="batch concurrent Predict calls like TF Serving's batching session")
     p.add_argument("--batching_parameters_file", "--batching-parameters-file", metavar="FILE",
                    help="BatchingParameters text proto (e.g. serving/deploy/"
-                        "batching_parameters.config)")
+                        "batching_parameters.config); implies --enable_batching")
     p.add_argument("--max_batch_size", "--max-batch-size", type=int,
                    help="override max_batch_size")
     p.add_argument("--batch_timeout_micros", "--batch-timeout-micros", type=int,

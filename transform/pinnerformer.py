@@ -52,7 +52,8 @@ def preprocessing_fn(inputs: Dict[str, Any], custom_config: Optional[Dict[str, A
     }
     for name, (rt, pad) in seqs.items():
         out[F.xf(name)], lengths = newest_first(rt, m, pad)
-    out[F.SEQ_LEN_XF] = lengths
+        if name == F.HIST_ITEM:  # from a serving input, so serving graphs keep it
+            out[F.SEQ_LEN_XF] = lengths
     # Labels: serving graphs get no fut_* inputs and TFT prunes these outputs there.
     out[F.xf(F.FUT_ITEM)], out[F.FUT_LEN_XF] = oldest_first(inputs[F.FUT_ITEM], f, F.PAD_ITEM)
     out[F.xf(F.FUT_TS)], _ = oldest_first(inputs[F.FUT_TS], f, 0)

@@ -33,7 +33,8 @@ def build_model(cfg: PipelineConfig, tf_transform_output, item_embeddings_uri: s
     return PinnerFormer(
         cfg.model, item_ids=item_ids, item_embeddings=item_emb,
         num_actions=tf_transform_output.vocabulary_size_by_name(F.ACTION_VOCAB) + 2,
-        num_surfaces=tf_transform_output.vocabulary_size_by_name(F.SURFACE_VOCAB) + 2)
+        num_surfaces=tf_transform_output.vocabulary_size_by_name(F.SURFACE_VOCAB) + 2,
+        seed=cfg.train.seed)
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:

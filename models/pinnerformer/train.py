@@ -37,9 +37,12 @@ def load_item_embeddings(uri: str):
 
 def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
     t = cfg.train
-    return keras.optimizers.AdamW(
+    opt = keras.optimizers.AdamW(
         learning_rate=WarmupCosine(t.learning_rate, t.warmup_steps, t.train_steps),
         weight_decay=t.weight_decay, clipnorm=1.0)
+    # Decaying log(temperature) would pull tau towards 1 instead of letting it learn.
+    opt.exclude_from_weight_decay(var_names=["log_temperature"])
+    return opt
 
 
 def fit(model: keras.Model, cfg: PipelineConfig, train_ds: tf.data.Dataset,

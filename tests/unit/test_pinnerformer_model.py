@@ -130,6 +130,15 @@ def test_every_objective_gives_a_finite_loss(objective):
     assert all(g is not None and np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in grads)
 
 
+def test_batch_without_pairs_gives_zero_loss_and_zero_grads(model):
+    feats = {k: tf.constant(v) for k, v in _batch(np.random.default_rng(5), 3, seq_len=[0, 0, 0]).items()}
+    with tf.GradientTape() as tape:
+        loss, n_pairs = model.pair_loss(feats, training=True, seed=[0, 0], update_sketch=False)
+    assert n_pairs.numpy() == 0 and loss.numpy() == 0.0
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is None or not np.any(tf.convert_to_tensor(g).numpy()) for g in grads)
+
+
 def test_fit_reduces_loss_then_export_round_trip(tmp_path):
     m = _model(dataclasses.replace(CFG, num_layers=1), seed=1)
     m.compile(optimizer=keras.optimizers.Adam(5e-3))

@@ -15,6 +15,8 @@ from pipeline import features as F
 from serving import constants as C
 from serving.client import ServingClient, ServingError, embed_request_from_events
 
+pytestmark = pytest.mark.timeout(60)
+
 
 class _Scripted(prediction_service_pb2_grpc.PredictionServiceServicer,
                 model_service_pb2_grpc.ModelServiceServicer):

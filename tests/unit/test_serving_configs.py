@@ -109,6 +109,16 @@ def test_unmodified_copy_still_parses(tmp_path):
         load(str(tmp_path / name))
 
 
+def test_text_proto_reader_accepts_the_other_text_format_spellings():
+    """TF Serving's parser also takes list syntax, `<>` messages and `field: {`."""
+    p = configs.parse_batching_parameters(
+        "max_batch_size: < value: 8 >, batch_timeout_micros: { value: 0 };\n"
+        "allowed_batch_sizes: [2, 4, 8]  # comment")
+    assert (p.max_batch_size, p.batch_timeout_micros, p.allowed_batch_sizes) == (8, 0, (2, 4, 8))
+    assert configs.parse_text_proto("a { b: 'x' c: -1.5 d: FOO e: true }") == {
+        "a": [{"b": ["x"], "c": [-1.5], "d": ["FOO"], "e": [True]}]}
+
+
 # ------------------------------------------------------------------ compose / k8s consistency
 
 EXPECTED_FLAGS = {

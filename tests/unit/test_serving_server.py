@@ -26,6 +26,7 @@ from serving.client import ServingClient, ServingError, to_tensor_proto
 from serving.configs import BatchingParameters
 
 V1, V2, V3 = 1_700_000_000, 1_700_000_100, 1_700_000_200
+pytestmark = pytest.mark.timeout(120)  # threads and sockets: a deadlock must fail, not hang
 
 
 @pytest.fixture(scope="module")
@@ -471,3 +472,28 @@ def test_local_server_module_help_says_it_is_a_stand_in():
     text = " ".join(r.stdout.split())
     assert "stand-in for TensorFlow Serving where docker is absent" in text
     assert "--model_config_file" in text and "--base_path_prefix" in text
+
+
+def test_local_server_module_runs_prints_port_and_stops_on_sigterm(serving_dir):
+    import queue
+    import signal
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.local_server", "--model_base_path", str(serving_dir),
+         "--port", "0", "--file_system_poll_wait_seconds", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(LS.__file__))))
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    try:
+        line = lines.get(timeout=60)
+        assert "listening on 127.0.0.1:" in line
+        target = line.split("listening on ")[1].split()[0]
+        assert ServingClient(target).status(C.RANKER)[0].state == "AVAILABLE"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -33,7 +33,9 @@ class RunPaths:
     @classmethod
     def for_config(cls, cfg: PipelineConfig, home: str = DEFAULT_HOME) -> "RunPaths":
         home = os.path.abspath(home)
-        root = os.path.join(home, cfg.name)
+        # One MLMD store per data set: the "last blessed model" baseline must have been
+        # evaluated on the same users and catalog.
+        root = os.path.join(home, cfg.name, _data_key(cfg))
         return cls(home=home, pipeline_root=os.path.join(root, "pipeline_root"),
                    metadata_path=os.path.join(root, "metadata.sqlite"),
                    serving_dir=os.path.join(root, "serving"),

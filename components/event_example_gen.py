@@ -8,8 +8,9 @@ Protocol (design.md, "Evaluation protocol"):
   that have >= `min_history` actions before them and >= 1 positive in the window.
 - Eval users get exactly one anchor (window = `eval_window_days`), drawn by a per-user seeded RNG.
   Training users get up to `anchors_per_user` anchors (window = `train_window_days`).
-- Windows never reach past the last event of the data set, so the 14/28-day label sets are
-  complete for every anchor we emit.
+- Evaluation windows never reach past the last event of the data set, so every eval user's
+  14-day label set is complete. Training windows are truncated at the data's end unless
+  `full_train_window` (papers.md §1.4 allows either).
 
 Everything is a Beam transform keyed by user, so it scales with the runner, not with RAM. Every
 truncation or dropped row is counted in `<examples>/event_example_gen.json` and in the artifact's
@@ -53,15 +54,18 @@ def _user_rng(user_id: str, seed: int) -> np.random.Generator:
 
 
 def candidate_anchors(ts: np.ndarray, pos: np.ndarray, window_s: int, min_history: int,
-                      data_end: int) -> np.ndarray:
-    """Anchor times for one user (ts sorted ascending): distinct event times with enough history,
-    at least one positive in [t, t + window) and a window that ends within the data."""
+                      data_end: int, full_window: bool = True) -> np.ndarray:
+    """Anchor times for one user (ts sorted ascending): distinct event times with enough history
+    and at least one positive in [t, t + window); with `full_window` the window must also end
+    within the data (otherwise it is truncated at the data's end)."""
     times = np.unique(ts)
     n_before = np.searchsorted(ts, times, side="left")
     pos_cum = np.concatenate([[0], np.cumsum(pos)])
     n_pos_in_window = (pos_cum[np.searchsorted(ts, times + window_s, side="left")]
                        - pos_cum[n_before])
-    ok = (n_before >= min_history) & (n_pos_in_window > 0) & (times + window_s <= data_end + 1)
+    ok = (n_before >= min_history) & (n_pos_in_window > 0)
+    if full_window:
+        ok &= times + window_s <= data_end + 1
     return times[ok]
 
 
@@ -75,7 +79,8 @@ def user_examples(user_id: str, rows: Dict[str, np.ndarray], cfg: ExampleGenConf
     split = split_of(user_id, cfg)
     window_days = cfg.eval_window_days if split == "eval" else cfg.train_window_days
     window_s = window_days * DAY_S
-    anchors = candidate_anchors(ts, pos, window_s, cfg.min_history, data_end)
+    full = split == "eval" or cfg.full_train_window
+    anchors = candidate_anchors(ts, pos, window_s, cfg.min_history, data_end, full)
     if len(anchors) == 0:
         yield split, None, {f"users_without_anchor_{split}": 1}
         return

@@ -39,6 +39,7 @@ class ExampleGenConfig:
     max_eval_future: int = 1000  # evaluation positives kept per anchor (counted)
     anchors_per_user: int = 4  # training anchors sampled per training user
     min_history: int = 1
+    full_train_window: bool = False  # True: training anchors need t + window <= data end
     drop_invalid_events: bool = False  # False: bad rows fail the run; True: drop and count
     seed: int = 0
 
@@ -85,7 +86,7 @@ class PinnerFormerConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 64
-    train_steps: int = 1500
+    train_steps: int = 1000
     eval_steps: int = 20
     learning_rate: float = 1e-3
     warmup_steps: int = 100
@@ -118,6 +119,11 @@ class PipelineConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def sections_json(self, *names: str) -> str:
+        """JSON of only these sections: components get just what they use, so changing, say,
+        the objective does not invalidate the cached data components."""
+        return json.dumps({n: dataclasses.asdict(getattr(self, n)) for n in names}, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PipelineConfig":

@@ -38,9 +38,8 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
-    config_json = cfg.to_json()
     example_gen = EventExampleGen(input_base=dataset_dir, input_fingerprint=dataset_fingerprint,
-                                  config_json=config_json)
+                                  config_json=cfg.sections_json("examples"))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=PINNERFORMER_SCHEMA)
     example_validator = tfx.components.ExampleValidator(
@@ -49,10 +48,11 @@ def create_pipeline(
 
     item_embedding_gen = ItemEmbeddingGen(examples=example_gen.outputs["examples"],
                                           items=example_gen.outputs["items"],
-                                          config_json=config_json)
+                                          config_json=cfg.sections_json("items"))
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN, custom_config={"config_json": config_json},
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"seq_len": cfg.model.seq_len, "max_future": cfg.examples.max_future},
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]))
     transform.add_upstream_node(anomalies_gate)
 
@@ -63,7 +63,7 @@ def create_pipeline(
         run_fn=RUN_FN,
         train_args=tfx.proto.TrainArgs(num_steps=cfg.train.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=cfg.train.eval_steps),
-        custom_config={"config_json": config_json})
+        custom_config={"config_json": cfg.sections_json("model", "train")})
 
     baseline_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -73,7 +73,7 @@ def create_pipeline(
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         item_embeddings=item_embedding_gen.outputs["item_embeddings"],
-        baseline_model=baseline_resolver.outputs["model"], config_json=config_json)
+        baseline_model=baseline_resolver.outputs["model"], config_json=cfg.sections_json("eval"))
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

@@ -39,8 +39,11 @@ def vocab_index(rt: tf.RaggedTensor, vocab_filename: str) -> tf.RaggedTensor:
 
 
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Optional[Dict[str, Any]] = None):
-    cfg = PipelineConfig.from_json(custom_config["config_json"]) if custom_config else PipelineConfig()
-    m, f = cfg.model.seq_len, cfg.examples.max_future
+    """custom_config: {"seq_len": M, "max_future": F} (defaults: PipelineConfig())."""
+    default = PipelineConfig()
+    custom_config = custom_config or {}
+    m = int(custom_config.get("seq_len", default.model.seq_len))
+    f = int(custom_config.get("max_future", default.examples.max_future))
     out = {}
     seqs = {
         F.HIST_ITEM: (inputs[F.HIST_ITEM], F.PAD_ITEM),

@@ -47,7 +47,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                            cfg.train.seed, shuffle=False)
     model = build_model(cfg, tft_out, fn_args.custom_config[ITEM_EMBEDDINGS_URI])
     model.compile(optimizer=train.make_optimizer(cfg))
-    logging.info("PinnerFormer %s objective=%s, %d steps", cfg.preset, cfg.model.objective,
+    logging.info("PinnerFormer objective=%s, %d steps", cfg.model.objective,
                  cfg.train.train_steps)
     train.fit(model, cfg, train_ds, eval_ds, log_dir=fn_args.model_run_dir)
     export.export(model, tft_out, fn_args.serving_model_dir)

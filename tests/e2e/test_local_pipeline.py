@@ -23,7 +23,8 @@ def _executions_by_node(metadata_path, pipeline_name):
             node = ctx.name.split(".", 1)[1] if ctx.name.startswith(pipeline_name + ".") else None
             if node:
                 states = [metadata_store_pb2.Execution.State.Name(e.last_known_state)
-                          for e in m.store.get_executions_by_context(ctx.id)]
+                          for e in sorted(m.store.get_executions_by_context(ctx.id),
+                                          key=lambda e: e.id)]
                 out[node] = states
     return out
 

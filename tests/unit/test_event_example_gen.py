@@ -19,23 +19,24 @@ def _rows(events):
     return {c: df[c].to_numpy() for c in df.columns}
 
 
-def _reference_anchors(ts, pos, window, min_hist, data_end):
+def _reference_anchors(ts, pos, window, min_hist, data_end, full):
     out = []
     for t in sorted(set(ts)):
         hist = sum(1 for x in ts if x < t)
         npos = sum(1 for x, p in zip(ts, pos) if t <= x < t + window and p)
-        if hist >= min_hist and npos > 0 and t + window <= data_end + 1:
+        if hist >= min_hist and npos > 0 and (not full or t + window <= data_end + 1):
             out.append(t)
     return out
 
 
-def test_candidate_anchors_match_brute_force():
+@pytest.mark.parametrize("full", [True, False])
+def test_candidate_anchors_match_brute_force(full):
     rng = np.random.default_rng(0)
     for _ in range(20):
         ts = np.sort(rng.integers(0, 50, size=15))
         pos = rng.integers(0, 2, size=15)
-        got = eg.candidate_anchors(ts, pos, window_s=7, min_history=2, data_end=45)
-        assert got.tolist() == _reference_anchors(ts.tolist(), pos.tolist(), 7, 2, 45)
+        got = eg.candidate_anchors(ts, pos, window_s=7, min_history=2, data_end=45, full_window=full)
+        assert got.tolist() == _reference_anchors(ts.tolist(), pos.tolist(), 7, 2, 45, full)
 
 
 def test_user_examples_history_strictly_before_anchor_and_window():

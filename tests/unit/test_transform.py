@@ -45,11 +45,9 @@ def transformed():
     from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.public import tfxio
 
-    from pipeline.config import preset
     from pipeline.pipeline import PINNERFORMER_SCHEMA
     from transform.pinnerformer import preprocessing_fn
 
-    cfg = preset("tiny").replace(model={"seq_len": 3}, examples={"max_future": 2})
     schema = text_format.Parse(open(PINNERFORMER_SCHEMA).read(), schema_pb2.Schema())
     tmp = tempfile.mkdtemp()
     path = os.path.join(tmp, "data.tfrecord")
@@ -62,7 +60,7 @@ def transformed():
         raw = p | src.BeamSource()
         _, fn = ((raw, src.TensorAdapterConfig())
                  | tft_beam.AnalyzeAndTransformDataset(
-                     lambda x: preprocessing_fn(x, {"config_json": cfg.to_json()}),
+                     lambda x: preprocessing_fn(x, {"seq_len": 3, "max_future": 2}),
                      output_record_batches=True))
         _ = fn | tft_beam.WriteTransformFn(out_dir)
     import tensorflow_transform as tft

@@ -37,17 +37,6 @@ def _pad(lists, dtype, pad):
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from pipeline import local_runner
-    from pipeline.config import preset
-    home = str(tmp_path_factory.mktemp("home"))
-    cfg = preset("tiny")
-    first = local_runner.run(cfg, home)
-    second = local_runner.run(cfg, home)
-    return cfg, first, second
-
-
 def test_every_component_ran_once_and_model_was_pushed(tiny_run):
     cfg, first, _ = tiny_run
     paths = first["paths"]

@@ -69,7 +69,8 @@ def cmd_compile(args) -> int:
     from pipeline.kubeflow_v2_runner import compile_pipeline
     out = compile_pipeline(_config(args), pipeline_root=args.pipeline_root,
                            dataset_dir=args.dataset_dir, serving_dir=args.serving_dir,
-                           output_path=args.output, image=args.image)
+                           output_path=args.output, image=args.image,
+                           schema_path=args.schema_path)
     print(out)
     return 0
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-dir", required=True)
     p.add_argument("--output", default="build/pinrank_pipeline.json")
     p.add_argument("--image", default="gcr.io/tfx-oss-public/tfx:1.16.0")
+    p.add_argument("--schema-path", help="curated schema as the image/GCS sees it")
     p.set_defaults(func=cmd_compile)
 
     try:

@@ -37,11 +37,13 @@ def create_pipeline(
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
+    schema_path: str = PINNERFORMER_SCHEMA,
 ) -> tfx.dsl.Pipeline:
+    """schema_path: the curated raw schema; on Vertex pass where the image (or GCS) has it."""
     example_gen = EventExampleGen(input_base=dataset_dir, input_fingerprint=dataset_fingerprint,
                                   config_json=cfg.sections_json("examples"))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=PINNERFORMER_SCHEMA)
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])

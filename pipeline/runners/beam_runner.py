@@ -1,12 +1,16 @@
 """BeamDagRunner entry point for the tfx CLI (the file must call BeamDagRunner().run()).
 
-  tfx pipeline create --engine=beam --pipeline_path=$PWD/pipeline/beam_runner.py
+  tfx pipeline create --engine=beam --pipeline_path=$PWD/pipeline/runners/beam_runner.py
   tfx run create --engine=beam --pipeline_name=pinrank
 
 The CLI runs this file as a plain script, so settings come from the environment:
 PINRANK_PRESET (tiny|cpu|paper, default cpu), PINRANK_SOURCE (movielens|synthetic|path),
 PINRANK_DATA_PATH (for source=path), PINRANK_HOME (default ./runs), PINRANK_SET (comma-separated
 section.field=value overrides).
+
+It lives in its own folder because the CLI runs it as a script: Python then puts the script's
+folder first on sys.path, and next to pipeline/pipeline.py `import pipeline` would find the module
+instead of the package.
 """
 import os
 

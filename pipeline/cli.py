@@ -103,12 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema-path", help="curated schema as the image/GCS sees it")
     p.set_defaults(func=cmd_compile)
 
-    try:
-        from serving.cli import add_subcommands
-    except ImportError:  # serving extras not built yet
-        pass
-    else:
-        add_subcommands(sub)
+    from serving.cli import add_subcommands as add_serving_subcommands
+    add_serving_subcommands(sub)
     return parser
 
 

@@ -183,8 +183,17 @@ class ItemIndex:
         if kk == 0:
             return (np.zeros((scores.shape[0], 0), np.int64),
                     np.zeros((scores.shape[0], 0), np.float32))
-        part = (np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n
-                else np.broadcast_to(np.arange(n), scores.shape).copy())
+        if kk < n:
+            part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            # Ties at the k-th score: argpartition picks arbitrarily; redo those rows over every
+            # tied item so that equal scores go by ascending item id, deterministically.
+            kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+            tied = ((scores >= kth[:, None]).sum(axis=1) > kk) & np.isfinite(kth)  # -inf: padding
+            for r in np.flatnonzero(tied):
+                cand = np.flatnonzero(scores[r] >= kth[r])
+                part[r] = cand[np.lexsort((self.item_ids[cand], -scores[r, cand]))][:kk]
+        else:
+            part = np.broadcast_to(np.arange(n), scores.shape).copy()
         sc = np.take_along_axis(scores, part, axis=1)
         ids = self.item_ids[part]
         order = np.lexsort((ids, -sc), axis=-1)  # score desc, then id asc

@@ -1,0 +1,171 @@
+"""Pipeline push -> local TF-Serving stand-in -> gRPC, on the tiny pipeline's pushed model:
+Predict (embed_raw and serving_default) equals the in-process SavedModel, the daily embedding job
+reproduces the in-process embeddings, and `pinrank recommend` returns k unseen items."""
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+N_USERS = 6
+
+
+@pytest.fixture(scope="module")
+def pushed(tiny_run):
+    """(cfg, pushed SavedModel dir, its version, serving dir, dataset dir, events) of the newest
+    push of the tiny run."""
+    from components.data import events as ev
+    import pandas as pd
+
+    cfg, first, second = tiny_run
+    dest = second.get("pushed_destination") or first["pushed_destination"]
+    assert os.path.isfile(os.path.join(dest, "saved_model.pb")), dest
+    paths = first["paths"]
+    events = pd.concat([df for _, df, _ in ev.iter_events(paths["data_dir"])],
+                       ignore_index=True)
+    return dict(cfg=cfg, model=dest, version=int(os.path.basename(dest)),
+                serving_dir=paths["serving_dir"], data_dir=paths["data_dir"], events=events)
+
+
+@pytest.fixture(scope="module")
+def server(pushed):
+    from serving import local_server as LS
+
+    h = LS.serve(model_base_path=pushed["serving_dir"], port=0, file_system_poll_wait_seconds=0)
+    yield h
+    h.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def in_process(pushed):
+    import tensorflow as tf
+
+    return tf.saved_model.load(pushed["model"]).signatures
+
+
+@pytest.fixture(scope="module")
+def cohort(pushed):
+    """A few users and a cut-off in the middle of the data (so some history is in the future
+    and some users have more than M actions before it)."""
+    ev = pushed["events"]
+    as_of = int(np.quantile(ev["timestamp"], 0.7))
+    before = ev[ev["timestamp"] < as_of]
+    counts = before.groupby("user_id").size().sort_values(ascending=False)
+    users = sorted(counts.index[:N_USERS // 2].tolist() + counts.index[-(N_USERS // 2):].tolist())
+    return users, as_of
+
+
+def _call(sig, inputs):
+    import tensorflow as tf
+
+    return {k: v.numpy() for k, v in sig(**{n: tf.constant(x) for n, x in inputs.items()}).items()}
+
+
+def _examples(req):
+    import tensorflow as tf
+
+    from pipeline import features as F
+    from serving import constants as C
+
+    out = []
+    for i, n in enumerate(req[C.HIST_LEN].tolist()):
+        f = {}
+        for name in (F.HIST_ITEM, F.HIST_TS):
+            f[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=req[name][i, :n]))
+        for name in (F.HIST_ACTION, F.HIST_SURFACE):
+            f[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=req[name][i, :n]))
+        f[F.HIST_DURATION] = tf.train.Feature(
+            float_list=tf.train.FloatList(value=req[F.HIST_DURATION][i, :n]))
+        out.append(tf.train.Example(features=tf.train.Features(feature=f)))
+    return out
+
+
+def test_grpc_predict_matches_in_process_saved_model(pushed, server, in_process, cohort):
+    from serving import constants as C
+    from serving.client import ServingClient, embed_request_from_events
+
+    users, as_of = cohort
+    m = pushed["cfg"].model.seq_len
+    req = embed_request_from_events(pushed["events"], users, m, as_of)
+    assert req[C.HIST_LEN].max() == m and req[C.HIST_LEN].min() >= 1
+    want = _call(in_process[C.EMBED_RAW], req)[C.EMBEDDING]
+    assert want.shape == (len(users), pushed["cfg"].model.output_dim)
+    with ServingClient(server.target, timeout_s=30) as c:
+        assert c.wait_until_available(C.PINNERFORMER, pushed["version"], timeout_s=60)
+        got, v = c.predict_versioned(C.PINNERFORMER, C.EMBED_RAW, req, pushed["version"])
+        assert v == pushed["version"]
+        np.testing.assert_allclose(got[C.EMBEDDING], want, atol=1e-5, rtol=1e-5)
+        examples = _examples(req)
+        via_examples = c.predict_examples(C.PINNERFORMER, examples, version=pushed["version"])
+    ser = np.array([e.SerializeToString() for e in examples], dtype=object)
+    want_ex = _call(in_process[C.SERVING_DEFAULT], {C.EXAMPLES: ser})[C.EMBEDDING]
+    np.testing.assert_allclose(via_examples[C.EMBEDDING], want_ex, atol=1e-5, rtol=1e-5)
+    # Both user signatures agree (same Transform graph).
+    np.testing.assert_allclose(want_ex, want, atol=1e-5)
+
+
+def test_daily_job_matches_in_process_embeddings(pushed, in_process, cohort, tmp_path):
+    from serving import batch_embeddings as B
+    from serving import constants as C
+    from serving.client import embed_request_from_events
+
+    users, as_of = cohort
+    root = str(tmp_path / "snapshots")
+    path = B.run_daily_embeddings(pushed["model"], pushed["data_dir"], root, as_of)
+    snap = B.load_snapshot(path)
+    m = snap.manifest
+    assert m["max_len"] == pushed["cfg"].model.seq_len  # M read from the model
+    assert m["model_version"] == str(pushed["version"])
+    ev = pushed["events"]
+    active = sorted(ev[ev["timestamp"] < as_of]["user_id"].unique())
+    assert snap.user_ids.tolist() == active
+    assert m["counts"] == {"embedded": len(active), "carried": 0, "total": len(active)}
+    want = _call(in_process[C.EMBED_RAW],
+                 embed_request_from_events(ev, users, m["max_len"], as_of))[C.EMBEDDING]
+    for u, w in zip(users, want):
+        np.testing.assert_allclose(snap.get(u), w, atol=1e-5, rtol=1e-5)
+    # Next day: only users acting in [as_of, as_of2) change.
+    as_of2 = as_of + 86400
+    snap2 = B.load_snapshot(B.run_daily_embeddings(pushed["model"], pushed["data_dir"], root,
+                                                   as_of2))
+    day = ev[(ev["timestamp"] >= as_of) & (ev["timestamp"] < as_of2)]["user_id"].unique()
+    assert snap2.manifest["counts"]["embedded"] == len(day)
+    for u in set(active) - set(day):
+        np.testing.assert_array_equal(snap2.get(u), snap.get(u))
+
+
+def test_recommend_returns_k_unseen_items(pushed, server, in_process, cohort, tmp_path, capsys):
+    import tensorflow as tf
+
+    from components.data import events as evm
+    from serving import batch_cli
+    from serving import constants as C
+    from serving import recommend as R
+    from serving.client import embed_request_from_events
+    from serving.item_index import ItemIndex
+
+    users, as_of = cohort
+    ev = pushed["events"]
+    k = 10
+    catalog = evm.item_arrays(pushed["data_dir"])[0]
+    items = in_process[C.ITEM_EMBEDDING](item_id=tf.constant(catalog))[C.EMBEDDING].numpy()
+    ref_index = ItemIndex(catalog, items)
+    for u in users[:2]:
+        rec = R.recommend_from_dataset(server.target, u, pushed["data_dir"], k=k, now_ts=as_of,
+                                       index_path=str(tmp_path / "items.npz"))
+        assert rec.mode == R.RETRIEVAL_ONLY  # the tiny pipeline pushes no ranker
+        hist = set(ev[(ev["user_id"] == u) & (ev["timestamp"] < as_of)]["item_id"].tolist())
+        assert len(rec.item_ids) == k == len(set(rec.item_ids))
+        assert not set(rec.item_ids) & hist
+        assert rec.embedding_version == pushed["version"]
+        # Agrees with an exact in-process search (up to float noise at near-ties).
+        emb = _call(in_process[C.EMBED_RAW], embed_request_from_events(
+            ev, [u], pushed["cfg"].model.seq_len, as_of))[C.EMBEDDING]
+        _, ref_scores = ref_index.search(emb, k, exclude=[np.array(sorted(hist))])
+        np.testing.assert_allclose(rec.retrieval_scores, ref_scores[0], atol=1e-5)
+    rc = batch_cli.main(["recommend", "--user", users[0], "--data", pushed["data_dir"],
+                         "--target", server.target, "--k", "5", "--now-ts", str(as_of)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert R.RETRIEVAL_ONLY_NOTE in out

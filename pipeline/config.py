@@ -104,6 +104,29 @@ class RetrievalEvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RankingConfig:
+    """Ranking examples (RankingExampleGen): requests, candidates, history and the time split.
+    The realtime model's P (actions it keeps) is a model setting, not part of this section."""
+    session_gap_s: int = 1800  # MovieLens-style requests: a gap >= this starts a new session
+    negatives_per_request: int = 10  # MovieLens-style requests: sampled never-interacted items
+    max_candidates: int = 50  # candidates kept per request (counted when exceeded)
+    max_history: int = 256  # actions kept before a request / a day start (counted)
+    eval_time_quantile: float = 0.8  # requests at or after this quantile of request times -> eval
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("session_gap_s", "max_candidates", "max_history"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ranking.{name} must be >= 1, got {getattr(self, name)}")
+        if self.negatives_per_request < 0:
+            raise ValueError(f"ranking.negatives_per_request must be >= 0, "
+                             f"got {self.negatives_per_request}")
+        if not 0.0 < self.eval_time_quantile < 1.0:
+            raise ValueError(f"ranking.eval_time_quantile must be in (0, 1), "
+                             f"got {self.eval_time_quantile}")
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     name: str = "pinrank"
     preset: str = "cpu"
@@ -113,6 +136,7 @@ class PipelineConfig:
     model: PinnerFormerConfig = PinnerFormerConfig()
     train: TrainConfig = TrainConfig()
     eval: RetrievalEvalConfig = RetrievalEvalConfig()
+    ranking: RankingConfig = RankingConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,7 +179,8 @@ def _from_dict(cls, d):
 
 
 _SECTIONS = {"data": DataConfig, "examples": ExampleGenConfig, "items": ItemEmbeddingConfig,
-             "model": PinnerFormerConfig, "train": TrainConfig, "eval": RetrievalEvalConfig}
+             "model": PinnerFormerConfig, "train": TrainConfig, "eval": RetrievalEvalConfig,
+             "ranking": RankingConfig}
 
 
 def preset(name: str, source: Optional[str] = None) -> PipelineConfig:

@@ -59,3 +59,28 @@ PAD_INDEX = 0  # action / surface vocabulary index 0 is reserved for padding
 
 ACTION_VOCAB = "action_vocab"
 SURFACE_VOCAB = "surface_vocab"
+
+# ---------------------------------------------------------------------------------------------
+# Ranking examples (RankingExampleGen), one tf.Example per (request, candidate):
+#   request_id      bytes  [1]   query key for TFMA (HIT@3, NDCG per request)
+#   user_id         bytes  [1]
+#   request_ts      int64  [1]   request time (s)
+#   surface         bytes  [1]   request surface (see SURFACES)
+#   cand_item       int64  [1]   candidate item id
+#   label_<head>    int64  [1]   1 if the user took that action on the candidate (HEADS)
+#   hist_item, hist_action, hist_ts, hist_surface, hist_duration   [n]  the user's actions strictly
+#                                before request_ts, chronological (Transform keeps the P newest)
+#   pf_embedding    float  [D]   PinnerFormer user embedding as of the start of the request's day
+#                                (computed from actions before that day by the blessed model)
+#   pf_present      int64  [1]   0 when the user had no action before that day (embedding zeros)
+HEADS = ("repin", "click", "closeup", "hide")
+REQUEST_ID = "request_id"
+REQUEST_TS = "request_ts"
+SURFACE = "surface"
+CAND_ITEM = "cand_item"
+PF_EMBEDDING = "pf_embedding"
+PF_PRESENT = "pf_present"
+
+
+def label_key(head: str) -> str:
+    return f"label_{head}"

@@ -175,7 +175,7 @@ class TransAct(keras.layers.Layer):
         ts = tf.cast(_fit_width(tf.convert_to_tensor(action_ts), self.cfg.seq_len), tf.int64)
         req = tf.reshape(tf.cast(request_ts, tf.int64), [-1, 1])
         if time_window is not None:
-            t = tf.cast(time_window, tf.int64)
+            t = tf.maximum(tf.cast(time_window, tf.int64), 0)  # never unmask future actions
         elif training:
             t = self.draw_time_window()
         else:

@@ -1,0 +1,49 @@
+"""preprocessing_fn for the realtime ranker: the P most recent actions before the request
+(newest first, TransAct §3.2), request context, candidate and labels.
+
+The realtime sequence uses the same vocabularies as PinnerFormer's (action 0 = padding, never a
+real action, which fixes the official code's id collision; papers.md §3.7). Hour of day and day of
+week are request-context features.
+"""
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+
+from pipeline import features as F
+from transform.sequence import newest_first, vocab_index
+
+DEFAULT_SEQ_LEN = 100  # P (TransAct)
+
+
+def _scalar(x):
+    """[B, 1] dense -> [B]."""
+    return tf.reshape(x, [-1])
+
+
+def preprocessing_fn(inputs: Dict[str, Any], custom_config: Optional[Dict[str, Any]] = None):
+    """custom_config: {"seq_len": P, "pf_dim": D}."""
+    custom_config = custom_config or {}
+    p = int(custom_config.get("seq_len", DEFAULT_SEQ_LEN))
+    pf_dim = int(custom_config["pf_dim"])
+    out = {}
+    seqs = {
+        F.HIST_ITEM: (inputs[F.HIST_ITEM], F.PAD_ITEM),
+        F.HIST_ACTION: (vocab_index(inputs[F.HIST_ACTION], F.ACTION_VOCAB), F.PAD_INDEX),
+        F.HIST_TS: (inputs[F.HIST_TS], 0),
+    }
+    for name, (rt, pad) in seqs.items():
+        out[F.xf(name)], lengths = newest_first(rt, p, pad)
+        if name == F.HIST_ITEM:
+            out[F.SEQ_LEN_XF] = lengths
+    ts = _scalar(inputs[F.REQUEST_TS])
+    out[F.xf(F.REQUEST_TS)] = ts
+    out["hour_xf"] = (ts % 86400) // 3600
+    out["dow_xf"] = (ts // 86400 + 4) % 7  # 1970-01-01 was a Thursday
+    surface = vocab_index(tf.RaggedTensor.from_tensor(inputs[F.SURFACE]), F.SURFACE_VOCAB)
+    out[F.xf(F.SURFACE)] = _scalar(surface.to_tensor(shape=[None, 1]))
+    out[F.xf(F.CAND_ITEM)] = _scalar(inputs[F.CAND_ITEM])
+    out[F.xf(F.PF_EMBEDDING)] = inputs[F.PF_EMBEDDING].to_tensor(0.0, shape=[None, pf_dim])
+    out[F.xf(F.PF_PRESENT)] = _scalar(inputs[F.PF_PRESENT])
+    for head in F.HEADS:  # labels; absent at serving, where TFT prunes these outputs
+        out[F.label_key(head)] = _scalar(inputs[F.label_key(head)])
+    return out

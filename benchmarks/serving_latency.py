@@ -347,8 +347,10 @@ def main(argv=None) -> int:
         if r["path"] != "in-process":
             continue
         ops = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in sorted(r["by_op"].items()))
-        print(f"  {r['scenario']:<14}{r['flops'] / 1e6:10.2f} MFLOP ({r['flops'] / r['rows'] / 1e6:.3f}"
-              f" MFLOP/row; {ops}{'; ' + str(r['missing']) + ' nodes without shapes' if r['missing'] else ''})")
+        if r["missing"]:
+            ops += f"; {r['missing']} nodes without shapes, not counted"
+        print(f"  {r['scenario']:<14}{r['flops'] / 1e6:10.2f} MFLOP "
+              f"({r['flops'] / r['rows'] / 1e6:.3f} MFLOP/row; {ops})")
     print(f"\n% peak = model FLOPs / p50 latency / measured matmul peak "
           f"({peak / 1e9:.1f} GFLOP/s); overhead = p50 / in-process p50; QPS = sequential, "
           f"one request in flight; QPS x{args.clients} = {args.clients} concurrent clients.")

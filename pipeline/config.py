@@ -9,6 +9,9 @@ import dataclasses
 import json
 from typing import Any, Optional
 
+from models.realtime import config as realtime_config
+from models.realtime.config import RankerConfig
+
 OBJECTIVES = ("next_action", "sasrec", "all_action", "dense_all_action")
 DAY_S = 86400
 
@@ -127,6 +130,24 @@ class RankingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RankerTrainConfig:
+    enabled: bool = True  # False: the pipeline stops after pushing PinnerFormer
+    train_steps: int = 1000
+    eval_steps: int = 20
+    shuffle_labels: bool = False  # randomisation test: such a ranker must not be blessed
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerEvalConfig:
+    """TFMA gate of the ranker: value thresholds plus change thresholds vs the last blessed one."""
+    hit_k: int = 3
+    min_auc: float = 0.55  # per head (lower bound)
+    min_hit_repin: float = 0.0  # HIT@k/repin lower bound
+    max_auc_drop: float = 0.01  # candidate AUC may not fall below baseline - this (per head)
+    max_hit_drop: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     name: str = "pinrank"
     preset: str = "cpu"
@@ -137,6 +158,9 @@ class PipelineConfig:
     train: TrainConfig = TrainConfig()
     eval: RetrievalEvalConfig = RetrievalEvalConfig()
     ranking: RankingConfig = RankingConfig()
+    ranker: RankerConfig = dataclasses.field(default_factory=realtime_config.cpu)
+    ranker_train: RankerTrainConfig = RankerTrainConfig()
+    ranker_eval: RankerEvalConfig = RankerEvalConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -174,13 +198,17 @@ def _from_dict(cls, d):
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
     for name, val in d.items():
         sub = _SECTIONS.get(name) if cls is PipelineConfig else None
-        kwargs[name] = _from_dict(sub, val) if sub is not None else val
+        if sub is RankerConfig:
+            kwargs[name] = RankerConfig.from_dict(val)
+        else:
+            kwargs[name] = _from_dict(sub, val) if sub is not None else val
     return cls(**kwargs)
 
 
 _SECTIONS = {"data": DataConfig, "examples": ExampleGenConfig, "items": ItemEmbeddingConfig,
              "model": PinnerFormerConfig, "train": TrainConfig, "eval": RetrievalEvalConfig,
-             "ranking": RankingConfig}
+             "ranking": RankingConfig, "ranker": RankerConfig, "ranker_train": RankerTrainConfig,
+             "ranker_eval": RankerEvalConfig}
 
 
 def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
@@ -198,6 +226,8 @@ def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
             train=TrainConfig(batch_size=32, train_steps=60, eval_steps=2, warmup_steps=10,
                               learning_rate=3e-3),
             eval=RetrievalEvalConfig(min_recall=0.0),
+            ranker=realtime_config.tiny().replace(context_numeric=()),
+            ranker_train=RankerTrainConfig(train_steps=80, eval_steps=2),
         )
     elif name == "cpu":
         cfg = PipelineConfig(preset="cpu")
@@ -212,6 +242,8 @@ def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
                                      sketch_width=1 << 20),
             train=TrainConfig(batch_size=128, train_steps=20000, warmup_steps=2000,
                               learning_rate=5e-4),
+            ranker=realtime_config.paper(),
+            ranker_train=RankerTrainConfig(train_steps=50000, eval_steps=200),
         )
     else:
         raise ValueError(f"unknown preset {name!r}; choose tiny, cpu or paper")

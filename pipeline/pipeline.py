@@ -5,6 +5,9 @@ events ─► EventExampleGen ─► StatisticsGen ─► ExampleValidator ─�
               ├─► ItemEmbeddingGen (train users only)                      ▼
               └─► Transform(M most recent) ─► Trainer(PinnerFormer) ─► RetrievalEvaluator ─► Pusher
                                                    latest blessed model ┘ (baseline)
+blessed PinnerFormer + events ─► RankingExampleGen (requests, P actions before each request,
+   embedding as of the previous day) ─► Statistics/Schema/Validator/Gate ─► Transform(P most recent)
+   ─► Trainer(TransAct + DCNv2 ranker) ─► Evaluator(TFMA: AUC, HIT@3, NDCG per request) ─► Pusher
 """
 from __future__ import annotations
 
@@ -17,14 +20,43 @@ from tfx import v1 as tfx
 from components.anomalies_gate import AnomaliesGate
 from components.event_example_gen import EventExampleGen
 from components.item_embedding_gen import ItemEmbeddingGen
+from components.ranker_eval.eval_config import ranker_eval_config
+from components.ranking_example_gen import RankingExampleGen
 from components.retrieval_evaluator.component import RetrievalEvaluator
 from components.trainer import ItemAwareTrainer
+from pipeline import features as F
 from pipeline.config import PipelineConfig
 
 PINNERFORMER_SCHEMA = os.path.join(os.path.dirname(__file__), "schema", "pinnerformer_raw.pbtxt")
 PREPROCESSING_FN = "transform.pinnerformer.preprocessing_fn"
 RUN_FN = "models.pinnerformer.run.run_fn"
 PINNERFORMER_MODEL_NAME = "pinnerformer"
+RANKER_SCHEMA = os.path.join(os.path.dirname(__file__), "schema", "ranker_raw.pbtxt")
+RANKER_PREPROCESSING_FN = "transform.ranker.preprocessing_fn"
+RANKER_RUN_FN = "models.realtime.run.run_fn"
+RANKER_MODEL_NAME = "ranker"
+
+
+def _validated(examples, schema_file: str, suffix: str):
+    """StatisticsGen + curated schema + ExampleValidator + the gate that stops on anomalies."""
+    stats = tfx.components.StatisticsGen(examples=examples).with_id(f"StatisticsGen{suffix}")
+    schema = tfx.components.ImportSchemaGen(schema_file=schema_file).with_id(f"ImportSchemaGen{suffix}")
+    validator = tfx.components.ExampleValidator(
+        statistics=stats.outputs["statistics"], schema=schema.outputs["schema"]
+    ).with_id(f"ExampleValidator{suffix}")
+    gate = AnomaliesGate(anomalies=validator.outputs["anomalies"]).with_id(f"AnomaliesGate{suffix}")
+    return [stats, schema, validator, gate], schema, gate
+
+
+def _latest_blessed(trainer_id: str, evaluator_id: str, name: str):
+    """Baseline = the last blessed model of *this* trainer (two trainers share the pipeline)."""
+    return tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model,
+                              producer_component_id=trainer_id, output_key="model"),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+                                       producer_component_id=evaluator_id, output_key="blessing"),
+    ).with_id(name)
 
 
 def create_pipeline(
@@ -38,15 +70,13 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
     schema_path: str = PINNERFORMER_SCHEMA,
+    ranker_schema_path: str = RANKER_SCHEMA,
 ) -> tfx.dsl.Pipeline:
-    """schema_path: the curated raw schema; on Vertex pass where the image (or GCS) has it."""
+    """schema paths: the curated raw schemas; on Vertex pass where the image (or GCS) has them."""
     example_gen = EventExampleGen(input_base=dataset_dir, input_fingerprint=dataset_fingerprint,
                                   config_json=cfg.sections_json("examples"))
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
-    example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    validation, schema_gen, anomalies_gate = _validated(example_gen.outputs["examples"],
+                                                        schema_path, "")
 
     item_embedding_gen = ItemEmbeddingGen(examples=example_gen.outputs["examples"],
                                           items=example_gen.outputs["items"],
@@ -67,11 +97,8 @@ def create_pipeline(
         eval_args=tfx.proto.EvalArgs(num_steps=cfg.train.eval_steps),
         custom_config={"config_json": cfg.sections_json("model", "train")})
 
-    baseline_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_pinnerformer_resolver")
+    baseline_resolver = _latest_blessed("ItemAwareTrainer", "RetrievalEvaluator",
+                                        "latest_blessed_pinnerformer_resolver")
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         item_embeddings=item_embedding_gen.outputs["item_embeddings"],
@@ -82,12 +109,61 @@ def create_pipeline(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(serving_dir, PINNERFORMER_MODEL_NAME))))
 
+    components = [example_gen, *validation, item_embedding_gen, transform, trainer,
+                  baseline_resolver, evaluator, pusher]
+    if cfg.ranker_train.enabled:
+        components += _ranker_branch(cfg, dataset_dir, dataset_fingerprint, serving_dir, trainer,
+                                     evaluator, item_embedding_gen, ranker_schema_path)
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                    item_embedding_gen, transform, trainer, baseline_resolver, evaluator, pusher],
+        components=components,
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
     )
+
+
+def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: str,
+                   serving_dir: str, pf_trainer, pf_evaluator, item_embedding_gen,
+                   schema_path: str) -> list:
+    ranking_gen = RankingExampleGen(
+        model=pf_trainer.outputs["model"], model_blessing=pf_evaluator.outputs["blessing"],
+        input_base=dataset_dir, input_fingerprint=dataset_fingerprint,
+        config_json=cfg.sections_json("ranking", "examples"))
+    validation, schema_gen, gate = _validated(ranking_gen.outputs["examples"], schema_path, "Ranker")
+    transform = tfx.components.Transform(
+        examples=ranking_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn=RANKER_PREPROCESSING_FN,
+        custom_config={"seq_len": cfg.ranker.realtime.seq_len, "pf_dim": cfg.model.output_dim},
+        splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
+    ).with_id("TransformRanker")
+    transform.add_upstream_node(gate)
+    trainer = ItemAwareTrainer(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        item_embeddings=item_embedding_gen.outputs["item_embeddings"],
+        run_fn=RANKER_RUN_FN,
+        train_args=tfx.proto.TrainArgs(num_steps=cfg.ranker_train.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=cfg.ranker_train.eval_steps),
+        custom_config={"config_json": cfg.sections_json("ranker", "model"),
+                       "shuffle_labels": cfg.ranker_train.shuffle_labels},
+    ).with_id("RankerTrainer")
+    resolver = _latest_blessed("RankerTrainer", "RankerEvaluator", "latest_blessed_ranker_resolver")
+    e = cfg.ranker_eval
+    evaluator = tfx.components.Evaluator(
+        examples=ranking_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=resolver.outputs["model"],
+        eval_config=ranker_eval_config(
+            F.HEADS, k=e.hit_k, min_auc={h: e.min_auc for h in F.HEADS},
+            min_hit={"repin": e.min_hit_repin}, max_auc_drop=e.max_auc_drop,
+            max_hit_drop=e.max_hit_drop),
+        example_splits=["eval"],
+    ).with_id("RankerEvaluator")
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=os.path.join(serving_dir, RANKER_MODEL_NAME))),
+    ).with_id("RankerPusher")
+    return [ranking_gen, *validation, transform, trainer, resolver, evaluator, pusher]

@@ -57,7 +57,9 @@ by implementing the same two methods, `put_many(items)` and `get(key)`:
         def put_many(self, items):
             rows = []
             for k, v in items:
-                row = self.table.direct_row(k.encode()); row.set_cell("e", b"v", v); rows.append(row)
+                row = self.table.direct_row(k.encode())
+                row.set_cell("e", b"v", v)
+                rows.append(row)
             self.table.mutate_rows(rows)
         def get(self, key):
             row = self.table.read_row(key.encode())
@@ -79,8 +81,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from typing import (Any, Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional,
-                    Sequence, Tuple, Union)
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 

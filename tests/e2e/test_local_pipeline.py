@@ -62,6 +62,11 @@ def test_second_run_hits_the_cache(tiny_run):
                  "ItemAwareTrainer"]:
         assert states[node] == ["COMPLETE", "CACHED"], (node, states[node])
     assert states["RetrievalEvaluator"] == ["COMPLETE", "COMPLETE"]
+    # ... and compared the candidate with the first run's blessed model on the same users.
+    _, _, second = tiny_run
+    baseline = second["evaluation"]["baseline"]
+    assert baseline is not None
+    assert baseline["recall@10"] == pytest.approx(second["evaluation"]["candidate"]["recall@10"])
 
 
 def test_pushed_model_matches_trained_model(tiny_run):

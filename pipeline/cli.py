@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema-path", help="curated schema as the image/GCS sees it")
     p.set_defaults(func=cmd_compile)
 
-    from serving.cli import add_subcommands as add_serving_subcommands
-    add_serving_subcommands(sub)
+    from serving import batch_cli, cli as serving_cli
+    serving_cli.add_subcommands(sub)
+    batch_cli.add_subcommands(sub)
     return parser
 
 

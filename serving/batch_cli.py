@@ -73,7 +73,8 @@ def cmd_embed_users(args) -> int:
 
     from serving import batch_embeddings as B
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(B.log.name).setLevel(logging.INFO)  # Beam's INFO chatter stays off
     path = B.run_daily_embeddings(args.model, args.data, args.out, args.as_of,
                                   since_ts=args.since, max_len=args.max_len,
                                   beam_args=args.beam_args, batch_size=args.batch_size,
@@ -92,7 +93,7 @@ def cmd_embed_users(args) -> int:
 
 def format_recommendation(rec) -> str:
     lines = [f"user {rec.user_id}: {len(rec.item_ids)} items from pinnerformer "
-             f"v{rec.embedding_version} ({rec.history_len} actions, {rec.excluded} history "
+             f"v{rec.embedding_version} ({rec.history_len} actions sent, {rec.excluded} history "
              f"items excluded, {rec.num_candidates} candidates)",
              rec.note]
     heads = sorted(rec.rank_scores) if rec.rank_scores else []

@@ -6,8 +6,6 @@ TFMA writes are compared with numpy brute force (HIT@k over all score-consistent
 rank-based AUC, NDCG@k).
 """
 import itertools
-import math
-import os
 
 import numpy as np
 import pytest

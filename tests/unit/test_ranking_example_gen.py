@@ -360,6 +360,7 @@ def test_time_split_cutoff(imp_run):
 def test_output_parses_with_curated_schema_and_validates(imp_run):
     import tensorflow as tf
     import tensorflow_data_validation as tfdv
+    from tensorflow_data_validation.statistics import stats_impl
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
     from tensorflow_transform.tf_metadata import schema_utils
@@ -380,12 +381,20 @@ def test_output_parses_with_curated_schema_and_validates(imp_run):
         assert parsed[F.PF_EMBEDDING].to_tensor().shape == (len(serialized), 6)
         decoder = example_coder.ExamplesToRecordBatchDecoder(schema.SerializeToString())
         batch = decoder.DecodeBatch(serialized)
-        stats = tfdv.generate_statistics_in_memory(batch, tfdv.StatsOptions(schema=schema))
+        stats = stats_impl.generate_statistics_in_memory(batch, tfdv.StatsOptions(schema=schema))
         anomalies = tfdv.validate_statistics(stats, schema)
         assert not anomalies.anomaly_info, (split, anomalies)
     # The train split has empty histories (r_b1), and they validate.
     train = tf.io.parse_example(read_split(examples.uri, "train"), spec)
     assert (train[F.HIST_ITEM].row_lengths().numpy() == 0).any()
+    # ... while the schema does catch bad values.
+    bad = tf.train.Example.FromString(read_split(examples.uri, "train")[0])
+    bad.features.feature[F.PF_EMBEDDING].float_list.value[0] = float("nan")
+    bad.features.feature[F.HIST_ACTION].bytes_list.value.append(b"like")
+    batch = decoder.DecodeBatch([bad.SerializeToString()])
+    stats = stats_impl.generate_statistics_in_memory(batch, tfdv.StatsOptions(schema=schema))
+    found = set(tfdv.validate_statistics(stats, schema).anomaly_info)
+    assert {F.PF_EMBEDDING, F.HIST_ACTION} <= found
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,8 +445,8 @@ def test_movielens_requests_candidates_and_counts(ml_run):
     action_of = {(e[0], e[1]): e[2] for e in ML_EVENTS}
     for rid, rs in reqs.items():
         user, t = rid.split("@")[0], int(rid.split("@")[1])
-        session = [e for e in ML_EVENTS if e[0] == user and e[3] >= t
-                   and not any(t < s < e[3] for s in want_ts[user])]
+        nxt = min([s for s in want_ts[user] if s > t], default=float("inf"))
+        session = [e for e in ML_EVENTS if e[0] == user and t <= e[3] < nxt]
         session_items = [e[1] for e in sorted(session, key=lambda e: (e[3], e[1]))]
         items = [r[F.CAND_ITEM][0] for r in rs]
         assert len(items) == len(set(items)) <= ML_CFG["max_candidates"]

@@ -630,10 +630,22 @@ def build_examples(p: beam.Pipeline, input_base: str, model_dir: str, cfg: Ranki
         lambda x: [x[2]] if x[2] is not None else []))
     counter_pcs.append(cutoff_pc | "CutoffCounter" >> beam.Map(
         lambda c: {"eval_cutoff_ts": -1 if c is None else c}))
+    counter_pcs.append(p | "ZeroCounters" >> beam.Create([{k: 0 for k in ZERO_COUNTERS}]))
     counters = (counter_pcs | "AllCounters" >> beam.Flatten()
                 | "Sum" >> beam.CombineGlobally(_sum_counters))
     _ = counters | "WriteStats" >> beam.Map(lambda c: _write_stats(output_uri, c))
     return SOURCE_IMPRESSIONS if not derive else SOURCE_SESSIONS
+
+
+# Always in the stats (0 when nothing happened), so readers need no defaults.
+ZERO_COUNTERS = tuple(
+    [f"{name}_{split}" for split in SPLITS for name in (
+        "requests", "examples", "examples_without_pf_embedding",
+        *(f"{F.label_key(h)}_positives" for h in F.HEADS))]
+    + ["requests", "users_with_requests", "users_without_requests", "candidates_truncated",
+       "candidates_dropped_by_max_candidates", "history_truncated",
+       "history_actions_dropped_by_max_history", "requests_without_history", "pf_user_days",
+       "pf_user_days_without_history", "pf_history_truncated", "users_without_pf_embedding"])
 
 
 def _write_stats(output_uri: str, counters: Dict[str, int]) -> None:

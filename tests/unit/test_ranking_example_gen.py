@@ -527,3 +527,34 @@ def test_inconsistent_request_is_an_error():
     counters = [v for tag, v in out if tag == "counters"][0]
     assert counters["requests_dropped_inconsistent"] == 1
     assert not [v for tag, v in out if tag == "req"]
+
+
+def test_impression_user_without_events_gets_empty_history_and_no_embedding():
+    imps = {"request_id": np.array(["r"], object), "item_id": np.array([3]),
+            "timestamp": np.array([_t(0, 9)]), "surface": np.array(["search"], object),
+            "position": np.array([0]), **{h: np.array([int(h == "hide")]) for h in F.HEADS}}
+    out = list(rg.user_requests("new", None, imps, RankingConfig()))
+    (pf,) = [v for tag, v in out if tag == "pf"]
+    (req,) = [v for tag, v in out if tag == "req"]
+    (counters,) = [v for tag, v in out if tag == "counters"]
+    assert pf[0] == req[0] == ("new", D0) and len(pf[1][F.HIST_TS]) == 0
+    assert len(req[1]["hist"][F.HIST_ITEM]) == 0 and req[1]["labels"].tolist() == [[0, 0, 0, 1]]
+    assert counters["impression_users_without_events"] == 1
+    assert counters["users_without_pf_embedding"] == 1
+    ex = rg.request_examples("new", req[1], np.zeros(4, np.float32), 0)[0]
+    f = ex.features.feature
+    assert f[F.HIST_ITEM].WhichOneof("kind") == "int64_list"  # empty, but typed
+    assert f[F.HIST_ACTION].WhichOneof("kind") == "bytes_list"
+    assert f[F.HIST_DURATION].WhichOneof("kind") == "float_list"
+
+
+def test_component_wires_into_a_pipeline():
+    from tfx.types import Channel, standard_artifacts
+
+    node = rg.RankingExampleGen(
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
+        input_base="/data", input_fingerprint="fp",
+        config_json=PipelineConfig().sections_json("ranking", "examples"))
+    assert node.outputs["examples"].type == standard_artifacts.Examples
+    assert set(node.exec_properties) >= {"input_base", "input_fingerprint", "config_json"}

@@ -334,10 +334,15 @@ def user_requests(user_id: str, events: Optional[Dict[str, np.ndarray]],
 # --------------------------------------------------------------------------------------------
 # Embeddings
 
-def pad_histories(hists: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-    """embed_raw inputs: chronological rows padded after hist_len (at least one column)."""
+def pad_histories(hists: List[Dict[str, np.ndarray]], width: Optional[int] = None
+                  ) -> Dict[str, np.ndarray]:
+    """embed_raw inputs: chronological rows padded after hist_len. `width`: a signature's fixed
+    L (rows keep their L most recent actions), else the longest row (at least 1)."""
+    if width is not None:
+        hists = [{k: v[-width:] if width < len(v) else v for k, v in h.items()} for h in hists]
     lens = np.array([len(h[F.HIST_TS]) for h in hists], np.int64)
-    width = max(1, int(lens.max()) if len(lens) else 1)
+    if width is None:
+        width = max(1, int(lens.max()) if len(lens) else 1)
     out = {}
     for name in _HIST:
         arr = np.full((len(hists), width), _PADS[name], dtype=_DTYPES[name])
@@ -359,6 +364,7 @@ class EmbedUserDays(beam.DoFn):
         self._model_dir = model_dir
         self._fn = None
         self._dim = None
+        self._width = None
 
     def setup(self):
         loaded = tf.saved_model.load(self._model_dir)
@@ -372,9 +378,14 @@ class EmbedUserDays(beam.DoFn):
             self._dim = int(dim) if dim is not None else None
         except (AttributeError, KeyError, TypeError, IndexError):
             self._dim = None
+        # The real export takes [B, None]; a signature with a fixed L gets the L newest actions.
+        spec = self._fn.structured_input_signature[1].get(F.HIST_ITEM)
+        if spec is None:
+            raise ValueError(f"{self._model_dir}: {C.EMBED_RAW} has no {F.HIST_ITEM!r} input")
+        self._width = spec.shape[1] if spec.shape.rank == 2 else None
 
     def _embed(self, hists: List[Dict[str, np.ndarray]]) -> np.ndarray:
-        x = pad_histories(hists)
+        x = pad_histories(hists, self._width)
         out = self._fn(**{k: tf.constant(v, dtype=tf.string if v.dtype == object else None)
                           for k, v in x.items()})[C.EMBEDDING].numpy().astype(np.float32)
         if out.ndim != 2 or out.shape[0] != len(hists):
@@ -389,7 +400,8 @@ class EmbedUserDays(beam.DoFn):
         real = [i for i, (_, h) in enumerate(batch) if len(h[F.HIST_TS])]
         emb = self._embed([batch[i][1] for i in real]) if real else None
         if self._dim is None:  # only empty histories so far and no static D: probe once
-            self._embed([{F.HIST_ITEM: np.zeros(1, np.int64), F.HIST_ACTION: np.array(["repin"], object),
+            self._embed([{F.HIST_ITEM: np.zeros(1, np.int64),
+                          F.HIST_ACTION: np.array(["repin"], object),
                           F.HIST_SURFACE: np.array(["homefeed"], object),
                           F.HIST_TS: np.zeros(1, np.int64),
                           F.HIST_DURATION: np.zeros(1, np.float32)}])

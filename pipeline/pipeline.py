@@ -155,7 +155,9 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
         examples=ranking_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=resolver.outputs["model"],
         eval_config=ranker_eval_config(
-            F.HEADS, k=e.hit_k, min_auc={h: e.min_auc for h in F.HEADS},
+            F.HEADS, k=e.hit_k,
+            min_auc={"repin": e.min_auc, "click": e.min_auc, "closeup": e.min_auc,
+                     "hide": e.min_auc_hide},
             min_hit={"repin": e.min_hit_repin}, max_auc_drop=e.max_auc_drop,
             max_hit_drop=e.max_hit_drop),
         example_splits=["eval"],

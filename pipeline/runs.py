@@ -64,27 +64,57 @@ def build(cfg: PipelineConfig, paths: RunPaths, beam_args: Optional[List[str]] =
         enable_cache=enable_cache)
 
 
-def _latest(store, type_name: str):
-    arts = store.get_artifacts_by_type(type_name)
+def _latest(store, type_name: str, producer_dir: str):
+    """Newest artifact of a type written by one node (TFX layout: <root>/<node>/<key>/<id>)."""
+    arts = [a for a in store.get_artifacts_by_type(type_name)
+            if a.uri.startswith(producer_dir + os.sep)]
     return max(arts, key=lambda a: a.id) if arts else None
 
 
+def _pushed(store, producer_dir: str) -> Dict:
+    pushed = _latest(store, "PushedModel", producer_dir)
+    if pushed is None:
+        return {"pushed": False}
+    props = pushed.custom_properties
+    out = {"pushed": bool(props["pushed"].int_value) if "pushed" in props else False}
+    if "pushed_destination" in props:
+        out["pushed_destination"] = props["pushed_destination"].string_value
+    return out
+
+
+def ranker_metrics(evaluation_uri: str) -> Dict:
+    """TFMA output -> {"overall": {head: {metric: value}}, "validation_ok": bool}."""
+    import tensorflow_model_analysis as tfma
+    per_head: Dict = {}
+    for sliced in tfma.load_metrics(evaluation_uri):
+        if sliced.slice_key.single_slice_keys:
+            continue  # overall slice only
+        for kv in sliced.metric_keys_and_values:
+            key = kv.key
+            if key.is_diff or key.model_name == "baseline" or not key.output_name:
+                continue
+            name = key.name + (f"@{key.sub_key.top_k.value}" if key.sub_key.HasField("top_k") else "")
+            per_head.setdefault(key.output_name, {})[name] = kv.value.double_value.value
+    validation = tfma.load_validation_result(evaluation_uri)
+    return {"overall": per_head, "validation_ok": bool(validation.validation_ok)}
+
+
 def summarize(paths: RunPaths) -> Dict:
-    """Latest evaluation, blessing and push recorded in MLMD (what the run produced)."""
+    """Latest evaluations, blessings and pushes recorded in MLMD (what the run produced)."""
     conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata_path)
+    node = lambda name: os.path.join(paths.pipeline_root, name)  # noqa: E731
     out: Dict = {}
     with metadata.Metadata(conn) as m:
-        ev = _latest(m.store, "ModelEvaluation")
+        ev = _latest(m.store, "ModelEvaluation", node("RetrievalEvaluator"))
         if ev is not None:
             with open(os.path.join(ev.uri, "metrics.json")) as fh:
                 out["evaluation"] = json.load(fh)
             out["evaluation_uri"] = ev.uri
-        pushed = _latest(m.store, "PushedModel")
-        if pushed is not None:
-            props = pushed.custom_properties
-            out["pushed"] = bool(props["pushed"].int_value) if "pushed" in props else False
-            if "pushed_destination" in props:
-                out["pushed_destination"] = props["pushed_destination"].string_value
+        out.update(_pushed(m.store, node("Pusher")))
+        ranker_ev = _latest(m.store, "ModelEvaluation", node("RankerEvaluator"))
+        if ranker_ev is not None:
+            out["ranker"] = {"evaluation_uri": ranker_ev.uri, **ranker_metrics(ranker_ev.uri),
+                             **_pushed(m.store, node("RankerPusher"))}
     usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     out["peak_rss_mb"] = round(usage / 1024, 1)

@@ -10,7 +10,9 @@ pytestmark = pytest.mark.e2e
 
 NODES = ["EventExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
          "AnomaliesGate", "ItemEmbeddingGen", "Transform", "ItemAwareTrainer",
-         "RetrievalEvaluator", "Pusher"]
+         "RetrievalEvaluator", "Pusher", "RankingExampleGen", "StatisticsGenRanker",
+         "ImportSchemaGenRanker", "ExampleValidatorRanker", "AnomaliesGateRanker",
+         "TransformRanker", "RankerTrainer", "RankerEvaluator", "RankerPusher"]
 
 
 def _executions_by_node(metadata_path, pipeline_name):
@@ -51,6 +53,12 @@ def test_every_component_ran_once_and_model_was_pushed(tiny_run):
     versions = glob.glob(os.path.join(paths["serving_dir"], "pinnerformer", "*", "saved_model.pb"))
     assert len(versions) >= 1
     assert first["pushed_destination"].startswith(os.path.join(paths["serving_dir"], "pinnerformer"))
+    ranker = first["ranker"]
+    assert ranker["validation_ok"] is True, ranker
+    assert ranker["pushed"] is True
+    assert ranker["pushed_destination"].startswith(os.path.join(paths["serving_dir"], "ranker"))
+    for head in ("repin", "click", "closeup", "hide"):
+        assert {"auc", "hit@3", "ndcg@3"} <= set(ranker["overall"][head]), ranker["overall"]
 
 
 def test_second_run_hits_the_cache(tiny_run):
@@ -100,3 +108,50 @@ def test_pushed_model_matches_trained_model(tiny_run):
     np.testing.assert_allclose(norms, 1.0, atol=1e-4)
     items = pushed.signatures["item_embedding"](item_id=tf.constant([1, 2, 3], tf.int64))
     assert items["embedding"].shape == (3, cfg.model.output_dim)
+
+
+def test_ranker_rank_signature_matches_example_scoring(tiny_run):
+    """`rank` (one request, user work once) == `serving_default` on the request's examples."""
+    import tensorflow as tf
+    from pipeline import features as F
+    _, first, _ = tiny_run
+    model = tf.saved_model.load(first["ranker"]["pushed_destination"])
+    examples_dir = glob.glob(os.path.join(first["paths"]["pipeline_root"], "RankingExampleGen",
+                                          "examples", "*", "Split-eval"))[0]
+    rows = [r.numpy() for r in tf.data.TFRecordDataset(
+        glob.glob(os.path.join(examples_dir, "*")), compression_type="GZIP").take(200)]
+    feats = [tf.train.Example.FromString(r).features.feature for r in rows]
+    rid = feats[0][F.REQUEST_ID].bytes_list.value[0]
+    req = [(r, f) for r, f in zip(rows, feats) if f[F.REQUEST_ID].bytes_list.value[0] == rid]
+    by_examples = model.signatures["serving_default"](examples=tf.constant([r for r, _ in req]))
+    f = req[0][1]
+    ints = lambda n: np.array([list(f[n].int64_list.value)], np.int64)  # noqa: E731
+    hist_len = len(f[F.HIST_ITEM].int64_list.value)
+    user = {
+        F.HIST_ITEM: ints(F.HIST_ITEM).reshape(1, hist_len),
+        F.HIST_ACTION: np.array([list(f[F.HIST_ACTION].bytes_list.value)], object).reshape(1, hist_len),
+        F.HIST_TS: ints(F.HIST_TS).reshape(1, hist_len),
+        "hist_len": np.array([hist_len], np.int64),
+        F.REQUEST_TS: ints(F.REQUEST_TS).reshape(1),
+        F.SURFACE: np.array(list(f[F.SURFACE].bytes_list.value), object),
+        F.PF_EMBEDDING: np.array([list(f[F.PF_EMBEDDING].float_list.value)], np.float32),
+        F.PF_PRESENT: ints(F.PF_PRESENT).reshape(1),
+    }
+    cands = np.array([g[F.CAND_ITEM].int64_list.value[0] for _, g in req], np.int64)
+    by_request = model.signatures["rank"](cand_item=tf.constant(cands),
+                                          **{k: tf.constant(v) for k, v in user.items()})
+    for head in F.HEADS:
+        np.testing.assert_allclose(by_request[head].numpy(), by_examples[head].numpy(), atol=1e-5)
+
+
+def test_label_shuffled_ranker_is_not_blessed_or_pushed(tiny_run, tmp_path):
+    """Randomisation test: the same pipeline with shuffled training labels must not push."""
+    from pipeline import local_runner
+    from pipeline.config import apply_overrides
+    cfg, first, _ = tiny_run
+    shuffled = apply_overrides(cfg, ["ranker_train.shuffle_labels=true"]).replace(
+        name="pinrank-shuffled")
+    summary = local_runner.run(shuffled, first["paths"]["home"])
+    assert summary["ranker"]["validation_ok"] is False, summary["ranker"]["overall"]
+    assert summary["ranker"]["pushed"] is False
+    assert not glob.glob(os.path.join(summary["paths"]["serving_dir"], "ranker", "*"))

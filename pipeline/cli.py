@@ -50,6 +50,13 @@ def cmd_run(args) -> int:
     print(f"{'blessed':>22}: {gate.get('blessed')}  {'; '.join(gate.get('reasons', []))}")
     print(f"{'pushed':>22}: {summary.get('pushed')} -> {summary.get('pushed_destination', '-')}")
     print(f"{'report':>22}: {summary.get('evaluation_uri', '-')}/summary.html")
+    ranker = summary.get("ranker")
+    if ranker:
+        print("-- ranker (TFMA, eval split, per head) --")
+        for head, vals in ranker["overall"].items():
+            print(f"{head:>22}: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(vals.items())))
+        print(f"{'blessed':>22}: {ranker['validation_ok']}")
+        print(f"{'pushed':>22}: {ranker['pushed']} -> {ranker.get('pushed_destination', '-')}")
     print(f"{'wall time':>22}: {summary['wall_s']} s")
     print(f"{'peak memory':>22}: {summary['peak_rss_mb']} MB")
     if args.json_out:

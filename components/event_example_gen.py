@@ -20,7 +20,7 @@ custom properties; nothing is dropped silently.
 import hashlib
 import json
 import os
-from typing import Dict, Iterable, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -30,6 +30,7 @@ from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 
+from components.data import beam_io
 from components.data import events as ev
 from components.types import ItemCatalog
 from pipeline import features as F
@@ -112,43 +113,6 @@ def user_examples(user_id: str, rows: Dict[str, np.ndarray], cfg: ExampleGenConf
         yield split, ex, counters
 
 
-class _ReadValidatedShard(beam.DoFn):
-    """Reads one parquet shard, validates it (naming the file on error) and emits
-    (user_id, columns) groups plus a counters dict on a side output."""
-
-    def __init__(self, known_items_path: str, drop_invalid: bool):
-        self._known_items_path = known_items_path
-        self._drop_invalid = drop_invalid
-        self._known = None
-
-    def setup(self):
-        self._known = ev.read_items(self._known_items_path)["item_id"].to_numpy()
-
-    def process(self, path: str):
-        df = ev.read_event_shard(path)
-        clean, dropped = ev.validate_events(df, self._known, where=path,
-                                            drop_invalid=self._drop_invalid)
-        counters = {"events_read": len(df), "events_kept": len(clean)}
-        counters.update({f"events_dropped_{k}": int(v) for k, v in dropped.items()})
-        yield beam.pvalue.TaggedOutput("counters", counters)
-        yield beam.pvalue.TaggedOutput("max_ts", int(clean["timestamp"].max()) if len(clean) else 0)
-        for user_id, g in clean.groupby("user_id", sort=False):
-            yield user_id, {c: g[c].to_numpy() for c in F.EVENT_COLUMNS if c != "user_id"}
-
-
-def _concat_columns(parts: Iterable[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-    parts = list(parts)
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def _sum_counters(dicts: Iterable[Dict[str, int]]) -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + int(v)
-    return out
-
-
 def build_examples(p: beam.Pipeline, input_base: str, cfg: ExampleGenConfig,
                    output_uri: str) -> None:
     """The Beam graph: shards -> validated rows -> per-user groups -> anchor examples."""
@@ -156,11 +120,12 @@ def build_examples(p: beam.Pipeline, input_base: str, cfg: ExampleGenConfig,
     if not shards:
         raise FileNotFoundError(f"no event shards under {input_base}/events/")
     read = (p | "Shards" >> beam.Create(shards)
-            | "ReadValidate" >> beam.ParDo(_ReadValidatedShard(input_base, cfg.drop_invalid_events))
+            | "ReadValidate" >> beam.ParDo(
+                beam_io.ReadValidatedEvents(input_base, cfg.drop_invalid_events, emit_max_ts=True))
             .with_outputs("counters", "max_ts", main="rows"))
     data_end = beam.pvalue.AsSingleton(read.max_ts | "DataEnd" >> beam.CombineGlobally(lambda xs: max(xs, default=0)))
     per_user = (read.rows | "GroupByUser" >> beam.GroupByKey()
-                | "Concat" >> beam.MapTuple(lambda u, parts: (u, _concat_columns(parts))))
+                | "Concat" >> beam.MapTuple(lambda u, parts: (u, beam_io.concat_columns(parts))))
     out = (per_user | "Anchors" >> beam.FlatMap(
         lambda kv, end: user_examples(kv[0], kv[1], cfg, end), data_end))
     for split in SPLITS:
@@ -171,7 +136,7 @@ def build_examples(p: beam.Pipeline, input_base: str, cfg: ExampleGenConfig,
              file_name_suffix=".gz"))
     counters = ((read.counters, out | "Counters" >> beam.Map(lambda x: x[2]))
                 | "AllCounters" >> beam.Flatten()
-                | "Sum" >> beam.CombineGlobally(_sum_counters))
+                | "Sum" >> beam.CombineGlobally(beam_io.sum_counters))
     _ = counters | "WriteStats" >> beam.Map(
         lambda c: tf.io.gfile.GFile(os.path.join(output_uri, _STATS_FILE), "w").write(
             json.dumps(c, indent=2, sort_keys=True)))

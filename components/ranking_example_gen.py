@@ -71,6 +71,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import path_utils
 
+from components.data import beam_io
 from components.data import events as ev
 from pipeline import features as F
 from pipeline.config import DAY_S, PipelineConfig, RankingConfig
@@ -498,43 +499,6 @@ def _join_examples(element, cutoff) -> Iterator[tuple]:
 # --------------------------------------------------------------------------------------------
 # Beam graph
 
-def _sum_counters(dicts: Iterable[Dict[str, int]]) -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + int(v)
-    return out
-
-
-def _concat(parts: Iterable[Dict[str, np.ndarray]]) -> Optional[Dict[str, np.ndarray]]:
-    parts = list(parts)
-    if not parts:
-        return None
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-class _ReadEvents(beam.DoFn):
-    """One event shard -> validated (user_id, columns) groups + counters (as EventExampleGen)."""
-
-    def __init__(self, input_base: str, drop_invalid: bool):
-        self._input_base = input_base
-        self._drop_invalid = drop_invalid
-        self._known = None
-
-    def setup(self):
-        self._known = pd.Index(ev.read_items(self._input_base)["item_id"].to_numpy())
-
-    def process(self, path: str):
-        df = ev.read_event_shard(path)
-        clean, dropped = ev.validate_events(df, self._known, where=path,
-                                            drop_invalid=self._drop_invalid)
-        counters = {"events_read": len(df), "events_kept": len(clean)}
-        counters.update({f"events_dropped_{k}": int(v) for k, v in dropped.items()})
-        yield beam.pvalue.TaggedOutput("counters", counters)
-        for user_id, g in clean.groupby("user_id", sort=False):
-            yield user_id, {c: g[c].to_numpy() for c in F.EVENT_COLUMNS if c != "user_id"}
-
-
 class _ReadImpressions(beam.DoFn):
     """One impression shard -> validated (user_id, columns) groups, (request_id, user_id) pairs
     and counters."""
@@ -575,8 +539,8 @@ class _UserRequests(beam.DoFn):
 
     def process(self, element):
         user_id, grouped = element
-        events = _concat(grouped["events"])
-        imps = None if self._derive else _concat(grouped["imps"])
+        events = beam_io.concat_columns(grouped["events"])
+        imps = None if self._derive else beam_io.concat_columns(grouped["imps"])
         if not self._derive and imps is None:
             yield beam.pvalue.TaggedOutput("counters", {"users_without_requests": 1})
             return
@@ -602,7 +566,7 @@ def build_examples(p: beam.Pipeline, input_base: str, model_dir: str, cfg: Ranki
     imp_shards = ev.impression_shards(input_base)
     derive = not imp_shards
     events = (p | "EventShards" >> beam.Create(shards)
-              | "ReadEvents" >> beam.ParDo(_ReadEvents(input_base, drop_invalid))
+              | "ReadEvents" >> beam.ParDo(beam_io.ReadValidatedEvents(input_base, drop_invalid))
               .with_outputs("counters", main="rows"))
     inputs = {"events": events.rows}
     counter_pcs = [events.counters]
@@ -644,7 +608,7 @@ def build_examples(p: beam.Pipeline, input_base: str, model_dir: str, cfg: Ranki
         lambda c: {"eval_cutoff_ts": -1 if c is None else c}))
     counter_pcs.append(p | "ZeroCounters" >> beam.Create([{k: 0 for k in ZERO_COUNTERS}]))
     counters = (counter_pcs | "AllCounters" >> beam.Flatten()
-                | "Sum" >> beam.CombineGlobally(_sum_counters))
+                | "Sum" >> beam.CombineGlobally(beam_io.sum_counters))
     _ = counters | "WriteStats" >> beam.Map(lambda c: _write_stats(output_uri, c))
     return SOURCE_IMPRESSIONS if not derive else SOURCE_SESSIONS
 

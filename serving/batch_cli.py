@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence
 
 from serving import constants as C
 
@@ -128,21 +127,3 @@ def cmd_recommend(args) -> int:
     else:
         print(format_recommendation(rec))
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving.batch_cli", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -139,7 +139,7 @@ def test_recommend_returns_k_unseen_items(pushed, server, in_process, cohort, tm
     import tensorflow as tf
 
     from components.data import events as evm
-    from serving import batch_cli
+    from pipeline import cli as pinrank_cli
     from serving import constants as C
     from serving import recommend as R
     from serving.client import embed_request_from_events
@@ -164,7 +164,7 @@ def test_recommend_returns_k_unseen_items(pushed, server, in_process, cohort, tm
             ev, [u], pushed["cfg"].model.seq_len, as_of))[C.EMBEDDING]
         _, ref_scores = ref_index.search(emb, k, exclude=[np.array(sorted(hist))])
         np.testing.assert_allclose(rec.retrieval_scores, ref_scores[0], atol=1e-5)
-    rc = batch_cli.main(["recommend", "--user", users[0], "--data", pushed["data_dir"],
+    rc = pinrank_cli.main(["recommend", "--user", users[0], "--data", pushed["data_dir"],
                          "--target", server.target, "--k", "5", "--now-ts", str(as_of)])
     assert rc == 0
     out = capsys.readouterr().out

@@ -263,14 +263,15 @@ def test_merge_histories_keeps_the_newest_m_in_any_order():
 def test_cli_embed_users_with_sqlite_kv(world, tmp_path, capsys):
     import argparse
 
+    from pipeline import cli as pinrank_cli
     from serving import batch_cli
 
     sub = argparse.ArgumentParser().add_subparsers()
     batch_cli.add_subcommands(sub)
     assert {"embed-users", "recommend"} <= set(sub.choices)
     root, db = str(tmp_path / "snaps"), str(tmp_path / "kv.db")
-    rc = batch_cli.main(["embed-users", "--model", world["pf1"], "--data", world["data"],
-                         "--out", root, "--as-of", str(T1), "--kv-sqlite", db])
+    rc = pinrank_cli.main(["embed-users", "--model", world["pf1"], "--data", world["data"],
+                           "--out", root, "--as-of", str(T1), "--kv-sqlite", db])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["counts"] == {"embedded": 4, "carried": 0, "total": 4}

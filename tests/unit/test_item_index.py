@@ -145,7 +145,7 @@ def _toy_dataset(path):
 def test_recommend_retrieval_only_then_ranked(tmp_path, capsys):
     import tensorflow as tf
 
-    from serving import batch_cli
+    from pipeline import cli as pinrank_cli
     from serving import local_server as LS
     from serving import recommend as R
 
@@ -171,7 +171,7 @@ def test_recommend_retrieval_only_then_ranked(tmp_path, capsys):
         ref, _ = ItemIndex(catalog, items).search(emb.numpy(), 5, exclude=[np.array(list(hist))])
         assert rec.item_ids == ref[0].tolist()
         assert ItemIndex.load(str(tmp_path / "idx.npz")).model_version == "7"
-        assert batch_cli.main(["recommend", "--user", "a", "--data", data, "--target", h.target,
+        assert pinrank_cli.main(["recommend", "--user", "a", "--data", data, "--target", h.target,
                                "--k", "3", "--now-ts", str(now)]) == 0
         out = capsys.readouterr().out
         assert R.RETRIEVAL_ONLY_NOTE in out
@@ -188,10 +188,10 @@ def test_recommend_retrieval_only_then_ranked(tmp_path, capsys):
         assert sorted(ranked.item_ids) == sorted(rec.item_ids)
         assert ranked.utility == sorted(ranked.utility, reverse=True)
         assert set(ranked.rank_scores) == set(C.RANK_HEADS)
-        assert batch_cli.main(["recommend", "--user", "a", "--data", data, "--target", h.target,
+        assert pinrank_cli.main(["recommend", "--user", "a", "--data", data, "--target", h.target,
                                "--json", "--now-ts", str(now)]) == 0
         assert '"mode": "ranked"' in capsys.readouterr().out
-        assert batch_cli.main(["recommend", "--user", "zz", "--data", data, "--target",
+        assert pinrank_cli.main(["recommend", "--user", "zz", "--data", data, "--target",
                                h.target]) == 1
     finally:
         h.stop(grace=None)

@@ -132,7 +132,7 @@ class RankingConfig:
 @dataclasses.dataclass(frozen=True)
 class RankerTrainConfig:
     enabled: bool = True  # False: the pipeline stops after pushing PinnerFormer
-    train_steps: int = 1000
+    train_steps: int = 500
     eval_steps: int = 20
     shuffle_labels: bool = False  # randomisation test: such a ranker must not be blessed
 
@@ -141,8 +141,8 @@ class RankerTrainConfig:
 class RankerEvalConfig:
     """TFMA gate of the ranker: value thresholds plus change thresholds vs the last blessed one."""
     hit_k: int = 3
-    min_auc: float = 0.55  # lower bound on AUC of the engagement heads (repin, click, closeup)
-    min_auc_hide: float = 0.5  # the hide head has few positives; gate it separately
+    min_auc: float = 0.55  # lower bound on AUC of the repin and closeup heads
+    min_auc_other: float = 0.5  # click and hide: weak signals on MovieLens (3-star "short click")
     min_hit_repin: float = 0.0  # HIT@k/repin lower bound
     max_auc_drop: float = 0.01  # candidate AUC may not fall below baseline - this (per head)
     max_hit_drop: float = 0.05
@@ -160,7 +160,7 @@ class PipelineConfig:
     eval: RetrievalEvalConfig = RetrievalEvalConfig()
     ranking: RankingConfig = RankingConfig()
     ranker: RankerConfig = dataclasses.field(
-        default_factory=lambda: realtime_config.cpu().replace(learning_rate=5e-4))
+        default_factory=lambda: realtime_config.cpu().replace(learning_rate=5e-4, batch_size=128))
     ranker_train: RankerTrainConfig = RankerTrainConfig()
     ranker_eval: RankerEvalConfig = RankerEvalConfig()
 
@@ -231,7 +231,7 @@ def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
             # Higher learning rates collapse this small ranker to constant scores (AUC 0.5).
             ranker=realtime_config.tiny().replace(context_numeric=(), learning_rate=5e-4),
             ranker_train=RankerTrainConfig(train_steps=2000, eval_steps=2),
-            ranker_eval=RankerEvalConfig(min_auc=0.54, min_auc_hide=0.0),
+            ranker_eval=RankerEvalConfig(min_auc=0.54, min_auc_other=0.0),
         )
     elif name == "cpu":
         cfg = PipelineConfig(preset="cpu")

@@ -156,8 +156,8 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
         baseline_model=resolver.outputs["model"],
         eval_config=ranker_eval_config(
             F.HEADS, k=e.hit_k,
-            min_auc={"repin": e.min_auc, "click": e.min_auc, "closeup": e.min_auc,
-                     "hide": e.min_auc_hide},
+            min_auc={"repin": e.min_auc, "closeup": e.min_auc, "click": e.min_auc_other,
+                     "hide": e.min_auc_other},
             min_hit={"repin": e.min_hit_repin}, max_auc_drop=e.max_auc_drop,
             max_hit_drop=e.max_hit_drop),
         example_splits=["eval"],

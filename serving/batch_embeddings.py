@@ -88,6 +88,7 @@ import numpy as np
 from components.data import events as ev
 from pipeline import features as F
 from serving import constants as C
+from serving.client import empty_embed_inputs
 
 log = logging.getLogger("serving.batch_embeddings")
 
@@ -383,14 +384,7 @@ def embed_inputs(histories: Sequence[tuple], width: int) -> Dict[str, np.ndarray
     """embed_raw inputs [B, width] from compact histories (chronological, padded after
     hist_len with the serving pad values)."""
     b = len(histories)
-    out = {
-        F.HIST_ITEM: np.full((b, width), C.PAD_ITEM, np.int64),
-        F.HIST_ACTION: np.full((b, width), C.PAD_STRING, object),
-        F.HIST_SURFACE: np.full((b, width), C.PAD_STRING, object),
-        F.HIST_TS: np.full((b, width), C.PAD_INT, np.int64),
-        F.HIST_DURATION: np.full((b, width), C.PAD_FLOAT, np.float32),
-        C.HIST_LEN: np.zeros((b,), np.int64),
-    }
+    out = empty_embed_inputs(b, width)
     for row, h in enumerate(histories):
         ts, item, act, surf, dur = (x[-width:] for x in h[:5])
         n = len(ts)

@@ -215,6 +215,18 @@ class ServingClient:
             time.sleep(poll_s)
 
 
+def empty_embed_inputs(batch: int, width: int) -> Dict[str, np.ndarray]:
+    """`embed_raw` inputs [batch, width] filled with the serving pad values, hist_len 0."""
+    return {
+        F.HIST_ITEM: np.full((batch, width), C.PAD_ITEM, np.int64),
+        F.HIST_ACTION: np.full((batch, width), C.PAD_STRING, object),
+        F.HIST_SURFACE: np.full((batch, width), C.PAD_STRING, object),
+        F.HIST_TS: np.full((batch, width), C.PAD_INT, np.int64),
+        F.HIST_DURATION: np.full((batch, width), C.PAD_FLOAT, np.float32),
+        C.HIST_LEN: np.zeros((batch,), np.int64),
+    }
+
+
 def embed_request_from_events(events_df, user_id: Union[str, Sequence[str]], max_len: int,
                               now_ts: int) -> Dict[str, np.ndarray]:
     """`embed_raw` inputs from the canonical event log (user_id, item_id, action, timestamp,
@@ -228,14 +240,7 @@ def embed_request_from_events(events_df, user_id: Union[str, Sequence[str]], max
         raise ValueError("max_len must be >= 1")
     users = [user_id] if isinstance(user_id, (str, bytes)) else list(user_id)
     b = len(users)
-    out = {
-        F.HIST_ITEM: np.full((b, max_len), C.PAD_ITEM, np.int64),
-        F.HIST_ACTION: np.full((b, max_len), C.PAD_STRING, object),
-        F.HIST_SURFACE: np.full((b, max_len), C.PAD_STRING, object),
-        F.HIST_TS: np.full((b, max_len), C.PAD_INT, np.int64),
-        F.HIST_DURATION: np.full((b, max_len), C.PAD_FLOAT, np.float32),
-        C.HIST_LEN: np.zeros((b,), np.int64),
-    }
+    out = empty_embed_inputs(b, max_len)
     ts_all = events_df["timestamp"].to_numpy(np.int64)
     items_all = events_df["item_id"].to_numpy(np.int64)
     uid_col = events_df["user_id"].to_numpy()

@@ -284,7 +284,7 @@ def main(argv=None) -> int:
         ranker_path = None
         skipped_rank = f"rank 1x{args.candidates}: skipped (no {C.RANKER} model in {serving_dir})"
     if ranker_path:
-        from serving.cli import rank_inputs
+        from serving.client import rank_request_inputs
 
         rsigs = tf.saved_model.load(ranker_path).signatures
         rdef = LS._signature_defs(ranker_path).get(C.RANK)
@@ -296,7 +296,11 @@ def main(argv=None) -> int:
             rwidth = fixed_history_len(rdef) or width
             hist, _ = history_batch(1, rwidth, data_dir)
             cands = list(range(1, args.candidates + 1))
-            rin = rank_inputs(rdef, hist, cands, C.ITEM_ID, tile_context=True)
+            # The request's PinnerFormer embedding, from the served PinnerFormer itself.
+            pf_in, _ = history_batch(1, width, data_dir)
+            pf = sigs[C.EMBED_RAW](**{k: tf.constant(v) for k, v in pf_in.items()})
+            rin = rank_request_inputs(hist, cands, request_ts=int(hist[F.HIST_TS].max()) + 60,
+                                      pf_embedding=pf[C.EMBEDDING].numpy()[0])
             scenarios.append((f"rank 1x{args.candidates}", C.RANKER,
                               int(os.path.basename(ranker_path)), rsigs, C.RANK, rin, 1,
                               args.iters, ranker_path))

@@ -74,12 +74,9 @@ def add_subcommands(subparsers) -> None:
     sp.add_argument("--signature", default=C.RANK)
     events_args(sp)
     sp.add_argument("--candidates", required=True, help="comma-separated item ids")
-    sp.add_argument("--candidate-input", default=C.ITEM_ID,
-                    help="signature input that takes the candidate ids")
-    sp.add_argument("--no-tile-context", dest="tile_context", action="store_false",
-                    help="send the user context as one row instead of one row per candidate "
-                         "(TF Serving batching needs equal dim 0 across inputs, hence the "
-                         "default)")
+    sp.add_argument("--surface", default="homefeed", help="request surface")
+    sp.add_argument("--pf-model", default=C.PINNERFORMER,
+                    help="PinnerFormer model for the user embedding ('' to send none)")
     sp.set_defaults(func=cmd_query_rank)
 
 
@@ -242,28 +239,6 @@ def cmd_query_embed(args) -> int:
     return _run(run, args)
 
 
-def rank_inputs(sig, history: Dict[str, Any], candidates: List[int], candidate_input: str,
-                tile_context: bool) -> Dict[str, Any]:
-    """Fills a ranking signature from its SignatureDef: the candidate ids go to
-    `candidate_input`, every other input must be a user-history tensor (one user), tiled to one
-    row per candidate unless `tile_context` is False."""
-    import numpy as np
-
-    if candidate_input not in sig.inputs:
-        raise SystemExit(f"signature has no input {candidate_input!r}; inputs: "
-                         f"{sorted(sig.inputs)} (use --candidate-input)")
-    out = {candidate_input: np.asarray(candidates, np.int64)}
-    for name in sig.inputs:
-        if name == candidate_input:
-            continue
-        if name not in history:
-            raise SystemExit(f"do not know how to fill input {name!r}; inputs: "
-                             f"{sorted(sig.inputs)}")
-        row = history[name]
-        out[name] = np.repeat(row, len(candidates), axis=0) if tile_context else row
-    return out
-
-
 def cmd_query_rank(args) -> int:
     def run(args):
         import numpy as np
@@ -272,9 +247,20 @@ def cmd_query_rank(args) -> int:
             raise SystemExit("query rank takes exactly one --user-id")
         candidates = [int(x) for x in args.candidates.split(",") if x.strip()]
         with _client(args) as c:
-            sig, history = _history_inputs(c, args)
-            inputs = rank_inputs(sig, history, candidates, args.candidate_input,
-                                 args.tile_context)
+            from serving.client import embed_request_from_events, rank_request_inputs
+
+            sig = _signature(client=c, args=args)
+            now_ts = args.now_ts if args.now_ts is not None else int(time.time())
+            events = read_events(args.events, args.user_ids)
+            pf_sig = c.metadata(args.pf_model).get(C.EMBED_RAW) if args.pf_model else None
+            width = _history_len(pf_sig, args) if pf_sig is not None else (args.max_len or 512)
+            history = embed_request_from_events(events, args.user_ids, width, now_ts)
+            pf = None
+            if pf_sig is not None:  # the user's PinnerFormer embedding from the served model
+                pf = c.predict(args.pf_model, C.EMBED_RAW,
+                               _cast_to_signature(history, pf_sig))[C.EMBEDDING][0]
+            inputs = rank_request_inputs(history, candidates, request_ts=now_ts,
+                                         surface=args.surface, pf_embedding=pf)
             outputs, version = c.predict_versioned(args.model, args.signature,
                                                    _cast_to_signature(inputs, sig), args.version)
         _print({"model": args.model, "version": version, "user_id": args.user_ids[0],

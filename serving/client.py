@@ -227,6 +227,28 @@ def empty_embed_inputs(batch: int, width: int) -> Dict[str, np.ndarray]:
     }
 
 
+def rank_request_inputs(history: Mapping[str, np.ndarray], candidates: Sequence[int], *,
+                        request_ts: int, surface: str = "homefeed",
+                        pf_embedding: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """Inputs of the ranker's `rank` signature for ONE request (models/realtime/serving_model.py):
+    the user's history (row 0 of an `embed_request_from_events` dict), request time and surface,
+    the PinnerFormer embedding (None -> pf_present 0) and the candidate ids. The user side is
+    sent once, not tiled per candidate: the model broadcasts it."""
+    pf = (np.zeros((1, 1), np.float32) if pf_embedding is None
+          else np.asarray(pf_embedding, np.float32).reshape(1, -1))
+    return {
+        F.HIST_ITEM: np.asarray(history[F.HIST_ITEM][:1], np.int64),
+        F.HIST_ACTION: np.asarray(history[F.HIST_ACTION][:1], object),
+        F.HIST_TS: np.asarray(history[F.HIST_TS][:1], np.int64),
+        C.HIST_LEN: np.asarray(history[C.HIST_LEN][:1], np.int64),
+        F.REQUEST_TS: np.array([request_ts], np.int64),
+        F.SURFACE: np.array([surface], object),
+        F.PF_EMBEDDING: pf,
+        F.PF_PRESENT: np.array([0 if pf_embedding is None else 1], np.int64),
+        F.CAND_ITEM: np.asarray(candidates, np.int64),
+    }
+
+
 def embed_request_from_events(events_df, user_id: Union[str, Sequence[str]], max_len: int,
                               now_ts: int) -> Dict[str, np.ndarray]:
     """`embed_raw` inputs from the canonical event log (user_id, item_id, action, timestamp,

@@ -123,7 +123,7 @@ def recommend(client, user_id: str, events, *, k: int = 10, num_candidates: Opti
     client: serving.client.ServingClient. events: the canonical event rows (at least this
     user's). index: an ItemIndex (its model_version must be served) or None to build one over
     gRPC from `item_ids`. num_candidates: items retrieved (and ranked); default k."""
-    from serving.client import embed_request_from_events
+    from serving.client import embed_request_from_events, rank_request_inputs
     from serving.item_index import PAD_ID, ItemIndex
 
     if k < 1:
@@ -167,12 +167,12 @@ def recommend(client, user_id: str, events, *, k: int = 10, num_candidates: Opti
                               retrieval_scores=cand_scores[:k].astype(float).tolist(),
                               mode=RETRIEVAL_ONLY, note=RETRIEVAL_ONLY_NOTE, **common)
 
-    from serving.cli import rank_inputs
-
     rversion, rsig = ranker
     rwidth = _width(rsig, None, len(mine)) if F.HIST_ITEM in rsig.inputs else 1
     history = embed_request_from_events(mine, [user_id], rwidth, now)
-    inputs = rank_inputs(rsig, history, cand.tolist(), C.ITEM_ID, tile_context=True)
+    # The batch job would supply yesterday's embedding; online we have today's at hand.
+    inputs = rank_request_inputs(history, cand.tolist(), request_ts=now,
+                                 pf_embedding=user_emb[0])
     head_out, rserved = client.predict_versioned(ranker_model, C.RANK, _cast(inputs, rsig),
                                                  rversion)
     heads = {h: np.reshape(np.asarray(v, np.float64), (-1,)) for h, v in head_out.items()}

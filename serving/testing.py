@@ -103,25 +103,34 @@ def save_toy_pinnerformer(path: str, scale: float) -> str:
 
 
 def save_toy_ranker(path: str, scale: float) -> str:
-    """SavedModel with `rank`: user history tiled per candidate + item_id [N] -> one score per
-    head ([N] each)."""
+    """SavedModel with the ranker's `rank` contract (models/realtime/serving_model.py): one
+    request's context (history [1, L], request_ts, surface, pf_embedding [1, D], pf_present)
+    + cand_item [N] -> one score per head ([N] each)."""
     tf = _tf()
-    proj = tf.constant(np.arange(6 * DIM, dtype=np.float32).reshape(6, DIM) / 10.0 - 1.0)
 
     class ToyRanker(tf.Module):
         def __init__(self):
             super().__init__()
             self.scale = tf.Variable(float(scale), trainable=False)
 
-        @tf.function(input_signature=_raw_specs(tf) + [tf.TensorSpec([None], tf.int64,
-                                                                     C.ITEM_ID)])
-        def rank(self, hist_item, hist_action, hist_surface, hist_ts, hist_duration, hist_len,
-                 item_id):
-            user = _embed(tf, self.scale, proj, hist_item, hist_action, hist_surface, hist_ts,
-                          hist_duration, hist_len)
-            k = tf.range(1, DIM + 1, dtype=tf.float32)[None, :]
-            item = tf.tanh(tf.cast(item_id, tf.float32)[:, None] * k / 1000.0)
-            logits = tf.reduce_sum(user * item, axis=1)
+        @tf.function(input_signature=[
+            tf.TensorSpec([1, None], tf.int64, F.HIST_ITEM),
+            tf.TensorSpec([1, None], tf.string, F.HIST_ACTION),
+            tf.TensorSpec([1, None], tf.int64, F.HIST_TS),
+            tf.TensorSpec([1], tf.int64, C.HIST_LEN),
+            tf.TensorSpec([1], tf.int64, F.REQUEST_TS),
+            tf.TensorSpec([1], tf.string, F.SURFACE),
+            tf.TensorSpec([1, None], tf.float32, F.PF_EMBEDDING),
+            tf.TensorSpec([1], tf.int64, F.PF_PRESENT),
+            tf.TensorSpec([None], tf.int64, F.CAND_ITEM)])
+        def rank(self, hist_item, hist_action, hist_ts, hist_len, request_ts, surface,
+                 pf_embedding, pf_present, cand_item):
+            mask = tf.sequence_mask(hist_len, tf.shape(hist_item)[1], tf.float32)
+            recent = tf.reduce_sum(tf.cast(hist_item, tf.float32) * mask) / 100.0
+            pf = tf.reduce_sum(pf_embedding) * tf.cast(pf_present[0], tf.float32)
+            age = tf.cast(request_ts[0] - tf.reduce_max(hist_ts), tf.float32) / 1e4
+            user = self.scale * (recent + pf - age)
+            logits = tf.tanh(tf.cast(cand_item, tf.float32) / 50.0) * user
             return {head: tf.sigmoid(logits * (i + 1)) for i, head in enumerate(C.RANK_HEADS)}
 
     m = ToyRanker()

@@ -123,8 +123,9 @@ def test_predict_matches_in_process_signatures(servers, serving_dir, reference):
                                                        {C.ITEM_ID: items})[C.EMBEDDING],
                                atol=1e-6)
 
-    ctx = {k: np.repeat(v[:1], 3, axis=0) for k, v in hist.items()}
-    rank_in = {**ctx, C.ITEM_ID: np.array([10, 20, 30], np.int64)}
+    from serving.client import rank_request_inputs
+    rank_in = rank_request_inputs(hist, [10, 20, 30], request_ts=5000,
+                                  pf_embedding=np.ones(4, np.float32))
     out = client.predict(C.RANKER, C.RANK, rank_in)
     ref = _call(reference["rk1"], C.RANK, rank_in)
     assert set(out) == set(C.RANK_HEADS)

@@ -159,13 +159,6 @@ def write_item_embeddings(uri: str, ids: np.ndarray, emb: np.ndarray, interests:
         f.write(json.dumps(meta, indent=2, sort_keys=True))
 
 
-def load_item_embeddings(uri: str) -> Dict[str, np.ndarray]:
-    """Reads `item_embeddings.npz` from an ItemEmbeddings artifact URI (for downstream users)."""
-    with tf.io.gfile.GFile(os.path.join(uri, EMBEDDINGS_FILE), "rb") as f:
-        with np.load(io.BytesIO(f.read())) as z:
-            return {k: z[k] for k in z.files}
-
-
 # --- The component ------------------------------------------------------------------------------
 
 @component(use_beam=True)

@@ -154,7 +154,7 @@ def test_recommend_returns_k_unseen_items(pushed, server, in_process, cohort, tm
     for u in users[:2]:
         rec = R.recommend_from_dataset(server.target, u, pushed["data_dir"], k=k, now_ts=as_of,
                                        index_path=str(tmp_path / "items.npz"))
-        assert rec.mode == R.RETRIEVAL_ONLY  # the tiny pipeline pushes no ranker
+        assert rec.mode == R.RANKED  # the tiny pipeline pushes a blessed ranker
         hist = set(ev[(ev["user_id"] == u) & (ev["timestamp"] < as_of)]["item_id"].tolist())
         assert len(rec.item_ids) == k == len(set(rec.item_ids))
         assert not set(rec.item_ids) & hist
@@ -162,10 +162,15 @@ def test_recommend_returns_k_unseen_items(pushed, server, in_process, cohort, tm
         # Agrees with an exact in-process search (up to float noise at near-ties).
         emb = _call(in_process[C.EMBED_RAW], embed_request_from_events(
             ev, [u], pushed["cfg"].model.seq_len, as_of))[C.EMBEDDING]
-        _, ref_scores = ref_index.search(emb, k, exclude=[np.array(sorted(hist))])
-        np.testing.assert_allclose(rec.retrieval_scores, ref_scores[0], atol=1e-5)
+        ref_ids, ref_scores = ref_index.search(emb, k, exclude=[np.array(sorted(hist))])
+        # The ranker re-orders the retrieved top-k (num_candidates defaults to k).
+        assert set(rec.item_ids) == set(ref_ids[0].tolist())
+        np.testing.assert_allclose(sorted(rec.retrieval_scores), sorted(ref_scores[0]), atol=1e-5)
+        assert set(rec.rank_scores) == {"repin", "click", "closeup", "hide"}
+        assert all(len(v) == k and all(0 <= x <= 1 for x in v) for v in rec.rank_scores.values())
+        assert rec.utility == sorted(rec.utility, reverse=True)
     rc = pinrank_cli.main(["recommend", "--user", users[0], "--data", pushed["data_dir"],
                          "--target", server.target, "--k", "5", "--now-ts", str(as_of)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert R.RETRIEVAL_ONLY_NOTE in out
+    assert "ranked by ranker" in out

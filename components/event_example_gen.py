@@ -20,7 +20,7 @@ custom properties; nothing is dropped silently.
 import hashlib
 import json
 import os
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -175,7 +175,3 @@ def EventExampleGen(
 def read_stats(examples_uri: str) -> Dict[str, int]:
     with tf.io.gfile.GFile(os.path.join(examples_uri, _STATS_FILE)) as fh:
         return json.load(fh)
-
-
-def list_split_files(examples_uri: str, split: str) -> List[str]:
-    return sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*")))

@@ -62,7 +62,6 @@ TRAIN_SPLIT = "train"
 EMBEDDINGS_FILE = "item_embeddings.npz"
 META_FILE = "meta.json"
 ITEMS_FILE = "items.parquet"
-DEFAULT_MAX_ITEMS_PER_USER = 256
 
 
 # --- Beam side: per training user, the union of positive items ---------------------------------
@@ -167,11 +166,11 @@ def ItemEmbeddingGen(
     items: InputArtifact[ItemCatalog],
     item_embeddings: OutputArtifact[ItemEmbeddings],
     config_json: Parameter[str],
-    max_items_per_user: Parameter[int] = DEFAULT_MAX_ITEMS_PER_USER,
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """Frozen item embeddings (co-engagement PPMI-SVD + content) from the train split only."""
     cfg = PipelineConfig.from_json(config_json).items
+    max_items_per_user = cfg.max_items_per_user
     if max_items_per_user < 2:
         raise ValueError(f"max_items_per_user must be >= 2, got {max_items_per_user}")
     # The only split URI ever resolved: the eval split is never read (leakage guarantee).

@@ -675,7 +675,3 @@ def RankingExampleGen(
         examples.set_int_custom_property(key, int(val))
     examples.set_string_custom_property("request_source", source)
     examples.set_string_custom_property("pinnerformer_model", model.uri)
-
-
-def list_split_files(examples_uri: str, split: str) -> List[str]:
-    return sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*")))

@@ -53,6 +53,7 @@ class ItemEmbeddingConfig:
     dim: int = 64
     cf_dim: int = 48  # dims from the co-engagement factorisation, rest from content
     min_count: int = 1
+    max_items_per_user: int = 256  # most recent positives kept per training user (counted)
     seed: int = 0
 
 

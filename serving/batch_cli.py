@@ -9,7 +9,6 @@ parser stays fast.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys

@@ -57,8 +57,15 @@ CONTAINER_CONFIG_DIR = "/config"
 MODELS_CONFIG = "models.config"
 BATCHING_CONFIG = "batching_parameters.config"
 MONITORING_CONFIG = "monitoring.config"
-CONFIG_FILES = (MODELS_CONFIG, BATCHING_CONFIG, MONITORING_CONFIG)
+PINNERFORMER_BATCHING = "pinnerformer.batching_params.pbtxt"
+CONFIG_FILES = (MODELS_CONFIG, BATCHING_CONFIG, MONITORING_CONFIG)  # mounted at /config
 DEPLOY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "deploy")
+
+# Per-model batching (--enable_per_model_batching_parameters): TF Serving batches a version only
+# if its SavedModel dir holds this file, with the parameters in it. The pinnerformer export
+# copies deploy/PINNERFORMER_BATCHING there; the ranker has none (its `rank` request is one user
+# context + N candidates, which a batching session cannot take, and is already a batch).
+PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
 
 # The official image production runs.
 SERVING_IMAGE = "tensorflow/serving:2.16.1-gpu"

@@ -19,7 +19,9 @@ a client also sees as UNAVAILABLE.
 Optional batching mirrors TF Serving's batching session: concurrent Predict calls for the same
 model version and signature are concatenated along dim 0, padded to `allowed_batch_sizes`, run
 once and split, with the same request constraints (equal dim 0 across inputs, task size <=
-max_batch_size, equal inner shapes within a batch, a full queue answers UNAVAILABLE).
+max_batch_size, equal inner shapes within a batch, a full queue answers UNAVAILABLE). With
+--enable_per_model_batching_parameters only versions carrying their own batching_params.pbtxt are
+batched (the pinnerformer export does; the ranker does not), as in the production deployment.
 
 Not a production server: Python, one process, no REST API, no config reload.
 """
@@ -83,10 +85,16 @@ def _signature_defs(path: str) -> Dict[str, Any]:
 class Servable:
     """One loaded model version: its callable signatures and their SignatureDefs."""
 
-    def __init__(self, model: str, version: int, path: str):
+    def __init__(self, model: str, version: int, path: str, per_model_batching: bool = False):
         import tensorflow as tf
 
         self.model, self.version, self.path = model, version, path
+        # --enable_per_model_batching_parameters: the version's own batching_params.pbtxt
+        # decides whether (and how) it is batched; a bad file fails the load, as in TF Serving.
+        self.batching: Optional[BatchingParameters] = None
+        own = os.path.join(path, C.PER_MODEL_BATCHING_FILE)
+        if per_model_batching and os.path.exists(own):
+            self.batching = load_batching_parameters(own)
         self.signature_defs = _signature_defs(path)
         self._loaded = tf.saved_model.load(path, tags=["serve"])
         self.functions = dict(self._loaded.signatures)
@@ -177,13 +185,15 @@ class ModelManager:
     pushed for the first time after start-up are picked up too."""
 
     def __init__(self, sources: Sequence[ModelSource] = (), model_root: Optional[str] = None,
-                 num_versions: int = C.NUM_VERSIONS, max_load_retries: int = 5):
+                 num_versions: int = C.NUM_VERSIONS, max_load_retries: int = 5,
+                 per_model_batching: bool = False):
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._models: Dict[str, _Model] = {s.name: _Model(s) for s in sources}
         self._model_root = model_root
         self._num_versions = num_versions
         self._max_load_retries = max_load_retries
+        self._per_model_batching = per_model_batching
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -244,7 +254,7 @@ class ModelManager:
         fp = _fingerprint(path)
         t0 = time.monotonic()
         try:
-            servable = Servable(name, v, path)
+            servable = Servable(name, v, path, self._per_model_batching)
         except Exception as e:  # noqa: BLE001 - any load failure is recorded, not fatal
             attempts = model.load_attempts.get(v, (0, fp))[0] + 1
             model.load_attempts[v] = (attempts, fp)
@@ -390,20 +400,26 @@ class BatchScheduler:
     """Server-side batching with TF Serving's semantics: one queue per (model, version,
     signature), `num_batch_threads` batches running at once across all queues. The first task
     of a batch leads it: it waits up to the timeout (or until the batch is full), then for a
-    batch thread, and runs the batch; later tasks just wait for their slice."""
+    batch thread, and runs the batch; later tasks just wait for their slice.
 
-    def __init__(self, params: BatchingParameters):
-        # Defaults of TF Serving's BasicBatchScheduler options where the file leaves a knob out.
-        self.max_batch_size = params.max_batch_size or 1000
-        self.timeout_s = (params.batch_timeout_micros or 0) / 1e6
-        self.max_enqueued_batches = params.max_enqueued_batches or 10
-        self.allowed_batch_sizes = tuple(params.allowed_batch_sizes)
+    `per_model`: TF Serving's --enable_per_model_batching_parameters. Only versions with their
+    own batching_params.pbtxt are batched, with those parameters; the global ones only size the
+    shared thread pool. Others run unbatched (e.g. the ranker, whose `rank` request is already a
+    batch of candidates with a 1-row user context)."""
+
+    def __init__(self, params: BatchingParameters, per_model: bool = False):
+        self.params, self.per_model = params, per_model
         self._threads = threading.BoundedSemaphore(params.num_batch_threads or os.cpu_count() or 1)
         self._queues: Dict[Tuple[str, int, str], _Queue] = {}
         self._queues_lock = threading.Lock()
 
     def run(self, servable: Servable, signature: str,
             feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        params = servable.batching if self.per_model else self.params
+        if params is None:
+            return servable.run(signature, feed)
+        # Defaults of TF Serving's BasicBatchScheduler options where the file leaves a knob out.
+        max_batch_size = params.max_batch_size or 1000
         sizes = {k: (v.shape[0] if v.ndim else None) for k, v in feed.items()}
         if any(s is None for s in sizes.values()):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -416,23 +432,23 @@ class BatchScheduler:
         n = next(iter(sizes.values()), 0)
         if n == 0:
             return servable.run(signature, feed)
-        if n > self.max_batch_size:
+        if n > max_batch_size:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"Task size {n} is larger than maximum input batch size "
-                               f"{self.max_batch_size}")
+                               f"{max_batch_size}")
         key = (servable.model, servable.version, signature)
         with self._queues_lock:
             q = self._queues.setdefault(key, _Queue())
         task = _Task(feed, n)
         with q.lock:
             batch = q.open
-            if batch is not None and batch.size + n > self.max_batch_size:
+            if batch is not None and batch.size + n > max_batch_size:
                 q.open = None  # full for this task: its leader runs it as it is
                 batch.closed.set()
                 batch = None
             leader = batch is None
             if leader:
-                if q.pending >= self.max_enqueued_batches:
+                if q.pending >= (params.max_enqueued_batches or 10):
                     raise RequestError(grpc.StatusCode.UNAVAILABLE,
                                        "The batch scheduling queue to which this task was "
                                        "submitted is full")
@@ -441,23 +457,24 @@ class BatchScheduler:
                 q.pending += 1
             batch.tasks.append(task)
             batch.size += n
-            if batch.size >= self.max_batch_size:
+            if batch.size >= max_batch_size:
                 q.open = None
                 batch.closed.set()
         if leader:
-            batch.closed.wait(self.timeout_s)
+            batch.closed.wait((params.batch_timeout_micros or 0) / 1e6)
             with self._threads:  # the batch keeps filling while it waits for a thread
                 with q.lock:
                     if q.open is batch:
                         q.open = None
                     q.pending -= 1
-                self._execute(servable, signature, batch)
+                self._execute(servable, signature, batch, params.allowed_batch_sizes)
         task.done.wait()
         if task.error is not None:
             raise task.error
         return task.result
 
-    def _execute(self, servable: Servable, signature: str, batch: _Batch) -> None:
+    def _execute(self, servable: Servable, signature: str, batch: _Batch,
+                 allowed_batch_sizes: Sequence[int]) -> None:
         tasks = batch.tasks
         try:
             merged = {}
@@ -472,7 +489,7 @@ class BatchScheduler:
                         "starting with the first dim.")
                 merged[name] = np.concatenate(parts, axis=0)
             total = sum(t.size for t in tasks)
-            padded = next((s for s in self.allowed_batch_sizes if s >= total), total)
+            padded = next((s for s in allowed_batch_sizes if s >= total), total)
             if padded > total:  # pad with copies of the first row, as TF Serving does
                 merged = {k: np.concatenate([v, np.repeat(v[:1], padded - total, axis=0)])
                           for k, v in merged.items()}
@@ -705,26 +722,32 @@ def serve(model_base_path: Optional[str] = None, model_config_file: Optional[str
           model_config=None, base_path_prefix: Optional[str] = None, host: str = "127.0.0.1",
           port: int = 0, file_system_poll_wait_seconds: float = 1.0,
           num_versions: int = C.NUM_VERSIONS, enable_batching: bool = False,
-          batching_parameters: Optional[BatchingParameters] = None, max_workers: int = 32,
+          batching_parameters: Optional[BatchingParameters] = None,
+          per_model_batching: bool = False, max_workers: int = 32,
           max_load_retries: int = 5, max_message_bytes: int = 64 << 20) -> ServerHandle:
     """Starts the server and returns once it listens. Versions present at start are loaded
     first (as TF Serving does); later ones are picked up by polling.
 
     Pass exactly one of `model_base_path` (each sub-directory is a model served with
-    latest-`num_versions`), `model_config_file` or `model_config` (a ModelServerConfig)."""
+    latest-`num_versions`), `model_config_file` or `model_config` (a ModelServerConfig).
+    `per_model_batching` (with `enable_batching`): only versions that carry their own
+    batching_params.pbtxt are batched, as with TF Serving's
+    --enable_per_model_batching_parameters."""
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     if sum(x is not None for x in (model_base_path, model_config_file, model_config)) != 1:
         raise ValueError("pass exactly one of model_base_path, model_config_file, model_config")
     if model_base_path is not None:
         manager = ModelManager(model_root=os.path.abspath(model_base_path),
-                               num_versions=num_versions, max_load_retries=max_load_retries)
+                               num_versions=num_versions, max_load_retries=max_load_retries,
+                               per_model_batching=per_model_batching and enable_batching)
     else:
         manager = ModelManager(sources_from_model_config(model_config_file or model_config,
                                                          base_path_prefix),
-                               max_load_retries=max_load_retries)
+                               max_load_retries=max_load_retries,
+                               per_model_batching=per_model_batching and enable_batching)
     manager.poll_once()
-    scheduler = (BatchScheduler(batching_parameters or BatchingParameters())
+    scheduler = (BatchScheduler(batching_parameters or BatchingParameters(), per_model_batching)
                  if enable_batching else None)
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers,
@@ -742,7 +765,7 @@ def serve(model_base_path: Optional[str] = None, model_config_file: Optional[str
     server.start()
     manager.start(file_system_poll_wait_seconds)
     log.info("serving %s on %s:%d (batching %s)", manager.model_names(), host, bound,
-             "on" if scheduler else "off")
+             ("per model" if per_model_batching else "on") if scheduler else "off")
     return ServerHandle(host, bound, manager, server)
 
 
@@ -771,6 +794,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batching_parameters_file", "--batching-parameters-file", metavar="FILE",
                    help="BatchingParameters text proto (e.g. serving/deploy/"
                         "batching_parameters.config); implies --enable_batching")
+    p.add_argument("--enable_per_model_batching_parameters",
+                   "--enable-per-model-batching-parameters", action="store_true",
+                   help=f"batch only model versions that carry their own "
+                        f"{C.PER_MODEL_BATCHING_FILE} (with those parameters; the global file "
+                        "then only sizes the batch thread pool), as TF Serving does")
     p.add_argument("--max_batch_size", "--max-batch-size", type=int,
                    help="override max_batch_size")
     p.add_argument("--batch_timeout_micros", "--batch-timeout-micros", type=int,
@@ -793,14 +821,20 @@ def serve_from_args(args: argparse.Namespace) -> int:
             sizes = [s for s in params.allowed_batch_sizes if s < params.max_batch_size]
             params = dataclasses.replace(
                 params, allowed_batch_sizes=tuple(sizes) + (params.max_batch_size,))
+    enable_batching = args.enable_batching or bool(args.batching_parameters_file)
+    if args.enable_per_model_batching_parameters and not enable_batching:
+        raise SystemExit("--enable_per_model_batching_parameters needs --enable_batching (or "
+                         "--batching_parameters_file), as in TF Serving")
     if args.base_path_prefix and not args.model_config_file:
         raise SystemExit("--base_path_prefix needs --model_config_file")
     handle = serve(model_base_path=args.model_base_path, model_config_file=args.model_config_file,
                    base_path_prefix=args.base_path_prefix, host=args.host, port=args.port,
                    file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
                    num_versions=args.num_versions,
-                   enable_batching=args.enable_batching or bool(args.batching_parameters_file),
-                   batching_parameters=params, max_workers=args.grpc_max_threads)
+                   enable_batching=enable_batching,
+                   batching_parameters=params,
+                   per_model_batching=args.enable_per_model_batching_parameters,
+                   max_workers=args.grpc_max_threads)
     print(f"local TF-Serving stand-in listening on {handle.target} "
           f"(models: {', '.join(handle.manager.model_names()) or 'none yet'})", flush=True)
     stopped = threading.Event()

@@ -29,8 +29,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from typing import Iterable, Sequence, Tuple
@@ -39,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from components.data import events as E
+from pipeline import pinned_wheel
 
 # Bump whenever the conversion's output for the same inputs changes (invalidates caches).
 CONVERSION_VERSION = 1
@@ -125,11 +124,6 @@ def fetch_movielens_100k(cache_dir: str = "") -> str:
     os.makedirs(root, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".ml-100k-", dir=root) as tmp:
         wheel = _obtain_wheel(tmp)
-        digest = E.sha256_file(wheel)
-        if digest != RECBOLE_WHEEL_SHA256:
-            raise MovieLensFetchError(
-                f"{wheel}: sha256 {digest} does not match the pinned {RECBOLE_WHEEL_SHA256} "
-                f"for {RECBOLE_WHEEL}; refusing to use it")
         staging = os.path.join(tmp, ML100K_DIR)
         os.makedirs(staging)
         files = {}
@@ -168,25 +162,14 @@ def _cache_valid(dest: str) -> bool:
 
 
 def _obtain_wheel(tmp: str) -> str:
-    local = os.environ.get(WHEEL_ENV)
-    if local:
-        if not os.path.isfile(local):
-            raise MovieLensFetchError(f"{WHEEL_ENV}={local}: no such file")
-        return local
-    cmd = [sys.executable, "-m", "pip", "download", f"recbole=={RECBOLE_VERSION}", "--no-deps",
-           "--only-binary=:all:", "--disable-pip-version-check", "--no-input", "-d", tmp]
+    """The verified recbole wheel (downloaded into `tmp`, or $PINRANK_RECBOLE_WHEEL)."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired:
-        raise MovieLensFetchError(f"`{' '.join(cmd)}` timed out after 600 s") from None
-    wheel = os.path.join(tmp, RECBOLE_WHEEL)
-    if proc.returncode != 0 or not os.path.isfile(wheel):
-        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
+        return pinned_wheel.obtain(f"recbole=={RECBOLE_VERSION}", RECBOLE_WHEEL,
+                                   RECBOLE_WHEEL_SHA256, WHEEL_ENV, tmp)
+    except pinned_wheel.PinnedWheelError as e:
         raise MovieLensFetchError(
-            f"could not download {RECBOLE_WHEEL} (MovieLens-100K) with `{' '.join(cmd)}` "
-            f"(exit {proc.returncode}):\n{tail}\nOffline? Set {WHEEL_ENV} to a downloaded copy "
-            f"of the wheel, or use data.source=path with a ratings.csv/movies.csv directory.")
-    return wheel
+            f"MovieLens-100K: {e}\nOr use data.source=path with a ratings.csv/movies.csv "
+            "directory.") from None
 
 
 # --------------------------------------------------------------------------------------------

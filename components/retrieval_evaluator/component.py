@@ -12,7 +12,7 @@ LatestBlessedModelStrategy (`blessed`, `current_model_id`) read, like the stock 
 
 import json
 import os
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 import numpy as np
 import tensorflow as tf

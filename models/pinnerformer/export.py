@@ -5,9 +5,12 @@ Signatures (serving/constants.py names them for clients):
 - embed_raw(hist_* [B, L], hist_len [B])   -> embedding [B, D]   chronological, padded after len
 - item_embedding(item_id: int64 [B])       -> embedding [B, D]   pin tower, for the item index
 Both user signatures run the same Transform graph as training (no train/serve skew).
+The export also carries `batching_params.pbtxt` (serving/deploy/pinnerformer.batching_params.pbtxt):
+TF Serving with --enable_per_model_batching_parameters batches this model with those parameters.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict
 
 import tensorflow as tf
@@ -15,6 +18,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from pipeline import features as F
+from serving import constants as C
 
 # Raw inputs needed to embed a user: the history lists, nothing about labels.
 SERVING_RAW_FEATURES = (F.HIST_ITEM, F.HIST_ACTION, F.HIST_SURFACE, F.HIST_TS, F.HIST_DURATION)
@@ -55,3 +59,5 @@ def serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformO
 def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput, out_dir: str) -> None:
     signatures = serving_signatures(model, tf_transform_output)
     model.save(out_dir, save_format="tf", signatures=signatures)
+    tf.io.gfile.copy(os.path.join(C.DEPLOY_DIR, C.PINNERFORMER_BATCHING),
+                     os.path.join(out_dir, C.PER_MODEL_BATCHING_FILE), overwrite=True)

@@ -40,6 +40,8 @@ def _pad(lists, dtype, pad):
 
 
 def test_every_component_ran_once_and_model_was_pushed(tiny_run):
+    from serving import constants as C
+
     cfg, first, _ = tiny_run
     paths = first["paths"]
     states = _executions_by_node(paths["metadata_path"], cfg.name)
@@ -57,6 +59,13 @@ def test_every_component_ran_once_and_model_was_pushed(tiny_run):
     assert ranker["validation_ok"] is True, ranker
     assert ranker["pushed"] is True
     assert ranker["pushed_destination"].startswith(os.path.join(paths["serving_dir"], "ranker"))
+    # per-model batching: TF Serving batches the pinnerformer (it ships the deploy parameters)
+    # and serves the ranker unbatched (its `rank` request cannot be batched).
+    with open(os.path.join(first["pushed_destination"], C.PER_MODEL_BATCHING_FILE)) as f, \
+            open(os.path.join(C.DEPLOY_DIR, C.PINNERFORMER_BATCHING)) as want:
+        assert f.read() == want.read()
+    assert not os.path.exists(os.path.join(ranker["pushed_destination"],
+                                           C.PER_MODEL_BATCHING_FILE))
     for head in ("repin", "click", "closeup", "hide"):
         assert {"auc", "hit@3", "ndcg@3"} <= set(ranker["overall"][head]), ranker["overall"]
 

@@ -32,7 +32,14 @@ def pushed(tiny_run):
 def server(pushed):
     from serving import local_server as LS
 
-    h = LS.serve(model_base_path=pushed["serving_dir"], port=0, file_system_poll_wait_seconds=0)
+    from serving import constants as C
+    from serving.configs import load_batching_parameters
+
+    # As deployed: batching on, per model (the pushed pinnerformer carries its parameters).
+    h = LS.serve(model_base_path=pushed["serving_dir"], port=0, file_system_poll_wait_seconds=0,
+                 enable_batching=True, per_model_batching=True,
+                 batching_parameters=load_batching_parameters(
+                     os.path.join(C.DEPLOY_DIR, C.BATCHING_CONFIG)))
     yield h
     h.stop(grace=None)
 

@@ -1,7 +1,6 @@
 """EventExampleGen: anchors, windows, truncation counters, user split, and the Beam graph on a
 small canonical data set (including a bad shard that must fail with its file name)."""
 import glob
-import json
 import os
 
 import numpy as np

@@ -1,7 +1,6 @@
 """DCNv2 cross layers and the label-weighted BCE vs numpy references."""
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from models.realtime import CrossLayer, CrossNetwork, default_label_weights, head_weights, weighted_bce, \
     weighted_bce_from_logits

@@ -1,5 +1,5 @@
-"""The deploy configs parse with TF Serving's protos (or the strongest check available), typos
-fail, and docker-compose / k8s / kustomize / models.config agree with each other."""
+"""The deploy configs parse with TF Serving's own protos, typos fail, and docker-compose / k8s /
+kustomize / models.config agree with each other."""
 import http.server
 import json
 import os
@@ -12,6 +12,7 @@ import yaml
 
 from serving import configs
 from serving import constants as C
+from serving import tfs_protos
 
 DEPLOY = C.DEPLOY_DIR
 
@@ -36,10 +37,16 @@ def test_models_config_parses_with_tf_serving_proto():
         assert m.model_version_policy.latest.num_versions == C.NUM_VERSIONS == 2
 
 
-def test_batching_parameters_parse_and_follow_tf_serving_rules():
+def test_global_batching_parameters_only_size_the_shared_thread_pool():
+    # With --enable_per_model_batching_parameters TF Serving ignores every other knob here.
     p = configs.load_batching_parameters(_path(C.BATCHING_CONFIG))
+    assert p == configs.BatchingParameters(num_batch_threads=4)
+
+
+def test_pinnerformer_batching_parameters_follow_tf_serving_rules():
+    p = configs.load_batching_parameters(_path(C.PINNERFORMER_BATCHING))
     assert p.max_batch_size == 512 and p.batch_timeout_micros == 1000
-    assert p.num_batch_threads == 4 and p.max_enqueued_batches == 8
+    assert p.num_batch_threads is None and p.max_enqueued_batches == 8
     assert p.allowed_batch_sizes == (32, 64, 128, 256, 512)
     assert p.other == {}
 
@@ -49,13 +56,50 @@ def test_monitoring_config_parses():
     assert m.prometheus_enable and m.prometheus_path == C.PROMETHEUS_PATH
 
 
-def test_schema_sources_report_what_is_shipped():
+def test_every_config_is_checked_against_tf_serving_protos():
     src = configs.schema_sources()
     assert "model_server_config_pb2" in src[C.MODELS_CONFIG]
-    for name, module in ((C.BATCHING_CONFIG, configs._BATCHING_MODULE),
-                         (C.MONITORING_CONFIG, configs._MONITORING_MODULE)):
-        shipped = configs._optional_module(module) is not None
-        assert ("not shipped" not in src[name]) == shipped
+    for name in (C.BATCHING_CONFIG, C.PER_MODEL_BATCHING_FILE, C.MONITORING_CONFIG):
+        assert "session_bundle_config" in src[name] or "monitoring_config" in src[name]
+    for full_name in (tfs_protos.BATCHING_PARAMETERS, tfs_protos.MONITORING_CONFIG):
+        assert tfs_protos.message_class(full_name).DESCRIPTOR.full_name == full_name
+    fields = tfs_protos.message_class(tfs_protos.BATCHING_PARAMETERS).DESCRIPTOR.fields_by_name
+    assert fields["max_batch_size"].message_type.full_name == "google.protobuf.Int64Value"
+    assert fields["allowed_batch_sizes"].label == fields["allowed_batch_sizes"].LABEL_REPEATED
+
+
+def test_descriptor_is_read_from_generated_code_without_running_it():
+    from google.protobuf import descriptor_pb2
+
+    fdp = descriptor_pb2.FileDescriptorProto(name="x/y.proto", package="p")
+    fdp.message_type.add(name="M").field.add(name="f", number=1, type=9, label=1)
+    raw = fdp.SerializeToString()
+    old_style = ("import sys\n_b=lambda x: x.encode('latin1')\nraise SystemExit('executed')\n"
+                 f"DESCRIPTOR = _descriptor.FileDescriptor(name='x/y.proto', "
+                 f"serialized_pb=_b({raw.decode('latin1')!r}))\n")
+    new_style = f"DESCRIPTOR = _pool.Default().AddSerializedFile({raw!r})\n"
+    for code in (old_style, new_style):
+        assert tfs_protos.descriptor_from_generated_code(code, "gen.py") == fdp
+    with pytest.raises(tfs_protos.ProtosUnavailable, match="gen.py"):
+        tfs_protos.descriptor_from_generated_code("x = 1\n", "gen.py")
+
+
+def test_missing_or_tampered_proto_wheel_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(tfs_protos.CACHE_ENV, str(tmp_path / "cache"))
+    tfs_protos._wheel_classes.cache_clear()
+    try:
+        monkeypatch.setenv(tfs_protos.WHEEL_ENV, str(tmp_path / "missing.whl"))
+        with pytest.raises(configs.ConfigError, match="missing.whl: no such file"):
+            configs.load_batching_parameters(_path(C.BATCHING_CONFIG))
+        (tmp_path / "fake.whl").write_bytes(b"not the pinned wheel")
+        monkeypatch.setenv(tfs_protos.WHEEL_ENV, str(tmp_path / "fake.whl"))
+        with pytest.raises(configs.ConfigError, match="does not match the pinned"):
+            configs.load_monitoring_config(_path(C.MONITORING_CONFIG))
+        with pytest.raises(tfs_protos.ProtosUnavailable, match="fetching is off"):
+            tfs_protos.message_class(tfs_protos.MONITORING_CONFIG, fetch=False)
+        assert not (tmp_path / "cache" / tfs_protos.CACHE_DIR).exists()
+    finally:
+        tfs_protos._wheel_classes.cache_clear()
 
 
 BROKEN = {
@@ -66,15 +110,22 @@ BROKEN = {
         ("model_config_list {", "model_config_list"),  # syntax
     ],
     C.BATCHING_CONFIG: [
+        ("num_batch_threads {", "num_batch_thread {"),  # typo in a field name
+        ("num_batch_threads { value: 4 }", "num_batch_threads { value: 0 }"),
+        ("num_batch_threads { value: 4 }", "num_batch_threads: 4"),  # not the Int64Value form
+        ("num_batch_threads { value: 4 }", "num_batch_threads { value: 4 "),  # syntax
+    ],
+    C.PINNERFORMER_BATCHING: [
         ("max_batch_size {", "max_batch_sise {"),  # typo in a field name
         ("max_batch_size { value: 512 }", "max_batch_size: 512"),  # not the Int64Value form
         ("max_batch_size { value: 512 }", "max_batch_size { value: 384 }"),  # last bucket != max
         ("allowed_batch_sizes: 64\n", "allowed_batch_sizes: 16\n"),  # not increasing
-        ("num_batch_threads { value: 4 }", "num_batch_threads { value: 0 }"),
+        ("batch_timeout_micros { value: 1000 }", "batch_timeout_micros { value: -1 }"),
         ("batch_timeout_micros { value: 1000 }", "batch_timeout_micros { value: 1000 "),
         ("max_enqueued_batches { value: 8 }",
-         "max_enqueued_batches { value: 8 }\npad_variable_length_inputs: true"),  # unverifiable
+         "max_enqueued_batches { value: 8 }\npad_variable_length_inputs: true"),  # contract
         ("max_enqueued_batches { value: 8 }", "max_enqueued_batches { value: 8 valeu: 1 }"),
+        ("allowed_batch_sizes: 32\n", "allowed_batch_sizes: 32.5\n"),  # wrong type
     ],
     C.MONITORING_CONFIG: [
         ("prometheus_config {", "prometheus_confg {"),
@@ -87,6 +138,7 @@ BROKEN = {
 }
 LOADERS = {C.MODELS_CONFIG: configs.load_model_server_config,
            C.BATCHING_CONFIG: configs.load_batching_parameters,
+           C.PINNERFORMER_BATCHING: configs.load_batching_parameters,
            C.MONITORING_CONFIG: configs.load_monitoring_config}
 
 
@@ -109,16 +161,6 @@ def test_unmodified_copy_still_parses(tmp_path):
         load(str(tmp_path / name))
 
 
-def test_text_proto_reader_accepts_the_other_text_format_spellings():
-    """TF Serving's parser also takes list syntax, `<>` messages and `field: {`."""
-    p = configs.parse_batching_parameters(
-        "max_batch_size: < value: 8 >, batch_timeout_micros: { value: 0 };\n"
-        "allowed_batch_sizes: [2, 4, 8]  # comment")
-    assert (p.max_batch_size, p.batch_timeout_micros, p.allowed_batch_sizes) == (8, 0, (2, 4, 8))
-    assert configs.parse_text_proto("a { b: 'x' c: -1.5 d: FOO e: true }") == {
-        "a": [{"b": ["x"], "c": [-1.5], "d": ["FOO"], "e": [True]}]}
-
-
 # ------------------------------------------------------------------ compose / k8s consistency
 
 EXPECTED_FLAGS = {
@@ -128,6 +170,7 @@ EXPECTED_FLAGS = {
     "--batching_parameters_file": f"{C.CONTAINER_CONFIG_DIR}/{C.BATCHING_CONFIG}",
     "--monitoring_config_file": f"{C.CONTAINER_CONFIG_DIR}/{C.MONITORING_CONFIG}",
     "--enable_batching": "true",
+    "--enable_per_model_batching_parameters": "true",
     "--enable_model_warmup": "true",
 }
 

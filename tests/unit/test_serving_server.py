@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -408,6 +409,56 @@ def test_batching_matches_unbatched_results(servers, serving_dir, reference, mon
     ragged = {**T.toy_history(2), C.HIST_LEN: np.array([1, 2, 3], np.int64)}
     assert _code(lambda: client.predict(C.PINNERFORMER, C.EMBED_RAW, ragged)) == \
         grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_per_model_batching_as_deployed(servers, tmp_path, store, reference, monkeypatch):
+    """The production flags: --enable_batching --enable_per_model_batching_parameters with the
+    deploy configs. The pinnerformer version carries the deploy batching_params.pbtxt (as its
+    export does) and is batched; the ranker carries none, so its `rank` request (1-row context,
+    N candidates) is served, which global batching must refuse."""
+    from serving.client import rank_request_inputs
+    from serving.configs import load_batching_parameters
+
+    root = tmp_path / "serving"
+    pf = T.push_version(store["pf1"], str(root / C.PINNERFORMER), V1)
+    shutil.copyfile(os.path.join(C.DEPLOY_DIR, C.PINNERFORMER_BATCHING),
+                    os.path.join(pf, C.PER_MODEL_BATCHING_FILE))
+    T.push_version(store["rk1"], str(root / C.RANKER), V1)
+    batched = []
+    real_run = LS.Servable.run
+
+    def recording_run(self, signature, feed):
+        batched.append((self.model, len(feed[C.HIST_LEN])))
+        return real_run(self, signature, feed)
+
+    monkeypatch.setattr(LS.Servable, "run", recording_run)
+    global_params = load_batching_parameters(os.path.join(C.DEPLOY_DIR, C.BATCHING_CONFIG))
+    h = servers(model_config_file=os.path.join(C.DEPLOY_DIR, C.MODELS_CONFIG),
+                base_path_prefix=str(root), enable_batching=True,
+                batching_parameters=global_params, per_model_batching=True,
+                file_system_poll_wait_seconds=0)
+    client = ServingClient(h.target, timeout_s=20, retries=0)
+    hist = T.toy_history(3)
+    for name, own_params in ((C.PINNERFORMER, True), (C.RANKER, False)):
+        with h.manager.acquire(name) as servable:
+            assert (servable.batching is not None) == own_params
+
+    rank_in = rank_request_inputs(hist, [10, 20, 30, 40], request_ts=5000,
+                                  pf_embedding=np.ones(4, np.float32))
+    out = client.predict(C.RANKER, C.RANK, rank_in)
+    for head in C.RANK_HEADS:
+        np.testing.assert_allclose(out[head], _call(reference["rk1"], C.RANK, rank_in)[head],
+                                   atol=1e-6)
+    got = client.predict(C.PINNERFORMER, C.EMBED_RAW, hist)[C.EMBEDDING]
+    np.testing.assert_allclose(got, _call(reference["pf1"], C.EMBED_RAW, hist)[C.EMBEDDING],
+                               atol=1e-6)
+    # ranker unbatched (its one request row as sent); pinnerformer padded to the first allowed
+    # batch size of the deploy file, 32
+    assert batched == [(C.RANKER, 1), (C.PINNERFORMER, 32)]
+
+    g = servers(model_base_path=str(root), enable_batching=True, file_system_poll_wait_seconds=0)
+    assert _code(lambda: ServingClient(g.target, retries=0).predict(C.RANKER, C.RANK, rank_in)) \
+        == grpc.StatusCode.INVALID_ARGUMENT  # global batching: unequal 0th dimensions
 
 
 # ----------------------------------------------------------------------------- config mode, CLI

@@ -9,22 +9,22 @@ offline machines; either way its sha256 must match the pin.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
+
+CACHE_ENV = "PINRANK_CACHE"
 
 
 class PinnedWheelError(RuntimeError):
     """The wheel could not be obtained or does not match its pinned sha256."""
 
 
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def cache_root(cache_dir: str = "") -> str:
+    """Where unpacked wheel contents are cached: `cache_dir`, else $PINRANK_CACHE, else
+    ~/.cache/pinrank."""
+    return os.path.abspath(os.path.expanduser(
+        cache_dir or os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "pinrank")))
 
 
 def obtain(requirement: str, filename: str, sha256: str, env_var: str, tmp_dir: str) -> str:
@@ -50,6 +50,8 @@ def obtain(requirement: str, filename: str, sha256: str, env_var: str, tmp_dir: 
             raise PinnedWheelError(
                 f"could not download {filename} with `{' '.join(cmd)}` (exit {proc.returncode}):"
                 f"\n{tail}\nOffline? Set {env_var} to a downloaded copy of the wheel.")
+    from components.data.events import sha256_file  # lazy: pandas/pyarrow only when fetching
+
     digest = sha256_file(wheel)
     if digest != sha256:
         raise PinnedWheelError(f"{wheel}: sha256 {digest} does not match the pinned {sha256} "

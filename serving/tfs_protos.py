@@ -41,7 +41,7 @@ WHEEL_REQUIREMENT = "min-tfs-client==1.0.2"
 WHEEL = "min_tfs_client-1.0.2-py3-none-any.whl"
 WHEEL_SHA256 = "2e0bd3ea0d7fd96c22d043135171726f2fc6bb72c555f617ef9ebf4ab53c5a75"
 WHEEL_ENV = "PINRANK_TFS_PROTOS_WHEEL"
-CACHE_ENV = "PINRANK_CACHE"
+CACHE_ENV = pinned_wheel.CACHE_ENV
 CACHE_DIR = "tfs-protos-min-tfs-client-1.0.2"
 MARKER = ".complete.json"
 
@@ -67,11 +67,6 @@ _DEPENDENCY_MODULES = {
 
 class ProtosUnavailable(RuntimeError):
     """The pinned wheel could not be obtained (offline and no local copy)."""
-
-
-def cache_root() -> str:
-    return os.path.abspath(os.path.expanduser(
-        os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "pinrank")))
 
 
 def source(full_name: str) -> str:
@@ -105,6 +100,8 @@ def _installed_module(full_name: str):
 @functools.lru_cache(maxsize=None)
 def _wheel_classes(fetch: bool) -> Dict[str, type]:
     files = _cached_descriptor_files(fetch)
+    for module in _DEPENDENCY_MODULES.values():  # registers them in protobuf's default pool
+        importlib.import_module(module)
     pool = descriptor_pool.DescriptorPool()
     added = set()
 
@@ -125,8 +122,6 @@ def _wheel_classes(fetch: bool) -> Dict[str, type]:
 
 def _dependency_proto(name: str) -> descriptor_pb2.FileDescriptorProto:
     """A dependency as registered by the installed protobuf/TensorFlow (transitively)."""
-    for module in _DEPENDENCY_MODULES.values():
-        importlib.import_module(module)
     try:
         desc = descriptor_pool.Default().FindFileByName(name)
     except KeyError:
@@ -147,7 +142,7 @@ def _message_class(desc):
 
 def _cached_descriptor_files(fetch: bool) -> Dict[str, descriptor_pb2.FileDescriptorProto]:
     """message full name -> FileDescriptorProto, from the cache (filled from the wheel once)."""
-    dest = os.path.join(cache_root(), CACHE_DIR)
+    dest = os.path.join(pinned_wheel.cache_root(), CACHE_DIR)
     marker = os.path.join(dest, MARKER)
     if not os.path.exists(marker):
         if not fetch:

@@ -48,7 +48,8 @@ ML100K_PREFIX = "recbole/dataset_example/ml-100k/"
 ML100K_DIR = "ml-100k"
 MARKER_FILE = ".complete.json"
 WHEEL_ENV = "PINRANK_RECBOLE_WHEEL"
-CACHE_ENV = "PINRANK_CACHE"
+CACHE_ENV = pinned_wheel.CACHE_ENV
+cache_root = pinned_wheel.cache_root  # DataConfig.cache_dir, $PINRANK_CACHE, ~/.cache/pinrank
 
 # (minimum rating, action, duration in seconds), highest threshold first.
 RATING_ACTIONS: Tuple[Tuple[float, str, float], ...] = (
@@ -104,12 +105,6 @@ def content_embeddings(genres: Sequence[Sequence[str]], years: Sequence[float],
 
 # --------------------------------------------------------------------------------------------
 # Fetching ML-100K
-
-def cache_root(cache_dir: str = "") -> str:
-    """DataConfig.cache_dir, else $PINRANK_CACHE, else ~/.cache/pinrank."""
-    return os.path.abspath(os.path.expanduser(
-        cache_dir or os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "pinrank")))
-
 
 def fetch_movielens_100k(cache_dir: str = "") -> str:
     """Return a directory holding the ML-100K RecBole atomic files (ml-100k.inter, .item, ...).

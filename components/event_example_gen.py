@@ -20,7 +20,7 @@ custom properties; nothing is dropped silently.
 import hashlib
 import json
 import os
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -38,6 +38,9 @@ from pipeline.config import DAY_S, ExampleGenConfig, PipelineConfig
 
 SPLITS = ("train", "eval")
 _STATS_FILE = "event_example_gen.json"
+# Beside the splits: every training user's positives (the evaluation's baselines count them).
+TRAIN_POSITIVES_DIR = "train_positives"
+TRAIN_POS_ITEM, TRAIN_POS_TS = "item", "ts"
 
 
 def stable_bucket(user_id: str, buckets: int = 100) -> int:
@@ -45,8 +48,46 @@ def stable_bucket(user_id: str, buckets: int = 100) -> int:
     return int.from_bytes(hashlib.sha256(user_id.encode()).digest()[:8], "big") % buckets
 
 
-def split_of(user_id: str, cfg: ExampleGenConfig) -> str:
-    return "eval" if stable_bucket(user_id) < cfg.eval_user_percent else "train"
+def split_of(user_id: str, cfg: ExampleGenConfig) -> Optional[str]:
+    """"eval" or "train"; None for a test user left out of a validation run."""
+    bucket = stable_bucket(user_id)
+    if cfg.eval_users == "test":
+        return "eval" if bucket < cfg.eval_user_percent else "train"
+    if bucket < cfg.eval_user_percent:
+        return None
+    return "eval" if bucket < cfg.eval_user_percent + cfg.validation_user_percent else "train"
+
+
+def eval_cut(cfg: ExampleGenConfig, data_start: int, data_end: int) -> Optional[int]:
+    """Start of the out-of-time evaluation period, or None when the protocol is not used."""
+    if cfg.eval_after_time_quantile <= 0:
+        return None
+    return int(data_start + cfg.eval_after_time_quantile * (data_end - data_start))
+
+
+def _sorted_rows(rows: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    order = np.lexsort((rows["item_id"], rows["timestamp"]))  # time, ties broken by item id
+    return {k: v[order] for k, v in rows.items()}
+
+
+def train_positives(user_id: str, rows: Dict[str, np.ndarray], cfg: ExampleGenConfig,
+                    cut: Optional[int] = None) -> Iterator[tf.train.Example]:
+    """A training user's positive engagements (all of them, before `cut` when given), one
+    tf.Example {user_id, item, ts}: what the evaluation's baselines may count."""
+    if split_of(user_id, cfg) != "train":
+        return
+    r = _sorted_rows(rows)
+    keep = ev.is_positive(r["action"], r["duration"])
+    if cut is not None:
+        keep &= r["timestamp"] < cut
+    if not keep.any():
+        return
+    ex = tf.train.Example()
+    f = ex.features.feature
+    f[F.USER_ID].bytes_list.value.append(user_id.encode())
+    f[TRAIN_POS_ITEM].int64_list.value.extend(r["item_id"][keep].tolist())
+    f[TRAIN_POS_TS].int64_list.value.extend(r["timestamp"][keep].tolist())
+    yield ex
 
 
 def _user_rng(user_id: str, seed: int) -> np.random.Generator:
@@ -71,21 +112,34 @@ def candidate_anchors(ts: np.ndarray, pos: np.ndarray, window_s: int, min_histor
 
 
 def user_examples(user_id: str, rows: Dict[str, np.ndarray], cfg: ExampleGenConfig,
-                  data_end: int) -> Iterator[Tuple[str, tf.train.Example, Dict[str, int]]]:
-    """Yields (split, example, counters) for one user's events (any order)."""
-    order = np.lexsort((rows["item_id"], rows["timestamp"]))  # time, ties broken by item id
-    r = {k: v[order] for k, v in rows.items()}
+                  data_end: int, cut: Optional[int] = None,
+                  ) -> Iterator[Tuple[Optional[str], tf.train.Example, Dict[str, int]]]:
+    """Yields (split, example, counters) for one user's events (any order). `cut`: start of
+    the out-of-time eval period (eval_cut); training timelines end before it."""
+    split = split_of(user_id, cfg)
+    if split is None:
+        yield None, None, {"users_left_out_test": 1}
+        return
+    r = _sorted_rows(rows)
+    counters_user = {}
+    if cut is not None and split == "train":
+        after = r["timestamp"] >= cut
+        counters_user["train_events_after_eval_cut"] = int(after.sum())
+        r = {k: v[~after] for k, v in r.items()}
+        data_end = min(data_end, cut - 1)
     ts = r["timestamp"]
     pos = ev.is_positive(r["action"], r["duration"]).astype(np.int64)
-    split = split_of(user_id, cfg)
     window_days = cfg.eval_window_days if split == "eval" else cfg.train_window_days
     window_s = window_days * DAY_S
     full = split == "eval" or cfg.full_train_window
     anchors = candidate_anchors(ts, pos, window_s, cfg.min_history, data_end, full)
+    if cut is not None and split == "eval":
+        anchors = anchors[anchors >= cut]
     if len(anchors) == 0:
-        yield split, None, {f"users_without_anchor_{split}": 1}
+        yield split, None, {f"users_without_anchor_{split}": 1, **counters_user}
         return
-    n_keep = 1 if split == "eval" else min(cfg.anchors_per_user, len(anchors))
+    n_keep = min(cfg.eval_anchors_per_user if split == "eval" else cfg.anchors_per_user,
+                 len(anchors))
     rng = _user_rng(user_id, cfg.seed)
     chosen = np.sort(rng.choice(anchors, size=n_keep, replace=False))
     max_future = cfg.max_eval_future if split == "eval" else cfg.max_future
@@ -94,7 +148,7 @@ def user_examples(user_id: str, rows: Dict[str, np.ndarray], cfg: ExampleGenConf
         end = np.searchsorted(ts, t + window_s, side="left")
         lo = max(0, start - cfg.max_history)
         fut_idx = np.nonzero(pos[start:end])[0][:max_future] + start
-        counters = {f"examples_{split}": 1,
+        counters = {f"examples_{split}": 1, **counters_user,
                     "history_truncated": int(lo > 0),
                     "history_actions_dropped_by_max_history": int(lo),
                     "future_truncated": int(pos[start:end].sum() > len(fut_idx))}
@@ -111,6 +165,7 @@ def user_examples(user_id: str, rows: Dict[str, np.ndarray], cfg: ExampleGenConf
         f[F.FUT_ITEM].int64_list.value.extend(r["item_id"][fut_idx].tolist())
         f[F.FUT_TS].int64_list.value.extend(ts[fut_idx].tolist())
         yield split, ex, counters
+        counters_user = {}  # per-user counts go with the first example only
 
 
 def build_examples(p: beam.Pipeline, input_base: str, cfg: ExampleGenConfig,
@@ -126,8 +181,19 @@ def build_examples(p: beam.Pipeline, input_base: str, cfg: ExampleGenConfig,
     data_end = beam.pvalue.AsSingleton(read.max_ts | "DataEnd" >> beam.CombineGlobally(lambda xs: max(xs, default=0)))
     per_user = (read.rows | "GroupByUser" >> beam.GroupByKey()
                 | "Concat" >> beam.MapTuple(lambda u, parts: (u, beam_io.concat_columns(parts))))
+    data_start = beam.pvalue.AsSingleton(
+        per_user | "UserStart" >> beam.MapTuple(lambda u, r: int(r["timestamp"].min()))
+        | "DataStart" >> beam.CombineGlobally(lambda xs: min(xs, default=0)))
     out = (per_user | "Anchors" >> beam.FlatMap(
-        lambda kv, end: user_examples(kv[0], kv[1], cfg, end), data_end))
+        lambda kv, start, end: user_examples(kv[0], kv[1], cfg, end, eval_cut(cfg, start, end)),
+        data_start, data_end))
+    _ = (per_user | "TrainPositives" >> beam.FlatMap(
+            lambda kv, start, end: train_positives(kv[0], kv[1], cfg, eval_cut(cfg, start, end)),
+            data_start, data_end)
+         | "SerializePositives" >> beam.Map(lambda ex: ex.SerializeToString())
+         | "WritePositives" >> beam.io.WriteToTFRecord(
+             os.path.join(output_uri, TRAIN_POSITIVES_DIR, "data_tfrecord"),
+             file_name_suffix=".gz"))
     for split in SPLITS:
         (out | f"Only{split}" >> beam.Filter(lambda x, s=split: x[0] == s and x[1] is not None)
          | f"Serialize{split}" >> beam.Map(lambda x: x[1].SerializeToString())
@@ -170,6 +236,24 @@ def EventExampleGen(
         tf.io.gfile.copy(os.path.join(input_base, name), os.path.join(items.uri, name),
                          overwrite=True)
     items.set_int_custom_property("num_items", len(ev.read_items(input_base)))
+
+
+def read_train_positives(examples_uri: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user index, item id, timestamp) of every training user's positives (TRAIN_POSITIVES_DIR
+    of an Examples artifact), as flat int64 arrays."""
+    files = tf.io.gfile.glob(os.path.join(examples_uri, TRAIN_POSITIVES_DIR, "*"))
+    if not files:
+        raise FileNotFoundError(
+            f"{examples_uri}/{TRAIN_POSITIVES_DIR}/ is missing: these Examples were written by "
+            f"an older EventExampleGen; rerun the pipeline with the cache disabled")
+    users, items, ts = [], [], []
+    for i, rec in enumerate(tf.data.TFRecordDataset(files, compression_type="GZIP")):
+        f = tf.train.Example.FromString(rec.numpy()).features.feature
+        items.append(np.asarray(f[TRAIN_POS_ITEM].int64_list.value, np.int64))
+        ts.append(np.asarray(f[TRAIN_POS_TS].int64_list.value, np.int64))
+        users.append(np.full(len(items[-1]), i, np.int64))
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)  # noqa: E731
+    return cat(users), cat(items), cat(ts)
 
 
 def read_stats(examples_uri: str) -> Dict[str, int]:

@@ -29,6 +29,24 @@ class DataConfig:
     events_per_user: int = 120
     content_dim: int = 32
     seed: int = 0
+    # Synthetic temporal dynamics (see components/data/synthetic.py). false: the static
+    # WORLD_VERSION 1 world (120 days, fixed popularity and interests; knobs below ignored).
+    temporal_dynamics: bool = True
+    horizon_days: int = 730
+    release_fraction_at_start: float = 0.2  # the rest is released in weekly waves
+    popularity_half_life_days: float = 60.0  # median; popularity rises over days, then decays
+    evergreen_fraction: float = 0.05  # items decaying 10x slower
+    user_active_days: float = 90.0  # median length of a user's active period
+    interest_drift_per_session: float = 0.05  # P(one interest's weight moves to another)
+    # Items whose release year / genres fall back to "unknown" (counted in DATASET.json): a share
+    # above this, per feature, stops the run, since the model would silently train without it.
+    max_fallback_share: float = 0.5
+    allow_fallbacks: bool = False  # True: only count fallbacks, never stop
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_fallback_share <= 1.0:
+            raise ValueError(f"data.max_fallback_share must be in [0, 1], "
+                             f"got {self.max_fallback_share}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +62,31 @@ class ExampleGenConfig:
     min_history: int = 1
     full_train_window: bool = False  # True: training anchors need t + window <= data end
     drop_invalid_events: bool = False  # False: bad rows fail the run; True: drop and count
+    # Who is evaluated. "test": the held-out users (bucket < eval_user_percent). "validation":
+    # the test users are left out entirely and `validation_user_percent` of the *training* users
+    # are evaluated instead, so hyper-parameters are chosen without ever seeing a test user.
+    eval_users: str = "test"
+    validation_user_percent: int = 20
+    eval_anchors_per_user: int = 1  # > 1: several anchors per eval user (intervals over users)
+    # Out-of-time protocol: > 0 puts every eval anchor at or after the cut
+    # data_start + q * (data_end - data_start), and cuts training timelines (history, labels and
+    # the baselines' counts) at that time, so training never sees the eval period.
+    eval_after_time_quantile: float = 0.0
     seed: int = 0
+
+    def __post_init__(self):
+        if self.eval_users not in ("test", "validation"):
+            raise ValueError(f"examples.eval_users must be 'test' or 'validation', "
+                             f"got {self.eval_users!r}")
+        if self.eval_users == "validation" and not (
+                0 <= self.eval_user_percent + self.validation_user_percent <= 100):
+            raise ValueError("examples.eval_user_percent + validation_user_percent must be <= 100")
+        if self.eval_anchors_per_user < 1:
+            raise ValueError(f"examples.eval_anchors_per_user must be >= 1, "
+                             f"got {self.eval_anchors_per_user}")
+        if not 0.0 <= self.eval_after_time_quantile < 1.0:
+            raise ValueError(f"examples.eval_after_time_quantile must be in [0, 1), "
+                             f"got {self.eval_after_time_quantile}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +146,17 @@ class RetrievalEvalConfig:
     entropy_k: int = 50
     min_recall: float = 0.01  # absolute gate on Recall@k
     min_coverage: float = 0.0  # absolute gate on P90 coverage@k
-    max_recall_drop: float = 0.0  # candidate may not fall below baseline - this
+    # vs the last blessed model: refused only when worse by more than this with
+    # `gate_confidence` (paired bootstrap over users), not on a point difference.
+    max_recall_drop: float = 0.0
+    gate_confidence: float = 0.95
+    # The candidate must beat the stronger popularity baseline: relative lift in recall@k >
+    # this. Set to a large negative number to switch the check off.
+    min_lift_over_popularity: float = 0.0
+    popularity_window_days: int = 30  # trailing-window popularity baseline (besides all time)
+    cooccurrence_history: int = 50  # recent positives that query the co-occurrence baseline
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

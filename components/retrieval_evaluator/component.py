@@ -21,8 +21,11 @@ from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
+from components.event_example_gen import read_train_positives
+from components.retrieval_evaluator import baselines as B
 from components.retrieval_evaluator import metrics as M
 from components.retrieval_evaluator import report
+from components.retrieval_evaluator import stats as S
 from components.types import ItemEmbeddings
 from models.pinnerformer.train import load_item_embeddings
 from pipeline import features as F
@@ -69,6 +72,37 @@ def evaluate_saved_model(model_dir: str, serialized: List[bytes], lists: Dict[st
         k=k, entropy_k=entropy_k)
 
 
+def evaluate_baselines(examples_uri: str, lists: Dict[str, list], item_ids: np.ndarray,
+                       interests, cfg) -> Dict[str, Dict]:
+    """Metrics of the non-learned baselines (baselines.py) on the same eval examples."""
+    users, items, ts = read_train_positives(examples_uri)
+    train = B.TrainPositives(users, items, ts, item_ids)
+    anchors = np.array([a[0] for a in lists[F.ANCHOR_TS]], np.int64)
+    recent = B.recent_positive_positions(lists[F.HIST_ITEM], lists[F.HIST_POS], item_ids,
+                                         cfg.cooccurrence_history)
+    scorers = B.baseline_scorers(train, anchors, recent, (cfg.popularity_window_days,),
+                                 seed=cfg.bootstrap_seed)
+    out = {}
+    for name, score_batch in scorers.items():
+        logging.info("RetrievalEvaluator: baseline %s", name)
+        out[name] = M.scored_metrics(score_batch, len(anchors), item_ids, lists[F.HIST_ITEM],
+                                     lists[F.FUT_ITEM], interests, k=cfg.k,
+                                     entropy_k=cfg.entropy_k, batch_size=64)
+    return out
+
+
+def compare_methods(methods: Dict[str, Dict], users: List[bytes], cfg) -> Dict[str, dict]:
+    """Paired cluster bootstrap (over users) of every method's per-user recall@k."""
+    index = methods[report.CANDIDATE][M.PER_USER]["user_index"]
+    for name, m in methods.items():
+        if not np.array_equal(m[M.PER_USER]["user_index"], index):
+            raise ValueError(f"{name} was scored on other users than the candidate")
+    values = {name: m[M.PER_USER]["recall"] for name, m in methods.items()}
+    return S.compare(values, np.asarray(users, dtype=object)[index], report.CANDIDATE,
+                     n_boot=cfg.bootstrap_samples, confidence=cfg.gate_confidence,
+                     seed=cfg.bootstrap_seed)
+
+
 @tfx.dsl.components.component
 def RetrievalEvaluator(
     model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
@@ -84,23 +118,31 @@ def RetrievalEvaluator(
     serialized = read_examples(files)
     if not serialized:
         raise ValueError(f"no eval examples under {examples.uri}/Split-eval")
-    lists = parse_lists(serialized, (F.HIST_ITEM, F.FUT_ITEM))
+    lists = parse_lists(serialized, (F.HIST_ITEM, F.FUT_ITEM, F.HIST_POS, F.ANCHOR_TS))
+    users = [tf.train.Example.FromString(s).features.feature[F.USER_ID].bytes_list.value[0]
+             for s in serialized]
     item_ids, _, interests = load_item_embeddings(item_embeddings.uri)
 
     def run(artifact) -> Dict:
         path = path_utils.serving_model_path(artifact.uri)
-        logging.info("RetrievalEvaluator: scoring %d eval users against %d items with %s",
+        logging.info("RetrievalEvaluator: scoring %d eval examples against %d items with %s",
                      len(serialized), len(item_ids), path)
         return evaluate_saved_model(path, serialized, lists, item_ids, interests, cfg.k,
                                     cfg.entropy_k)
 
-    metrics = run(model)
-    baseline = run(baseline_model) if baseline_model is not None else None
-    gate = report.gate_decision(metrics, baseline, k=cfg.k, min_recall=cfg.min_recall,
+    methods = {report.CANDIDATE: run(model)}
+    if baseline_model is not None:
+        methods[report.LAST_BLESSED] = run(baseline_model)
+    methods.update(evaluate_baselines(examples.uri, lists, item_ids, interests, cfg))
+    comparison = compare_methods(methods, users, cfg)
+    gate = report.gate_decision(methods, comparison, k=cfg.k, min_recall=cfg.min_recall,
                                 min_coverage=cfg.min_coverage,
-                                max_recall_drop=cfg.max_recall_drop)
-    report.write_report(evaluation.uri, metrics, baseline, gate)
-    logging.info("RetrievalEvaluator metrics: %s", json.dumps(metrics, sort_keys=True))
+                                max_recall_drop=cfg.max_recall_drop,
+                                min_lift_over_popularity=cfg.min_lift_over_popularity,
+                                confidence=cfg.gate_confidence)
+    report.write_report(evaluation.uri, methods, comparison, gate)
+    logging.info("RetrievalEvaluator: %s; %s", "blessed" if gate["blessed"] else "NOT blessed",
+                 "; ".join(gate["reasons"]) or "all checks pass")
 
     blessed = bool(gate["blessed"])
     blessing.set_int_custom_property("blessed", int(blessed))
@@ -112,6 +154,11 @@ def RetrievalEvaluator(
     with tf.io.gfile.GFile(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE),
                            "w") as fh:
         fh.write(json.dumps(gate))
+    metrics = methods[report.CANDIDATE]
     for key in (f"recall@{cfg.k}", f"p90_coverage@{cfg.k}", f"interest_entropy@{cfg.entropy_k}"):
         if key in metrics:
             evaluation.set_float_custom_property(key, float(metrics[key]))
+    pop = gate.get("popularity")
+    if pop:
+        evaluation.set_float_custom_property("lift_over_popularity",
+                                             float(comparison[pop]["lift"]))

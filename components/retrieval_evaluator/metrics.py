@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 DEFAULT_CURVE_KS = (1, 5, 10, 20, 50, 100)
+PER_USER = "per_user"  # key of the per-user arrays in a metrics dict (dropped from JSON)
 
 
 def p90_coverage(slot_counts: np.ndarray, num_items: int) -> float:
@@ -133,6 +134,7 @@ def _evaluate(score_batch: Callable[[int, int], np.ndarray], num_users: int, ite
     kth = [n - min(c, n) for c in ks]  # c-th largest of a row sits at position n - c
     slot_counts = np.zeros(n, np.int64)
     user_hits = {c: [] for c in ks}  # per user with >=1 positive: hit fraction
+    user_index = []  # which users those are (for paired comparisons and bootstraps)
     pair_hits, unknown_total, entropies = 0, 0, []
 
     for lo in range(0, num_users, batch_size):
@@ -160,6 +162,7 @@ def _evaluate(score_batch: Callable[[int, int], np.ndarray], num_users: int, ite
         s[p_rows, p_cols] = -np.inf
         s.partition(kth, axis=1)
         n_pos = np.array([len(np.unique(np.asarray(p, np.int64))) for p in positives[lo:hi]])
+        user_index.append(lo + np.flatnonzero(n_pos > 0))
         for c, col in zip(ks, kth):
             hit = p_scores >= s[p_rows, col]  # fewer than c index items strictly above p
             per_user = np.bincount(p_rows, hit, minlength=hi - lo)
@@ -184,6 +187,9 @@ def _evaluate(score_batch: Callable[[int, int], np.ndarray], num_users: int, ite
         "num_items": n,
         "k": int(k),
         "entropy_k": int(entropy_k),
+        # Not part of the JSON record: per-user Recall@k of the users counted above, in order.
+        PER_USER: {"user_index": np.concatenate(user_index) if user_index else np.zeros(0, int),
+                   "recall": np.concatenate(user_hits[k]) if user_hits[k] else np.zeros(0)},
     }
 
 
@@ -206,6 +212,15 @@ def retrieval_metrics(user_emb, item_emb, item_ids, history, positives, item_int
     item_emb_t = np.ascontiguousarray(np.asarray(item_emb, np.float32).T)
     return _evaluate(lambda lo, hi: user_emb[lo:hi] @ item_emb_t, len(user_emb), item_ids,
                      history, positives, item_interests, k, entropy_k, batch_size, curve_ks)
+
+
+def scored_metrics(score_batch: Callable[[int, int], np.ndarray], num_users: int, item_ids,
+                   history, positives, item_interests, k: int = 10, entropy_k: int = 50,
+                   batch_size: int = 256, *, curve_ks: Sequence[int] = DEFAULT_CURVE_KS) -> dict:
+    """Same metrics for any scorer: `score_batch(lo, hi)` -> [hi - lo, N] scores of users lo..hi-1
+    (used for the non-learned baselines, whose scores depend on each user's anchor time)."""
+    return _evaluate(score_batch, num_users, item_ids, history, positives, item_interests, k,
+                     entropy_k, batch_size, curve_ks)
 
 
 def popularity_baseline_metrics(item_scores, item_ids, history, positives, item_interests,

@@ -142,3 +142,56 @@ def test_bad_rows_fail_with_file_name_or_are_dropped_and_counted(tmp_path):
     stats = eg.read_stats(str(tmp_path / "o2"))
     assert stats["events_read"] == 8 and stats["events_kept"] == 6
     assert stats["events_dropped_unknown_action"] == 1 and stats["events_dropped_unknown_item"] == 1
+
+
+def test_validation_users_are_training_users_and_test_users_are_left_out():
+    cfg = ExampleGenConfig(eval_users="validation", eval_user_percent=20,
+                           validation_user_percent=20)
+    test_cfg = ExampleGenConfig(eval_user_percent=20)
+    users = [f"user{i}" for i in range(1000)]
+    splits = {u: eg.split_of(u, cfg) for u in users}
+    for u in users:
+        if eg.split_of(u, test_cfg) == "eval":
+            assert splits[u] is None  # a test user is never seen, not even for validation
+        else:
+            assert splits[u] in ("train", "eval")
+    assert 0.15 < np.mean([s == "eval" for s in splits.values()]) < 0.25
+    out = list(eg.user_examples(next(u for u in users if splits[u] is None),
+                                _rows([(1, "repin", 0, 0.0, "homefeed")]), cfg, data_end=10))
+    assert out == [(None, None, {"users_left_out_test": 1})]
+
+
+def test_out_of_time_cut_and_several_eval_anchors():
+    d = DAY_S
+    events = [(1 + i % 5, "repin", i * d, 0.0, "homefeed") for i in range(100)]
+    cut = 50 * d
+    cfg = ExampleGenConfig(eval_user_percent=100, eval_anchors_per_user=3)
+    out = list(eg.user_examples("u", _rows(events), cfg, data_end=99 * d, cut=cut))
+    anchors = [ex.features.feature[F.ANCHOR_TS].int64_list.value[0] for _, ex, _ in out]
+    assert len(anchors) == 3 and all(t >= cut for t in anchors)
+    train_cfg = ExampleGenConfig(eval_user_percent=0, anchors_per_user=50)
+    out = list(eg.user_examples("u", _rows(events), train_cfg, data_end=99 * d, cut=cut))
+    assert out[0][2]["train_events_after_eval_cut"] == 50
+    for _, ex, _ in out:  # a training example never sees an event at or after the cut
+        f = ex.features.feature
+        assert max(list(f[F.HIST_TS].int64_list.value) + list(f[F.FUT_TS].int64_list.value)) < cut
+    assert eg.eval_cut(ExampleGenConfig(eval_after_time_quantile=0.25), 100, 500) == 200
+    assert eg.eval_cut(ExampleGenConfig(), 100, 500) is None
+
+
+def test_train_positives_side_output(tmp_path):
+    import apache_beam as beam
+    users = [f"user{i}" for i in range(30)]
+    rows = [e for u in users for e in _user_events(u, 12, 1_000_000)]
+    d = _write_dataset(tmp_path, [rows])
+    out = str(tmp_path / "out")
+    cfg = ExampleGenConfig(eval_user_percent=30, anchors_per_user=2)
+    with beam.Pipeline() as p:
+        eg.build_examples(p, d, cfg, out)
+    u, items, ts = eg.read_train_positives(out)
+    train_users = [x for x in users if eg.split_of(x, cfg) == "train"]
+    want = [(e[1], e[3]) for e in rows if e[0] in train_users and ev.is_positive(e[2], e[4])]
+    assert sorted(zip(items.tolist(), ts.tolist())) == sorted(want)
+    assert len(np.unique(u)) == len(train_users)
+    with pytest.raises(FileNotFoundError, match="older EventExampleGen"):
+        eg.read_train_positives(str(tmp_path))

@@ -1,0 +1,67 @@
+"""Bootstrap intervals over users for per-user metrics (numpy only).
+
+Examples of the same user are resampled together (a cluster bootstrap), so several anchors per
+user do not pretend to be independent. Every method is scored on the same resampled users in
+each replicate, which makes differences and ratios *paired*.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import numpy as np
+
+
+def replicate_means(values: Dict[str, np.ndarray], groups: Sequence, n_boot: int = 1000,
+                    seed: int = 0) -> Dict[str, np.ndarray]:
+    """name -> [n_boot] means of that method's per-example values over resampled user groups.
+
+    values: name -> [n] per-example metric, all aligned with `groups` ([n] user keys)."""
+    groups = np.asarray(groups)
+    _, g = np.unique(groups, return_inverse=True)
+    n_groups = int(g.max()) + 1 if len(g) else 0
+    if n_groups == 0:
+        return {name: np.full(n_boot, np.nan) for name in values}
+    counts = np.bincount(g, minlength=n_groups).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(np.float64)
+    denom = w @ counts
+    out = {}
+    for name, v in values.items():
+        v = np.asarray(v, np.float64)
+        if v.shape != g.shape:
+            raise ValueError(f"{name}: {v.shape} values for {g.shape} examples")
+        out[name] = (w @ np.bincount(g, weights=v, minlength=n_groups)) / denom
+    return out
+
+
+def interval(samples: np.ndarray, level: float = 0.95) -> list:
+    """Percentile interval [lo, hi] of bootstrap samples."""
+    a = (1.0 - level) / 2.0
+    return [float(np.nanquantile(samples, a)), float(np.nanquantile(samples, 1.0 - a))]
+
+
+def compare(values: Dict[str, np.ndarray], groups: Sequence, candidate: str, n_boot: int = 1000,
+            level: float = 0.95, confidence: float = 0.95, seed: int = 0) -> Dict[str, dict]:
+    """For every method: mean with interval; for every other method also the candidate's
+    relative lift (mean ratio - 1) and paired difference (candidate - method), each with its
+    `level` interval, `p_worse` = share of replicates where the candidate's mean is below the
+    method's, and `diff_upper` = the one-sided `confidence` upper bound of the difference (the
+    candidate is worse by more than m with that confidence when diff_upper < -m)."""
+    reps = replicate_means(values, groups, n_boot, seed)
+    out = {}
+    cand = reps[candidate]
+    for name, v in values.items():
+        row = {"mean": float(np.mean(v)) if len(v) else float("nan"),
+               "interval": interval(reps[name], level)}
+        if name != candidate:
+            base_mean = float(np.mean(v)) if len(v) else float("nan")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                row["lift"] = float(np.mean(values[candidate]) / base_mean - 1.0)
+                row["lift_interval"] = interval(cand / reps[name] - 1.0, level)
+            diff = cand - reps[name]
+            row["diff"] = float(np.mean(values[candidate]) - base_mean)
+            row["diff_interval"] = interval(diff, level)
+            row["p_worse"] = float(np.mean(diff < 0))
+            row["diff_upper"] = float(np.nanquantile(diff, confidence))
+        out[name] = row
+    return out

@@ -46,6 +46,11 @@ def cmd_run(args) -> int:
     for key in (f"recall@{k}", f"p90_coverage@{k}", f"interest_entropy@{ek}"):
         if key in m:
             print(f"{key:>22}: {m[key]:.4f}")
+    for name, row in (ev.get("comparison") or {}).items():
+        if name != "candidate" and row.get("lift") is not None:
+            lo, hi = row["lift_interval"]
+            print(f"{'vs ' + name:>22}: recall@{k} {row['mean']:.4f}, candidate's lift "
+                  f"{row['lift']:+.1%} [{lo:+.1%}, {hi:+.1%}]")
     gate = ev.get("gate", {})
     print(f"{'blessed':>22}: {gate.get('blessed')}  {'; '.join(gate.get('reasons', []))}")
     print(f"{'pushed':>22}: {summary.get('pushed')} -> {summary.get('pushed_destination', '-')}")
@@ -57,6 +62,7 @@ def cmd_run(args) -> int:
             print(f"{head:>22}: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(vals.items())))
         print(f"{'blessed':>22}: {ranker['validation_ok']}")
         print(f"{'pushed':>22}: {ranker['pushed']} -> {ranker.get('pushed_destination', '-')}")
+    _print_fallbacks(summary.get("fallbacks", {}))
     print(f"{'wall time':>22}: {summary['wall_s']} s")
     print(f"{'peak memory':>22}: {summary['peak_rss_mb']} MB")
     if args.json_out:
@@ -65,9 +71,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _print_fallbacks(fallbacks: dict, file=None) -> None:
+    """One line per feature that fell back to "unknown" for some items (DATASET.json)."""
+    for name, fb in fallbacks.items():
+        if fb.get("count"):
+            print(f"{'fallbacks':>22}: {name} {fb['count']:,} of {fb['of']:,} items", file=file)
+
+
 def cmd_data(args) -> int:
+    from components.data.events import read_dataset_manifest
     from components.data.sources import prepare_dataset
     path = prepare_dataset(_config(args).data, args.out)
+    _print_fallbacks(read_dataset_manifest(path).get("fallbacks", {}), file=sys.stderr)
     print(path)
     return 0
 
@@ -118,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from components.data.events import DatasetFormatError, EventValidationError
+    try:
+        return args.func(args)
+    except (DatasetFormatError, EventValidationError) as e:
+        # Bad input data is for the user to fix: their message, without a traceback.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

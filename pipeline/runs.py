@@ -100,7 +100,8 @@ def ranker_metrics(evaluation_uri: str) -> Dict:
 
 
 def summarize(paths: RunPaths) -> Dict:
-    """Latest evaluations, blessings and pushes recorded in MLMD (what the run produced)."""
+    """Latest evaluations, blessings and pushes recorded in MLMD (what the run produced), and
+    the data set's fallback counts."""
     conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata_path)
     node = lambda name: os.path.join(paths.pipeline_root, name)  # noqa: E731
     out: Dict = {}
@@ -118,4 +119,7 @@ def summarize(paths: RunPaths) -> Dict:
     usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     out["peak_rss_mb"] = round(usage / 1024, 1)
+    # Items whose content features fell back to "unknown" (only non-zero counts).
+    fallbacks = (read_dataset_manifest(paths.data_dir) or {}).get("fallbacks", {})
+    out["fallbacks"] = {k: v for k, v in fallbacks.items() if v.get("count")}
     return out

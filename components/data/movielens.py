@@ -21,6 +21,9 @@ all movies of the item file (also unrated ones); interests are the genres found 
 (sorted by name; ML-100K has 19 including "unknown"). The content embedding is the L2-normalised
 genre multi-hot followed by YEAR_WEIGHT x a one-hot release-year bucket (YEAR_EDGES; all zeros
 when the year is unknown): genre + era is legitimate item content, known before any rating.
+
+Every such fallback (no release year; no genres, or only ML-100K's "unknown") is counted in
+DATASET.json under "fallbacks"; check_fallbacks stops the run when too many items fall back.
 """
 from __future__ import annotations
 
@@ -63,6 +66,15 @@ SURFACE = "homefeed"
 YEAR_EDGES = (1960, 1980, 1990, 1995, 2000, 2010)  # buckets: <1960, [1960,1980), ..., >= 2010
 YEAR_WEIGHT = 0.5
 NO_GENRES = "(no genres listed)"
+PLACEHOLDER_GENRES = ("unknown",)  # ML-100K's genre for "none known": kept, but counted missing
+YEAR_COLUMN = "year"  # optional movies.csv column; wins over the title's "(YYYY)"
+
+# Fallback -> (what the items lack, how to fix the movies file), for check_fallbacks.
+FALLBACKS = {
+    "release_year_missing": ("no release year",
+                             f'add a {YEAR_COLUMN} column or "(YYYY)" to titles'),
+    "genres_missing": ("no genres", 'fill the genres column ("Comedy|Drama")'),
+}
 
 _THRESHOLDS = np.array([t for t, _, _ in RATING_ACTIONS[::-1][1:]])  # ascending, finite
 _ACTIONS_ASC = np.array([a for _, a, _ in RATING_ACTIONS[::-1]], dtype=object)
@@ -215,12 +227,41 @@ def _movies_from_csv(path: str) -> pd.DataFrame:
     if missing:
         raise E.DatasetFormatError(f"{path}: missing column(s) {missing}; expected "
                                    f"movieId,title,genres, found {list(movies.columns)}")
-    years = movies["title"].str.strip().str.extract(_YEAR_RE, expand=False)
     return pd.DataFrame({
         "movieId": movies["movieId"],
         "genres": [[g for g in s.split("|") if g and g != NO_GENRES] for s in movies["genres"]],
-        "year": pd.to_numeric(years, errors="coerce"),
+        "year": _csv_years(movies, path),
     })
+
+
+def _csv_years(movies: pd.DataFrame, path: str) -> pd.Series:
+    """Release years (NaN: unknown): the year column where it has a value, else the title's
+    trailing "(YYYY)". A year cell that is not a whole number is an error, not a fallback."""
+    years = pd.to_numeric(movies["title"].str.strip().str.extract(_YEAR_RE, expand=False),
+                          errors="coerce")
+    if YEAR_COLUMN not in movies.columns:
+        return years
+    raw = movies[YEAR_COLUMN].str.strip()
+    given = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = (raw != "").to_numpy() & ~(np.isfinite(given) & (given == np.floor(given)))
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        shown = ", ".join(f"row {r} {raw.iloc[r]!r}" for r in rows[:E.MAX_EXAMPLES])
+        raise E.DatasetFormatError(f"{path}: column {YEAR_COLUMN!r}: {len(rows)} movie(s) with a "
+                                   f"non-numeric year ({shown}); leave the cell empty if unknown")
+    return pd.Series(np.where(raw != "", given, years.to_numpy(np.float64)), index=movies.index)
+
+
+def has_year_column(movies_csv: str) -> bool:
+    """Whether movies.csv has a year column. Only such inputs convert differently since the
+    column is read, so it enters their fingerprint instead of bumping CONVERSION_VERSION (which
+    would rebuild every MovieLens dataset and invalidate its pipeline cache)."""
+    try:
+        with open(movies_csv, newline="", encoding="utf-8-sig") as f:
+            return YEAR_COLUMN in next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False  # the conversion reports the unreadable file
 
 
 def _movie_ids(movies: pd.DataFrame, where: str) -> np.ndarray:
@@ -268,8 +309,9 @@ def convert_movielens_csv(ratings_csv: str, movies_csv: str, out_dir: str, *,
                           drop_invalid: bool = False, shard_rows: int = 1_000_000,
                           chunk_rows: int = 1_000_000) -> dict:
     """Convert a MovieLens-format pair: ratings.csv (userId,movieId,rating,timestamp) and
-    movies.csv (movieId,title,genres with '|' separators; the year is read from the title's
-    trailing "(YYYY)"). Ratings are streamed in chunks, so ML-25M-sized files fit in memory.
+    movies.csv (movieId,title,genres with '|' separators; the year is read from an optional
+    year column, else from the title's trailing "(YYYY)"). Ratings are streamed in chunks, so
+    ML-25M-sized files fit in memory.
 
     Invalid rows (unknown movieId, bad rating/timestamp, missing userId) raise an
     EventValidationError naming ratings_csv with file-wide counts (row numbers are 0-based data
@@ -313,6 +355,11 @@ def _convert(movies: pd.DataFrame, movies_where: str, rating_chunks: Iterable[pd
              shard_rows: int) -> dict:
     item_ids = _movie_ids(movies, movies_where)
     genre_names = sorted({g for gs in movies["genres"] for g in gs})
+    fallbacks = {  # items whose content feature is unknown (zeros, or ML-100K's "unknown" genre)
+        "release_year_missing": int(movies["year"].isna().sum()),
+        "genres_missing": sum(all(g in PLACEHOLDER_GENRES for g in gs)
+                              for gs in movies["genres"]),
+    }
     emb = content_embeddings(movies["genres"].tolist(), movies["year"].to_numpy(), genre_names)
     index = {g: i for i, g in enumerate(genre_names)}
     interests = [[index[g] for g in dict.fromkeys(gs)] for gs in movies["genres"]]
@@ -374,6 +421,25 @@ def _convert(movies: pd.DataFrame, movies_where: str, rating_chunks: Iterable[pd
                    "event_shards": len(writer.paths),
                    "dropped": {k: v for k, v in report.counts.items() if v}},
         "time_range": [ts_min, ts_max] if n_events else None,
+        "fallbacks": {k: {"count": v, "of": len(item_ids)} for k, v in fallbacks.items()},
     }
     E.write_dataset_manifest(out_dir, summary)
     return summary
+
+
+def check_fallbacks(fallbacks: dict, where: str, max_share: float, allow: bool) -> None:
+    """Raise DatasetFormatError (one line naming `where`, each feature, its count and the fix)
+    when more than `max_share` of the items fall back for some feature, unless `allow`."""
+    if allow:
+        return
+    parts = []
+    for name, (lack, fix) in FALLBACKS.items():
+        fb = fallbacks.get(name) or {}
+        n, of = fb.get("count", 0), fb.get("of", 0)
+        if of and n / of > max_share:
+            parts.append(f"{n:,} of {of:,} items have {lack} ({n / of:.0%} > "
+                         f"data.max_fallback_share={max_share:g}); {fix}")
+    if parts:
+        raise E.DatasetFormatError(
+            f"{where}: " + "; ".join(parts) + ", or --set data.allow_fallbacks=true (or raise "
+            "data.max_fallback_share)")

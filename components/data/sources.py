@@ -48,6 +48,8 @@ def dataset_fingerprint(cfg: DataConfig, *, with_impressions: bool = True,
         key = {"source": "path", "version": movielens.CONVERSION_VERSION,
                "drop_invalid": drop_invalid, "ratings_sha256": E.sha256_file(ratings),
                "movies_sha256": E.sha256_file(movies)}
+        if movielens.has_year_column(movies):
+            key["year_column"] = True  # see has_year_column
     else:
         raise ValueError(f"unknown data.source {cfg.source!r}; choose one of {SOURCES}")
     key["format_version"] = E.FORMAT_VERSION
@@ -62,23 +64,40 @@ def prepare_dataset(cfg: DataConfig, out_dir: str, *, drop_invalid: bool = False
     path -> convert_movielens_csv(cfg.path/ratings.csv, cfg.path/movies.csv). drop_invalid drops
     and counts bad rows of real data instead of failing (synthetic data is valid by
     construction); with_impressions only affects synthetic data (MovieLens has no impressions).
+
+    MovieLens items whose release year or genres fall back to "unknown" are counted in
+    DATASET.json; more than cfg.max_fallback_share of them (per feature) raises
+    DatasetFormatError unless cfg.allow_fallbacks. The check also runs on a reused dataset, and
+    a failed one stays built, so allowing the fallbacks needs no new conversion.
     """
     fingerprint = dataset_fingerprint(cfg, with_impressions=with_impressions,
                                       drop_invalid=drop_invalid)
     manifest = E.read_dataset_manifest(out_dir)
-    if manifest is not None and manifest.get("fingerprint") == fingerprint:
-        return out_dir
-    os.makedirs(out_dir, exist_ok=True)
-    if cfg.source == "synthetic":
-        synthetic.generate(out_dir, cfg, with_impressions=with_impressions)
-    elif cfg.source == "movielens":
-        src = movielens.fetch_movielens_100k(cfg.cache_dir)
-        movielens.convert_movielens_100k(src, out_dir, drop_invalid=drop_invalid)
-    else:
-        ratings, movies = _path_inputs(cfg)
-        movielens.convert_movielens_csv(ratings, movies, out_dir, drop_invalid=drop_invalid)
-    manifest = E.read_dataset_manifest(out_dir) or {}
-    manifest.pop("format_version", None)
-    manifest.update(fingerprint=fingerprint, data_config=dataclasses.asdict(cfg))
-    E.write_dataset_manifest(out_dir, manifest)
+    reuse = (manifest is not None and manifest.get("fingerprint") == fingerprint
+             # built before fallbacks were counted: rebuild (same data, same fingerprint)
+             and (cfg.source == "synthetic" or "fallbacks" in manifest))
+    if not reuse:
+        os.makedirs(out_dir, exist_ok=True)
+        if cfg.source == "synthetic":
+            synthetic.generate(out_dir, cfg, with_impressions=with_impressions)
+        elif cfg.source == "movielens":
+            src = movielens.fetch_movielens_100k(cfg.cache_dir)
+            movielens.convert_movielens_100k(src, out_dir, drop_invalid=drop_invalid)
+        else:
+            ratings, movies = _path_inputs(cfg)
+            movielens.convert_movielens_csv(ratings, movies, out_dir, drop_invalid=drop_invalid)
+        manifest = E.read_dataset_manifest(out_dir) or {}
+        manifest.pop("format_version", None)
+        manifest.update(fingerprint=fingerprint, data_config=dataclasses.asdict(cfg))
+        E.write_dataset_manifest(out_dir, manifest)
+    if "fallbacks" in manifest:
+        movielens.check_fallbacks(manifest["fallbacks"], _items_file(cfg), cfg.max_fallback_share,
+                                  cfg.allow_fallbacks)
     return out_dir
+
+
+def _items_file(cfg: DataConfig) -> str:
+    """The file the item features were read from (named in fallback errors)."""
+    if cfg.source == "path":
+        return _path_inputs(cfg)[1]
+    return os.path.join(movielens.cache_root(cfg.cache_dir), movielens.ML100K_DIR, "ml-100k.item")

@@ -81,6 +81,8 @@ def test_convert_csv(tmp_path):
     assert (c["users"], c["items"], c["events"], c["positives"]) == (3, 5, 8, 4)
     assert c["actions"] == {"repin": 2, "closeup": 2, "click": 2, "hide": 2}
     assert E.read_dataset_manifest(out)["counts"] == c
+    assert E.read_dataset_manifest(out)["fallbacks"] == {  # movie 7: no year, no genres
+        "release_year_missing": {"count": 1, "of": 5}, "genres_missing": {"count": 1, "of": 5}}
     assert E.read_dataset_manifest(out)["inputs"]["ratings_csv"]["sha256"] == \
         hashlib.sha256(open(ratings, "rb").read()).hexdigest()
     names = E.read_interest_names(out)
@@ -191,6 +193,9 @@ def test_convert_100k_atomic_files(tmp_path):
                                           "unknown"]
     assert (s["counts"]["users"], s["counts"]["items"], s["counts"]["positives"]) == (3, 3, 1)
     assert s["inputs"]["wheel"]["sha256"] == M.RECBOLE_WHEEL_SHA256
+    # Movie 5: release year "unkonwn", genre "unknown" (a genre, but counted as none).
+    assert s["fallbacks"] == {"release_year_missing": {"count": 1, "of": 3},
+                              "genres_missing": {"count": 1, "of": 3}}
 
 
 def _fake_wheel(path):
@@ -250,6 +255,111 @@ def test_prepare_path_source(tmp_path):
         sources.prepare_dataset(dataclasses.replace(cfg, path=""), out)
 
 
+NO_YEARS_CSV = """movieId,title,genres
+1,Toy Story,Animation|Comedy
+2,Heat,Action
+5,Nosferatu,Horror
+7,Untitled Project,(no genres listed)
+10,Blade Runner 2049,Sci-Fi
+"""
+
+
+def test_fallback_share_above_the_limit_stops_the_run(tmp_path):
+    ratings, movies = write_inputs(str(tmp_path / "in"), movies=NO_YEARS_CSV)
+    cfg = DataConfig(source="path", path=str(tmp_path / "in"))
+    out = str(tmp_path / "out")
+    with pytest.raises(E.DatasetFormatError) as exc:
+        sources.prepare_dataset(cfg, out)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"{movies}: 5 of 5 items have no release year "
+                                               "(100% > data.max_fallback_share=0.5)"), msg
+    assert 'add a year column or "(YYYY)" to titles' in msg
+    assert "--set data.allow_fallbacks=true" in msg and "data.max_fallback_share" in msg
+    assert "genres" not in msg  # 1 of 5 is within the limit
+    # Allowed: passes, reusing the converted data set, and still counts.
+    allowed = dataclasses.replace(cfg, allow_fallbacks=True)
+    fp = E.read_dataset_manifest(out)["fingerprint"]
+    assert sources.prepare_dataset(allowed, out) == out
+    m = E.read_dataset_manifest(out)
+    assert m["fallbacks"]["release_year_missing"] == {"count": 5, "of": 5}
+    assert m["fallbacks"]["genres_missing"] == {"count": 1, "of": 5}
+    assert m["fingerprint"] == fp and m["counts"]["events"] == 8
+    sources.prepare_dataset(dataclasses.replace(cfg, max_fallback_share=1.0), out)
+    with pytest.raises(E.DatasetFormatError, match="5 of 5 items have no release year"):
+        sources.prepare_dataset(cfg, out)  # a reused data set is checked as well
+
+
+def test_year_column_wins_over_the_title(tmp_path):
+    movies = ("movieId,title,genres,year\n"
+              "1,Toy Story (1995),Comedy,1970\n"  # column wins
+              "2,Heat (1995),Action,\n"  # empty: title
+              "5,Nosferatu,Horror, \n"  # neither: missing
+              "7,Untitled,Drama,2015\n"
+              "10,Blade Runner,Sci-Fi,1982\n")
+    ratings, movies_path = write_inputs(str(tmp_path / "in"), movies=movies)
+    out = str(tmp_path / "out")
+    s = M.convert_movielens_csv(ratings, movies_path, out)
+    assert s["fallbacks"]["release_year_missing"] == {"count": 1, "of": 5}
+    names = E.read_interest_names(out)
+    items = E.read_items(out).set_index("item_id")
+    years = np.stack(items["embedding"].to_numpy())[:, len(names):] / M.YEAR_WEIGHT
+    assert years.sum(axis=1).tolist() == [1, 1, 0, 1, 1]
+    # buckets <1960, 1960s-70s, 1980s, 1990-94, 1995-99, 2000s, >=2010
+    assert years[[0, 1, 3, 4]].argmax(axis=1).tolist() == [1, 4, 6, 2]
+    # The year column changes the conversion, so it changes the fingerprint.
+    cfg = DataConfig(source="path", path=str(tmp_path / "in"))
+    with_col = sources.dataset_fingerprint(cfg)
+    write_inputs(str(tmp_path / "in"), movies=movies.replace(",year\n", ",yr\n", 1))
+    assert sources.dataset_fingerprint(cfg) != with_col
+
+
+@pytest.mark.parametrize("value", ["circa 1990", "1995.5", "inf"])
+def test_bad_year_value_is_a_data_error(tmp_path, value):
+    movies = f"movieId,title,genres,year\n1,Toy Story,Comedy,1995\n2,Heat,Action,{value}\n"
+    ratings, movies_path = write_inputs(str(tmp_path), movies=movies,
+                                        ratings="userId,movieId,rating,timestamp\n1,1,4,5\n")
+    with pytest.raises(E.DatasetFormatError) as exc:
+        M.convert_movielens_csv(ratings, movies_path, str(tmp_path / "out"))
+    assert str(exc.value) == (f"{movies_path}: column 'year': 1 movie(s) with a non-numeric year "
+                              f"(row 1 {value!r}); leave the cell empty if unknown")
+
+
+def test_manifest_without_fallbacks_is_rebuilt(tmp_path):
+    write_inputs(str(tmp_path / "in"))
+    cfg = DataConfig(source="path", path=str(tmp_path / "in"))
+    out = sources.prepare_dataset(cfg, str(tmp_path / "out"))
+    m = E.read_dataset_manifest(out)
+    del m["fallbacks"]  # as written before fallbacks were counted
+    E.write_dataset_manifest(out, m)
+    sources.prepare_dataset(cfg, out)
+    m2 = E.read_dataset_manifest(out)
+    assert m2["fallbacks"]["release_year_missing"] == {"count": 1, "of": 5}
+    assert m2["fingerprint"] == m["fingerprint"]
+
+
+def test_cli_reports_fallbacks(tmp_path, capsys):
+    from pipeline import cli
+    write_inputs(str(tmp_path / "in"), movies=NO_YEARS_CSV)
+    args = ["data", "--source", "path", "--data-path", str(tmp_path / "in"),
+            "--out", str(tmp_path / "data")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "5 of 5 items have no release year" in err[-1]
+    assert cli.main(args + ["--set", "data.allow_fallbacks=true"]) == 0
+    err = capsys.readouterr().err
+    assert "fallbacks: release_year_missing 5 of 5 items" in err
+    assert "fallbacks: genres_missing 1 of 5 items" in err
+
+
+def test_fallback_config_fields():
+    from pipeline.config import apply_overrides, preset
+    cfg = apply_overrides(preset("tiny"), ["data.allow_fallbacks=true",
+                                           "data.max_fallback_share=0.9"])
+    assert cfg.data.allow_fallbacks is True and cfg.data.max_fallback_share == 0.9
+    with pytest.raises(ValueError, match="max_fallback_share"):
+        DataConfig(max_fallback_share=1.5)
+
+
 @pytest.mark.network
 @pytest.mark.skipif(os.environ.get("PINRANK_NETWORK_TESTS") != "1",
                     reason="downloads recbole==1.2.1 from PyPI; set PINRANK_NETWORK_TESTS=1")
@@ -260,5 +370,9 @@ def test_movielens_100k_download_and_convert(tmp_path, monkeypatch):
     assert (c["users"], c["items"], c["interests"], c["events"]) == (943, 1682, 19, 100_000)
     assert c["positives"] == 55_375  # 4 and 5 stars
     assert c["actions"] == {"repin": 21_201, "closeup": 34_174, "click": 27_145, "hide": 17_480}
+    # Items 267 and 1412 have no year; 267 and 1373 only the genre "unknown": far below the limit.
+    assert E.read_dataset_manifest(out)["fallbacks"] == {
+        "release_year_missing": {"count": 2, "of": 1682},
+        "genres_missing": {"count": 2, "of": 1682}}
     monkeypatch.setattr(M, "_obtain_wheel", lambda tmp: pytest.fail("second fetch downloaded"))
     assert M.fetch_movielens_100k(cfg.cache_dir) == os.path.join(cfg.cache_dir, M.ML100K_DIR)

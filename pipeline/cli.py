@@ -60,7 +60,17 @@ def cmd_run(args) -> int:
         print("-- ranker (TFMA, eval split, per head) --")
         for head, vals in ranker["overall"].items():
             print(f"{head:>22}: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(vals.items())))
-        print(f"{'blessed':>22}: {ranker['validation_ok']}")
+        check = ranker.get("baseline_check")
+        if check:
+            for name, vals in check["methods"].items():
+                if name != "candidate":
+                    print(f"{name:>22}: " + "  ".join(f"{k}/repin={v:.4f}"
+                                                      for k, v in sorted(vals.items())))
+            print(f"{'TFMA thresholds pass':>22}: {ranker['validation_ok']}")
+            print(f"{'blessed':>22}: {check['gate']['blessed']}  "
+                  f"{'; '.join(check['gate']['reasons'])}")
+        else:
+            print(f"{'blessed':>22}: {ranker['validation_ok']}")
         print(f"{'pushed':>22}: {ranker['pushed']} -> {ranker.get('pushed_destination', '-')}")
     _print_fallbacks(summary.get("fallbacks", {}))
     print(f"{'wall time':>22}: {summary['wall_s']} s")

@@ -51,7 +51,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExampleGenConfig:
-    """Turning events into per-user anchor examples (see docs/data.md)."""
+    """Turning events into per-user anchor examples (docs/protocol.md, "Examples (EventExampleGen)")."""
     eval_user_percent: int = 20  # stable hash of user_id -> eval split
     train_window_days: int = 28  # training label window (dense all action K)
     eval_window_days: int = 14  # evaluation label window
@@ -110,6 +110,7 @@ class PinnerFormerConfig:
     output_dim: int = 64  # D
     action_emb_dim: int = 8
     surface_emb_dim: int = 8
+    item_id_embedding_dim: int = 0  # > 0: learned id embedding beside the frozen one (deviation)
     objective: str = "dense_all_action"
     label_window_days: int = 28  # K for all_action / dense_all_action
     num_sampled_positions: int = 16  # dense all action positions per sequence
@@ -199,6 +200,10 @@ class RankerEvalConfig:
     min_hit_repin: float = 0.0  # HIT@k/repin lower bound
     max_auc_drop: float = 0.01  # candidate AUC may not fall below baseline - this (per head)
     max_hit_drop: float = 0.05
+    # RankerBaselineCheck: HIT@k/repin and AUC/repin must beat popularity as of the request and
+    # the PinnerFormer dot product by more than this relative lift (large negative: off).
+    min_lift_over_baselines: float = 0.0
+    popularity_window_days: int = 30
 
 
 @dataclasses.dataclass(frozen=True)

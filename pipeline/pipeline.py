@@ -7,7 +7,8 @@ events ─► EventExampleGen ─► StatisticsGen ─► ExampleValidator ─�
                                                    latest blessed model ┘ (baseline)
 blessed PinnerFormer + events ─► RankingExampleGen (requests, P actions before each request,
    embedding as of the previous day) ─► Statistics/Schema/Validator/Gate ─► Transform(P most recent)
-   ─► Trainer(TransAct + DCNv2 ranker) ─► Evaluator(TFMA: AUC, HIT@3, NDCG per request) ─► Pusher
+   ─► Trainer(TransAct + DCNv2 ranker) ─► Evaluator(TFMA: AUC, HIT@3, NDCG per request)
+   ─► RankerBaselineCheck (beats popularity and the PinnerFormer dot product) ─► Pusher
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tfx import v1 as tfx
 from components.anomalies_gate import AnomaliesGate
 from components.event_example_gen import EventExampleGen
 from components.item_embedding_gen import ItemEmbeddingGen
+from components.ranker_eval.baseline_check import RankerBaselineCheck
 from components.ranker_eval.eval_config import ranker_eval_config
 from components.ranking_example_gen import RankingExampleGen
 from components.retrieval_evaluator.component import RetrievalEvaluator
@@ -149,7 +151,10 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
         custom_config={"config_json": cfg.sections_json("ranker", "model"),
                        "shuffle_labels": cfg.ranker_train.shuffle_labels},
     ).with_id("RankerTrainer")
-    resolver = _latest_blessed("RankerTrainer", "RankerEvaluator", "latest_blessed_ranker_resolver")
+    # The ranker's last blessed model is the last one that passed the whole gate (TFMA and the
+    # non-learned rankers), i.e. the one RankerBaselineCheck blessed.
+    resolver = _latest_blessed("RankerTrainer", "RankerBaselineCheck",
+                               "latest_blessed_ranker_resolver")
     e = cfg.ranker_eval
     evaluator = tfx.components.Evaluator(
         examples=ranking_gen.outputs["examples"], model=trainer.outputs["model"],
@@ -162,10 +167,15 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
             max_hit_drop=e.max_hit_drop),
         example_splits=["eval"],
     ).with_id("RankerEvaluator")
+    check = RankerBaselineCheck(
+        examples=ranking_gen.outputs["examples"], model=trainer.outputs["model"],
+        pinnerformer=pf_trainer.outputs["model"], tfma_blessing=evaluator.outputs["blessing"],
+        item_embeddings=item_embedding_gen.outputs["item_embeddings"], input_base=dataset_dir,
+        input_fingerprint=dataset_fingerprint, config_json=cfg.sections_json("ranker_eval"))
     pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        model=trainer.outputs["model"], model_blessing=check.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(serving_dir, RANKER_MODEL_NAME))),
     ).with_id("RankerPusher")
-    return [ranking_gen, *validation, transform, trainer, resolver, evaluator, pusher]
+    return [ranking_gen, *validation, transform, trainer, resolver, evaluator, check, pusher]

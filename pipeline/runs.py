@@ -116,6 +116,11 @@ def summarize(paths: RunPaths) -> Dict:
         if ranker_ev is not None:
             out["ranker"] = {"evaluation_uri": ranker_ev.uri, **ranker_metrics(ranker_ev.uri),
                              **_pushed(m.store, node("RankerPusher"))}
+            check = _latest(m.store, "ModelEvaluation", node("RankerBaselineCheck"))
+            if check is not None:
+                with open(os.path.join(check.uri, "metrics.json")) as fh:
+                    out["ranker"]["baseline_check"] = json.load(fh)
+                out["ranker"]["baseline_check_uri"] = check.uri
     usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     out["peak_rss_mb"] = round(usage / 1024, 1)

@@ -1,10 +1,10 @@
-"""PinnerFormer user tower + pin tower with the configured objective and loss (papers.md §1).
+"""PinnerFormer user tower + pin tower with the configured objective and loss (docs/models.md, "PinnerFormer").
 
 Inputs are the Transform outputs described in pipeline/features.py (newest first, padded at the old end).
 `call` needs only the history features and SEQ_LEN_XF; `train_step` / `test_step` also read the future
 positives (FUT_ITEM / FUT_TS / FUT_LEN_XF).
 
-Deviations from papers.md, all marked [I] or unspecified there:
+Deviations from the paper, or choices it leaves open (all listed in docs/models.md, "Deviations"):
   * label items with no frozen embedding (not in `item_ids`) are never used as labels: their pin-tower input
     would be the all-zero "unknown" row, a constant that would only teach the model about missing data;
   * negatives are per replica (no cross-replica gather), and the count-min sketch assumes one replica;
@@ -63,6 +63,15 @@ class PinnerFormer(keras.Model):
         self.frozen_item_embeddings = self.add_weight(
             name="frozen_item_embeddings", shape=table.shape, dtype=tf.float32,
             initializer=keras.initializers.Constant(table), trainable=False)
+        # Optional learned id embedding next to the frozen vector (deviation, off in the paper):
+        # lets a small catalogue's model learn what frozen co-engagement vectors blur, popularity
+        # included. Row 0 (unknown / padding) stays zero.
+        self.item_id_embedding = None
+        if cfg.item_id_embedding_dim > 0:
+            self.item_id_embedding = self.add_weight(
+                name="item_id_embedding", shape=(self.num_items + 1, cfg.item_id_embedding_dim),
+                dtype=tf.float32, initializer=keras.initializers.RandomNormal(stddev=0.02),
+                trainable=True)
         self.action_features = ActionFeatures(num_actions, num_surfaces, cfg.action_emb_dim,
                                               cfg.surface_emb_dim, name="action_features")
         self.input_projection = keras.layers.Dense(cfg.hidden, name="input_projection")
@@ -89,8 +98,16 @@ class PinnerFormer(keras.Model):
         """Row of each item id in the frozen table (0 = unknown), int64, same shape."""
         return self.item_table.lookup(tf.cast(item_ids, tf.int64))
 
+    def item_inputs(self, rows):
+        """Input vector of each item row: the frozen embedding (+ the learned id embedding)."""
+        x = tf.gather(self.frozen_item_embeddings, rows)
+        if self.item_id_embedding is None:
+            return x
+        known = tf.cast(rows > 0, tf.float32)[..., None]
+        return tf.concat([x, tf.gather(self.item_id_embedding, rows) * known], axis=-1)
+
     def item_embedding_from_rows(self, rows):
-        return self.item_tower(tf.gather(self.frozen_item_embeddings, rows))
+        return self.item_tower(self.item_inputs(rows))
 
     def item_embedding(self, item_ids):
         """Pin tower: item ids [N] -> [N, D] unit vectors (unknown ids share the zero-input embedding)."""
@@ -106,7 +123,7 @@ class PinnerFormer(keras.Model):
             raise ValueError(f"history width {m} exceeds seq_len {self.cfg.seq_len}")
         seq_len = inputs.length(features, F.SEQ_LEN_XF, m)
         x = self.action_features(
-            tf.gather(self.frozen_item_embeddings, self.item_rows(hist_item)),
+            self.item_inputs(self.item_rows(hist_item)),
             inputs.sequence(features, F.HIST_ACTION, tf.int32),
             inputs.sequence(features, F.HIST_SURFACE, tf.int32),
             inputs.sequence(features, F.HIST_TS, tf.int64),

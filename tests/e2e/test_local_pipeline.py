@@ -12,7 +12,8 @@ NODES = ["EventExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidato
          "AnomaliesGate", "ItemEmbeddingGen", "Transform", "ItemAwareTrainer",
          "RetrievalEvaluator", "Pusher", "RankingExampleGen", "StatisticsGenRanker",
          "ImportSchemaGenRanker", "ExampleValidatorRanker", "AnomaliesGateRanker",
-         "TransformRanker", "RankerTrainer", "RankerEvaluator", "RankerPusher"]
+         "TransformRanker", "RankerTrainer", "RankerEvaluator", "RankerBaselineCheck",
+         "RankerPusher"]
 
 
 def _executions_by_node(metadata_path, pipeline_name):
@@ -164,3 +165,50 @@ def test_label_shuffled_ranker_is_not_blessed_or_pushed(tiny_run, tmp_path):
     assert summary["ranker"]["validation_ok"] is False, summary["ranker"]["overall"]
     assert summary["ranker"]["pushed"] is False
     assert not glob.glob(os.path.join(summary["paths"]["serving_dir"], "ranker", "*"))
+
+
+def test_evaluator_scores_baselines_on_the_same_users(tiny_run):
+    """The report carries the non-learned baselines with lifts and paired intervals."""
+    _, first, _ = tiny_run
+    ev = first["evaluation"]
+    for name in ("popularity_all", "popularity_30d", "cooccurrence"):
+        assert ev["methods"][name]["num_users"] == ev["candidate"]["num_users"]
+        row = ev["comparison"][name]
+        assert row["lift_interval"][0] <= row["lift"] <= row["lift_interval"][1]
+    assert ev["gate"]["popularity"] in ("popularity_all", "popularity_30d")
+    assert ev["comparison"][ev["gate"]["popularity"]]["lift"] > 0  # the gate passed
+    page = open(os.path.join(first["evaluation_uri"], "summary.html")).read()
+    assert "cooccurrence" in page and "candidate's lift" in page
+
+
+def test_retrained_with_another_seed_is_blessed_by_the_paired_gate(tiny_run):
+    """Same config, another seed: not worse beyond the margin with 95 % confidence."""
+    from pipeline import local_runner
+    from pipeline.config import apply_overrides
+    cfg, first, _ = tiny_run
+    reseeded = apply_overrides(cfg, ["train.seed=1", "ranker_train.enabled=false"])
+    summary = local_runner.run(reseeded, first["paths"]["home"])
+    ev = summary["evaluation"]
+    assert ev["baseline"] is not None  # compared with the last blessed model
+    assert ev["candidate"]["recall@10"] != pytest.approx(ev["baseline"]["recall@10"], abs=1e-9)
+    assert ev["gate"]["blessed"] is True, ev["gate"]
+    assert "diff_interval" in ev["comparison"]["last_blessed"]
+
+
+def test_weak_model_loses_to_popularity_and_is_not_pushed(tiny_run):
+    """A barely trained model is refused: it does not beat popularity, and it is worse than
+    the last blessed model with 95 % confidence. Nothing is pushed."""
+    from pipeline import local_runner
+    from pipeline.config import apply_overrides
+    cfg, first, _ = tiny_run
+    weak = apply_overrides(cfg, ["train.train_steps=1", "train.warmup_steps=1",
+                                 "ranker_train.enabled=false"])
+    before = sorted(glob.glob(os.path.join(first["paths"]["serving_dir"], "pinnerformer", "*")))
+    summary = local_runner.run(weak, first["paths"]["home"])
+    gate = summary["evaluation"]["gate"]
+    assert gate["blessed"] is False
+    assert any("does not beat popularity" in r for r in gate["reasons"]), gate["reasons"]
+    assert any("worse than the last blessed model" in r for r in gate["reasons"]), gate["reasons"]
+    assert summary["pushed"] is False
+    after = sorted(glob.glob(os.path.join(first["paths"]["serving_dir"], "pinnerformer", "*")))
+    assert after == before

@@ -1,0 +1,194 @@
+"""RankerBaselineCheck: the ranker must beat non-learned rankers on the same requests.
+
+TFMA's Evaluator gates the ranker on value thresholds and on the last blessed ranker; it cannot
+say whether a learned ranker is better than a count. This component scores the eval split's
+requests with
+- the candidate ranker (its `serving_default` signature, the path TFMA uses),
+- popularity as of the request: positive engagements of every user strictly before the request
+  time, over all time and over the trailing `popularity_window_days` (the stronger of the two is
+  "popularity"),
+- the PinnerFormer dot product alone: <pf_embedding as of the previous day, item tower(candidate)>
+  from the PinnerFormer model that built the examples,
+and blesses only when TFMA blessed the candidate *and* it beats both non-learned rankers on
+HIT@k/repin and AUC/repin by more than `ranker_eval.min_lift_over_baselines` (relative). Pusher
+and the next run's baseline resolver read this component's blessing, so "blessed" means the
+whole gate passed. `metrics.json` and `summary.html` explain the verdict.
+"""
+# No `from __future__ import annotations`: the @component parser needs real annotation objects.
+import html
+import json
+import os
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
+
+from components.data import events as ev
+from components.types import ItemEmbeddings
+from models.pinnerformer.train import load_item_embeddings
+from components.retrieval_evaluator.baselines import TrainPositives
+from models.realtime import metrics as RM
+from pipeline import features as F
+from pipeline.config import DAY_S, PipelineConfig
+
+HEAD = "repin"
+BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
+
+
+def read_requests(examples_uri: str, split: str = "eval") -> Dict[str, np.ndarray]:
+    """Serialized examples and the fields the non-learned rankers need, one row per example."""
+    files = tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
+    rows = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    if not rows:
+        raise ValueError(f"no {split} examples under {examples_uri}/Split-{split}")
+    feats = [tf.train.Example.FromString(r).features.feature for r in rows]
+    return {
+        "serialized": rows,
+        "request_id": np.array([f[F.REQUEST_ID].bytes_list.value[0] for f in feats], object),
+        "request_ts": np.array([f[F.REQUEST_TS].int64_list.value[0] for f in feats], np.int64),
+        "cand_item": np.array([f[F.CAND_ITEM].int64_list.value[0] for f in feats], np.int64),
+        "pf_embedding": np.array([list(f[F.PF_EMBEDDING].float_list.value) for f in feats],
+                                 np.float32),
+        "label": np.array([f[F.label_key(HEAD)].int64_list.value[0] for f in feats], np.int64),
+    }
+
+
+def read_positives(input_base: str, item_ids: np.ndarray) -> TrainPositives:
+    """Every user's positive engagements in the dataset, for popularity as of a time."""
+    items, ts = [], []
+    for path in ev.event_shards(input_base):
+        df = ev.read_event_shard(path)
+        pos = ev.is_positive(df["action"].to_numpy(), df["duration"].to_numpy())
+        items.append(df["item_id"].to_numpy(np.int64)[pos])
+        ts.append(df["timestamp"].to_numpy(np.int64)[pos])
+    items, ts = np.concatenate(items), np.concatenate(ts)
+    return TrainPositives(np.zeros(len(items), np.int64), items, ts, item_ids)
+
+
+def popularity_scores(pos: TrainPositives, item_ids: np.ndarray, request_ts: np.ndarray,
+                      cand_item: np.ndarray, window_days: int) -> Dict[str, np.ndarray]:
+    """Per example: the candidate's engagement count before the request (all time / window).
+    Computed once per distinct request time."""
+    sort_idx = np.argsort(item_ids, kind="stable")
+    at = np.minimum(np.searchsorted(item_ids[sort_idx], cand_item), len(item_ids) - 1)
+    known = item_ids[sort_idx][at] == cand_item
+    col = sort_idx[at]
+    out = {"popularity_all": np.zeros(len(cand_item)),
+           f"popularity_{window_days}d": np.zeros(len(cand_item))}
+    for t in np.unique(request_ts):
+        rows = np.flatnonzero(request_ts == t)
+        all_time = pos.counts_before(int(t))
+        window = pos.counts_before(int(t), int(t) - window_days * DAY_S)
+        out["popularity_all"][rows] = np.where(known[rows], all_time[col[rows]], 0.0)
+        # ties in the window broken by all-time counts (< 1 apart, never reorders counts)
+        sec = all_time[col[rows]] / (all_time.max() + 1.0)
+        out[f"popularity_{window_days}d"][rows] = np.where(known[rows],
+                                                           window[col[rows]] + 0.5 * sec, 0.0)
+    return out
+
+
+def _batched(fn, inputs: Dict[str, np.ndarray], n: int, batch: int = 2048) -> np.ndarray:
+    return np.concatenate([fn(**{k: tf.constant(v[i:i + batch]) for k, v in inputs.items()})
+                           for i in range(0, n, batch)])
+
+
+def score_all(ranker_dir: str, pinnerformer_dir: str, req: Dict[str, np.ndarray],
+              positives: TrainPositives, item_ids: np.ndarray, window_days: int
+              ) -> Dict[str, np.ndarray]:
+    n = len(req["label"])
+    ranker = tf.saved_model.load(ranker_dir).signatures["serving_default"]
+    scores = {"candidate": _batched(lambda examples: ranker(examples=examples)[HEAD].numpy()
+                                    .reshape(-1), {"examples": np.array(req["serialized"], object)}, n)}
+    pf = tf.saved_model.load(pinnerformer_dir).signatures["item_embedding"]
+    cand_emb = _batched(lambda item_id: pf(item_id=item_id)["embedding"].numpy(),
+                        {"item_id": req["cand_item"]}, n)
+    scores["pinnerformer_dot"] = np.sum(cand_emb * req["pf_embedding"], axis=1)
+    scores.update(popularity_scores(positives, item_ids, req["request_ts"], req["cand_item"],
+                                    window_days))
+    return scores
+
+
+def compare(scores: Dict[str, np.ndarray], labels: np.ndarray, request_id: np.ndarray,
+            k: int) -> Dict[str, Dict[str, float]]:
+    return {name: {f"hit@{k}": float(RM.hit_at_k(s, labels, request_id, k=k)[0]),
+                   "auc": float(RM.auc(s, labels))} for name, s in scores.items()}
+
+
+def decide(metrics: Dict[str, Dict[str, float]], k: int, min_lift: float,
+           tfma_blessed: bool) -> dict:
+    """Blessed iff TFMA blessed and the candidate beats popularity (the stronger of the
+    popularity rankers by HIT@k) and the PinnerFormer dot product on HIT@k and AUC."""
+    reasons = [] if tfma_blessed else ["TFMA Evaluator did not bless the candidate "
+                                       "(value or change thresholds)"]
+    pops = [n for n in metrics if n.startswith("popularity_")]
+    pop = max(pops, key=lambda n: metrics[n][f"hit@{k}"])
+    cand = metrics["candidate"]
+    lifts = {}
+    for name in (pop, "pinnerformer_dot"):
+        for key in (f"hit@{k}", "auc"):
+            base = metrics[name][key]
+            lift = cand[key] / base - 1.0 if base > 0 else float("inf")
+            lifts[f"{key} vs {name}"] = lift
+            if not lift > min_lift:
+                reasons.append(f"{key}/{HEAD} {cand[key]:.4f} does not beat {name}'s "
+                               f"{base:.4f} (lift {lift:+.1%} <= {min_lift:+.1%})")
+    return {"blessed": not reasons, "reasons": reasons, "popularity": pop, "lifts": lifts,
+            "thresholds": {"k": k, "min_lift_over_baselines": min_lift}}
+
+
+def write_report(out_dir: str, metrics: dict, gate: dict, num_requests: int) -> None:
+    tf.io.gfile.makedirs(out_dir)
+    with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as fh:
+        fh.write(json.dumps({"methods": metrics, "gate": gate, "num_requests": num_requests},
+                            indent=2, sort_keys=True))
+    rows = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(
+        f"<td>{v:.4f}</td>" for v in m.values()) + "</tr>" for n, m in metrics.items())
+    head = "".join(f"<th>{html.escape(key)}/{HEAD}</th>" for key in next(iter(metrics.values())))
+    verdict = "BLESSED" if gate["blessed"] else "NOT BLESSED"
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in gate["reasons"])
+    with tf.io.gfile.GFile(os.path.join(out_dir, "summary.html"), "w") as fh:
+        fh.write(f"""<!DOCTYPE html><html><head><meta charset="utf-8">
+<title>Ranker vs non-learned rankers</title></head><body style="font-family:sans-serif">
+<h1>Ranker vs non-learned rankers ({num_requests} eval requests)</h1><h2>{verdict}</h2>
+<ul>{reasons}</ul><table border="1" cellpadding="4"><tr><th>ranker</th>{head}</tr>{rows}</table>
+</body></html>""")
+
+
+@component
+def RankerBaselineCheck(
+    examples: InputArtifact[standard_artifacts.Examples],
+    model: InputArtifact[standard_artifacts.Model],
+    pinnerformer: InputArtifact[standard_artifacts.Model],
+    tfma_blessing: InputArtifact[standard_artifacts.ModelBlessing],
+    item_embeddings: InputArtifact[ItemEmbeddings],
+    evaluation: OutputArtifact[standard_artifacts.ModelEvaluation],
+    blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+    input_base: Parameter[str],
+    input_fingerprint: Parameter[str],
+    config_json: Parameter[str],
+) -> None:
+    """Ranking Examples (eval split), candidate ranker, the PinnerFormer that built the
+    examples, TFMA's blessing, the catalog (ItemEmbeddings) and the dataset's events -> the
+    final ranker blessing."""
+    del input_fingerprint  # only invalidates the cache when the data at the same path changed
+    cfg = PipelineConfig.from_json(config_json).ranker_eval
+    req = read_requests(examples.uri)
+    pf_dir = path_utils.serving_model_path(pinnerformer.uri)
+    item_ids = load_item_embeddings(item_embeddings.uri)[0]
+    scores = score_all(path_utils.serving_model_path(model.uri), pf_dir, req,
+                       read_positives(input_base, item_ids), item_ids, cfg.popularity_window_days)
+    metrics = compare(scores, req["label"], req["request_id"], cfg.hit_k)
+    tfma_blessed = tf.io.gfile.exists(os.path.join(tfma_blessing.uri, BLESSED_FILE))
+    gate = decide(metrics, cfg.hit_k, cfg.min_lift_over_baselines, tfma_blessed)
+    write_report(evaluation.uri, metrics, gate, len(np.unique(req["request_id"])))
+    blessed = bool(gate["blessed"])
+    blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_string_custom_property("current_model", model.uri)
+    blessing.set_int_custom_property("current_model_id", model.id)
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE),
+                           "w") as fh:
+        fh.write(json.dumps(gate))

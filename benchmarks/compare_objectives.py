@@ -9,16 +9,14 @@ coverage@10 and interest entropy@50 per objective, and writes the raw numbers as
 """
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-warnings.filterwarnings("ignore", category=FutureWarning)
 
 from pipeline import local_runner  # noqa: E402
 from pipeline.config import apply_overrides, preset  # noqa: E402

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
 
 import argparse  # noqa: E402
 import base64  # noqa: E402
@@ -26,11 +26,9 @@ import html  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-warnings.filterwarnings("ignore", category=FutureWarning)
 
 PROTOCOLS = {
     "test": [],

@@ -13,15 +13,13 @@ and writes the raw numbers as JSON.
 """
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-warnings.filterwarnings("ignore", category=FutureWarning)
 
 from pipeline import features as F  # noqa: E402
 from pipeline import local_runner  # noqa: E402

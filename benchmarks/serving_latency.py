@@ -32,20 +32,17 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
 
 import argparse  # noqa: E402
 import concurrent.futures  # noqa: E402
 import glob  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from typing import Callable, Dict, List, Optional, Tuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-warnings.filterwarnings("ignore", category=FutureWarning)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline import features as F  # noqa: E402

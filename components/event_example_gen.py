@@ -1,6 +1,6 @@
 """EventExampleGen: canonical event log -> per-user timeline examples (one tf.Example per anchor).
 
-Protocol (design.md, "Evaluation protocol"):
+Protocol (docs/protocol.md, "Examples (EventExampleGen)"):
 - Users are split by a stable hash of user_id: `eval_user_percent` % go to `eval`, the rest to
   `train`, so no user is on both sides.
 - An anchor t splits a user's time line: history = actions with timestamp < t, labels = positive
@@ -10,7 +10,7 @@ Protocol (design.md, "Evaluation protocol"):
   Training users get up to `anchors_per_user` anchors (window = `train_window_days`).
 - Evaluation windows never reach past the last event of the data set, so every eval user's
   14-day label set is complete. Training windows are truncated at the data's end unless
-  `full_train_window` (papers.md §1.4 allows either).
+  `full_train_window` (the paper does not settle this; docs/models.md, "Deviations").
 
 Everything is a Beam transform keyed by user, so it scales with the runner, not with RAM. Every
 truncation or dropped row is counted in `<examples>/event_example_gen.json` and in the artifact's

@@ -21,7 +21,7 @@ Transformed features (Transform output, newest first, fixed shape, padded at the
 EVENT_COLUMNS = ("user_id", "item_id", "action", "timestamp", "duration", "surface")
 ACTIONS = ("repin", "click", "closeup", "hide")
 SURFACES = ("homefeed", "related", "search", "profile", "other")
-# PinnerFormer labels: repin, closeup >= 10 s, click >= 10 s (papers.md §1.1).
+# PinnerFormer labels: repin, closeup >= 10 s, click >= 10 s (docs/models.md, "PinnerFormer").
 POSITIVE_MIN_DURATION_S = 10.0
 ITEM_COLUMNS = ("item_id", "embedding", "interests")
 # Ranking impressions (optional dataset part): one row per candidate of a request, with one

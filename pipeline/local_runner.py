@@ -3,12 +3,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import warnings  # noqa: E402
+from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
 
-# google-cloud libraries warn on every import that Python 3.10 is old; TFX 1.16 needs 3.10.
-warnings.filterwarnings("ignore", category=FutureWarning)
 
 import time  # noqa: E402
 from typing import Dict, List, Optional  # noqa: E402

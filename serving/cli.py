@@ -279,8 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

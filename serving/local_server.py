@@ -850,8 +850,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
     parser = argparse.ArgumentParser(prog="python -m serving.local_server",
                                      description=DESCRIPTION)
     add_serve_arguments(parser)

@@ -1,5 +1,4 @@
 import os
 
-# Must be set before anything touches tf.keras (see tfx-1.16 notes §3.1).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Must be set before anything touches tf.keras (docs/tfx-notes.md, "Keras 2: TF_USE_LEGACY_KERAS=1").
+from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)

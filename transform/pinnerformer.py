@@ -1,10 +1,11 @@
 """preprocessing_fn for PinnerFormer: keep the M most recent actions, newest first, fixed shape.
 
 Raw sequences arrive chronological and ragged; the model wants row 0 = most recent action
-(papers.md §1.3) with padding at the old end, so we take the last M, pad, then reverse each row
-within its length. Action and surface strings become vocabulary indices with 0 reserved for
-padding and the last index for out-of-vocabulary values. Time features (periodic encodings with
-learned phases) live in the model, since their phases are trained.
+(docs/models.md, "Inputs and per-action features") with padding at the old end, so we take the
+last M, pad, then reverse each row within its length. Action and surface strings become
+vocabulary indices with 0 reserved for padding and the last index for out-of-vocabulary values.
+Time features (periodic encodings with learned phases) live in the model, since their phases are
+trained.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """preprocessing_fn for the realtime ranker: the P most recent actions before the request
-(newest first, TransAct §3.2), request context, candidate and labels.
+(newest first; docs/models.md, "Realtime sequence and early fusion"), request context, candidate
+and labels.
 
 The realtime sequence uses the same vocabularies as PinnerFormer's (action 0 = padding, never a
-real action, which fixes the official code's id collision; papers.md §3.7). Hour of day and day of
-week are request-context features.
+real action, which fixes the official TransAct code's id collision; docs/models.md, "Deviations").
+Hour of day and day of week are request-context features.
 """
 from typing import Any, Dict, Optional
 

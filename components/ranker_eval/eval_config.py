@@ -1,4 +1,5 @@
-"""TFMA 0.47 EvalConfig for the multi-head ranker (Evaluator blessing; tfx-1.16 notes §4).
+"""TFMA 0.47 EvalConfig for the multi-head ranker (Evaluator blessing; docs/tfx-notes.md,
+"Evaluator blessing and LatestBlessedModelStrategy").
 
 Model contract: ``serving_default`` takes serialized raw tf.Examples (``examples`` string [B]) and
 returns one probability per head, ``{"repin": [B], "click": [B], "closeup": [B], "hide": [B]}``.
@@ -19,7 +20,7 @@ thresholds are checked on the diff key, i.e. ``is_diff=True``):
   informative (no threshold), when "hide" is a head and gate_head != "hide":
     ``hide_hit@<k>``   MetricKey(name="hide_hit@3", output_name=gate_head): hides among the top k
                        when the request is ranked by the gate head's score (lower is better; this
-                       is the paper's HIT@3/hide reading, papers.md §3.5).
+                       is the paper's HIT@3/hide reading; docs/models.md, "Evaluation (HIT@3)").
 
 Direction: every per-head metric above ranks by *that head's own* score, so higher is better for
 all heads, including ``hide`` (its AUC/HIT@k measure how well it classifies hides). Only the
@@ -149,7 +150,8 @@ def ranker_eval_config(
     The Evaluator adds the baseline ModelSpec itself (``update_eval_config_with_defaults(...,
     has_baseline=True)`` copies this spec as "baseline" and renames this one "candidate").
     Raises ValueError if the result would have no threshold at all: the Evaluator then writes
-    no ``blessed`` property and the Pusher never pushes (notes §4.1).
+    no ``blessed`` property and the Pusher never pushes (docs/tfx-notes.md,
+    "Evaluator blessing and LatestBlessedModelStrategy").
     """
     heads = tuple(heads)
     if not heads:

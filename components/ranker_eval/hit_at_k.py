@@ -1,7 +1,8 @@
 """HIT@k: a query-based (per request) TFMA 0.47 metric for the multi-head ranker.
 
-Definition (papers.md §3.5): within one request (query), rank the candidates by the score of one
-model output (head) and count the candidates in the top k whose label for that head is positive.
+Definition (docs/models.md, "Evaluation (HIT@3)"): within one request (query), rank the candidates
+by the score of one model output (head) and count the candidates in the top k whose label for that
+head is positive.
 The metric value is the mean of that count over requests (weighted by the example weight when
 ``MetricsSpec.example_weights.weighted`` is set; the weight must be constant within a request).
 

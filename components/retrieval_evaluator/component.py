@@ -3,8 +3,9 @@
 For every eval-split user (disjoint from training users) the candidate SavedModel embeds the
 history before the anchor through its own `serving_default` signature (the exact serving path),
 the pin tower embeds the whole catalog through `item_embedding`, and metrics.py scores Recall@k,
-P90 coverage@k and interest entropy@50 (design.md). The same is done for the last blessed model
-when the LatestBlessedModelStrategy resolver provides one, on the same users, in the same run.
+P90 coverage@k and interest entropy@50 (docs/protocol.md, "Retrieval evaluation
+(RetrievalEvaluator)"). The same is done for the last blessed model when the
+LatestBlessedModelStrategy resolver provides one, on the same users, in the same run.
 
 The ModelBlessing carries the custom properties that Pusher (`blessed`) and
 LatestBlessedModelStrategy (`blessed`, `current_model_id`) read, like the stock Evaluator's.

@@ -1,4 +1,5 @@
-"""Offline retrieval metrics of PinnerFormer (design.md "Evaluation protocol", papers.md §1.6).
+"""Offline retrieval metrics of PinnerFormer (docs/protocol.md, "Retrieval evaluation (RetrievalEvaluator)";
+docs/models.md, "Offline evaluation (Recall@10, P90 coverage, interest entropy)").
 
 Pure numpy. Users are scored in batches (one [batch, N] score matrix at a time) so that 10k users x
 100k items needs O(batch_size * N) memory, and every per-user quantity uses O(N) selection

@@ -1,4 +1,5 @@
-"""PinnerFormer building blocks (papers.md §1.2-1.3): per-action features, PreNorm blocks, heads."""
+"""PinnerFormer building blocks: per-action features, PreNorm blocks, heads (docs/models.md,
+"Inputs and per-action features" and "Transformer and output head")."""
 from __future__ import annotations
 
 import tensorflow as tf
@@ -33,7 +34,8 @@ class ActionFeatures(keras.layers.Layer):
 
     Action / surface indices: 0 = padding, 1..V = vocabulary, V+1 = OOV (tables of size V+2). Padding and OOV
     contribute zero vectors ("out-of-vocabulary values are dropped").
-    Deviation: log1p(duration) instead of log(duration), so zero durations stay finite ([I]).
+    Deviation: log1p(duration) instead of log(duration), so zero durations stay finite
+    (docs/models.md, "Deviations").
     """
 
     def __init__(self, num_actions: int, num_surfaces: int, action_dim: int, surface_dim: int, **kwargs):
@@ -113,7 +115,8 @@ class OutputHead(keras.layers.Layer):
 
 class ItemTower(keras.layers.Layer):
     """Pin tower on the frozen content embedding: Dense(mult*H) -> GELU -> Dense(D) -> L2 normalisation.
-    papers.md leaves the depth open ([I] mirror the output MLP); no LayerNorm, as in the brief."""
+    The paper leaves the depth open; we mirror the output head, without its LayerNorm
+    (docs/models.md, "Transformer and output head")."""
 
     def __init__(self, hidden: int, ffn_mult: int, output_dim: int, **kwargs):
         super().__init__(**kwargs)

@@ -1,4 +1,5 @@
-"""Sampled softmax with mixed negatives and logQ correction (papers.md §1.5, Eq. 1-2).
+"""Sampled softmax with mixed negatives and logQ correction (PinnerFormer Eq. 1-2; docs/models.md,
+"Sampled softmax, negatives and logQ correction").
 
 For pair i (user embedding u_i, positive p_i) with a shared negative pool n_1..n_N:
 
@@ -19,10 +20,10 @@ Negative pool ("mixed" = one pool, one softmax):
     i.e. any real history positive or valid future positive of that row. This covers the pair's own label
     (accidental hit) and every other label the user can have. The same rule is applied to random
     negatives: a random draw that is one of the user's positives is a false negative just like an
-    in-batch one (papers.md does not say; this is the conservative choice). An item drawn both in-batch
+    in-batch one (the paper does not say; this is the conservative choice). An item drawn both in-batch
     and at random stays twice, each copy with its own Q.
   * Deviation: no cross-replica all-gather of negatives; under a multi-replica strategy the in-batch pool
-    is per replica (papers.md gathers across GPUs).
+    is per replica (the paper gathers across GPUs; docs/models.md, "Deviations").
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Training pairs for the four PinnerFormer objectives (papers.md §1.4, Fig. 2). Pure TF.
+"""Training pairs for the four PinnerFormer objectives (PinnerFormer Fig. 2; docs/models.md,
+"Training objectives (next action, SASRec, all action, dense all action)"). Pure TF.
 
 Every objective returns `(position_index [B, S] int32, label_item [B, S] int64, valid [B, S] bool)`:
 the per-position embedding e_{position_index} should score `label_item` highly. Invalid slots carry

@@ -1,4 +1,5 @@
-"""Streaming count-min sketch of label-item frequencies, for the logQ correction (papers.md §1.5).
+"""Streaming count-min sketch of label-item frequencies, for the logQ correction
+(docs/models.md, "Sampled softmax, negatives and logQ correction").
 
 Hash family (Carter-Wegman): h_d(x) = ((a_d * (x mod p) + b_d) mod p) mod width with p = 2^31 - 1 and
 1 <= a_d < p, 0 <= b_d < p drawn from a seeded numpy RNG. Every intermediate fits in int64 (a*x < 2^62), so

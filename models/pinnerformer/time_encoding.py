@@ -1,4 +1,5 @@
-"""Time2Vec-style periodic time encoding with fixed periods and learned phases (papers.md §1.2, App. A.1).
+"""Time2Vec-style periodic time encoding with fixed periods and learned phases
+(PinnerFormer, App. A.1; docs/models.md, "Inputs and per-action features").
 
     r(t)_{2i-1} = cos(2*pi*t/p_i + phi_{2i-1}),  r(t)_{2i} = sin(2*pi*t/p_i + phi_{2i}),  r(t)_{2P+1} = log(t + 1)
 
@@ -36,7 +37,7 @@ class PeriodicTimeEncoding(keras.layers.Layer):
     Output layout: [cos_1, sin_1, cos_2, sin_2, ..., cos_P, sin_P, log(t + 1)], with one learned phase per
     output coordinate (`phase[i, 0]` for cos_i, `phase[i, 1]` for sin_i), initialised to 0.
     Negative t is clamped to 0 for the log term (the periodic terms use t as given).
-    `log(t + 1)` instead of the paper's `log t` keeps t = 0 finite ([I] in papers.md).
+    `log(t + 1)` instead of the paper's `log t` keeps t = 0 finite (docs/models.md, "Deviations").
     """
 
     def __init__(self, periods, **kwargs):

@@ -1,4 +1,5 @@
-"""Configuration of the realtime (TransAct) module and the Pinnability-style ranker (papers.md §3-4).
+"""Configuration of the realtime (TransAct) module and the Pinnability-style ranker
+(docs/models.md, "TransAct ranker").
 
 Frozen dataclasses in the style of `pipeline/config.py`: every field is a plain JSON value (tuples become
 lists in JSON and are turned back into tuples by `__post_init__`), so
@@ -16,7 +17,8 @@ from typing import Optional, Sequence, Tuple
 
 FUSIONS = ("concat", "append", "none")
 DEFAULT_HEADS = ("repin", "click", "closeup", "hide")  # = pipeline.features.ACTIONS
-HIDE_WEIGHT = 100.0  # papers.md §3.1: a hide puts weight 100 on the click and repin heads
+# TransAct: a hide puts weight 100 on the click and repin heads (docs/models.md, "Weighted loss").
+HIDE_WEIGHT = 100.0
 DAY_S = 86400
 
 
@@ -41,7 +43,8 @@ def _set(obj, name, value):
 
 @dataclasses.dataclass(frozen=True)
 class RealtimeConfig:
-    """TransAct module (papers.md §3.3, §3.7, §4).
+    """TransAct module (docs/models.md, "Realtime sequence and early fusion", "Encoder and output compression",
+    "Random time window").
 
     Action ids: 0 = padding (also any id < 0), 1..num_action_types = real action types, ids above that map to
     one learned OOV row (still a real, unmasked action). The `append` fusion uses one more dedicated id for
@@ -99,8 +102,8 @@ class RealtimeConfig:
 
 def default_label_weights(heads: Sequence[str], hide_weight: float = HIDE_WEIGHT) -> Tuple[Tuple[float, ...], ...]:
     """M[h][a]: weight that action a (label column a) gives head h. Every action weighs 1 on every head,
-    except a hide weighs `hide_weight` on the click and repin heads (papers.md §3.1; the full matrix of the
-    paper is not published, [I])."""
+    except a hide weighs `hide_weight` on the click and repin heads (the paper's only published entry; the
+    rest of its matrix is not published; docs/models.md, "Weighted loss")."""
     heads = tuple(heads)
     rows = []
     for h in heads:
@@ -128,9 +131,9 @@ def _spec_tuple(name, specs):
 
 @dataclasses.dataclass(frozen=True)
 class RankerConfig:
-    """Pinnability-style multi-task ranker (papers.md §3.1, §4): context categoricals (embeddings) + numeric
-    context (BatchNorm) + PinnerFormer embedding + candidate features + TransAct output -> full-rank DCNv2
-    -> MLP -> one sigmoid head per action.
+    """Pinnability-style multi-task ranker (docs/models.md, "DCNv2 and heads"): context categoricals
+    (embeddings) + numeric context (BatchNorm) + PinnerFormer embedding + candidate features + TransAct output
+    -> full-rank DCNv2 -> MLP -> one sigmoid head per action.
 
     Categorical ids must be in [0, vocab_size); anything else goes to one extra OOV row.
     `label_weights` (M, H x H, rows = heads, columns = label actions in `heads` order) defaults to
@@ -149,7 +152,7 @@ class RankerConfig:
     mlp_dims: Tuple[int, ...] = (256, 128)
     dropout: float = 0.1
     label_weights: Optional[Tuple[Tuple[float, ...], ...]] = None  # None -> default_label_weights(heads)
-    no_action_weight: float = 1.0  # weight of every head on an impression with no action [I]
+    no_action_weight: float = 1.0  # weight of every head on an impression with no action (our choice)
     learning_rate: float = 1e-3  # peak LR (paper: 0.0048 at batch 12000)
     warmup_steps: int = 100  # linear warmup (paper: 5000), then cosine decay
     decay_steps: int = 10000  # cosine decay length after warmup
@@ -267,9 +270,9 @@ def cpu() -> RankerConfig:
 
 
 def paper() -> RankerConfig:
-    """TransAct paper scale (papers.md §3.3-3.4): P = 100, d_action = d_PinSage = 32, 2 layers, 1 head, FFN 32,
-    dropout 0.1, W = 24 h, K = 10; PinnerFormer 256-d; Adam with 5000 warmup steps to 0.0048, batch 12000.
-    Cross-layer count and MLP widths are not published ([I] 3 and (256, 128))."""
+    """TransAct paper scale (docs/models.md, "TransAct ranker"): P = 100, d_action = d_PinSage = 32, 2 layers,
+    1 head, FFN 32, dropout 0.1, W = 24 h, K = 10; PinnerFormer 256-d; Adam with 5000 warmup steps to 0.0048,
+    batch 12000. Cross-layer count and MLP widths are not published (our choice: 3 and (256, 128))."""
     return RankerConfig(
         realtime=RealtimeConfig(),
         pinnerformer_dim=256, num_cross_layers=3, mlp_dims=(256, 128),

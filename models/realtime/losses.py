@@ -1,4 +1,4 @@
-"""Weighted multi-task BCE of the ranker (TransAct Eq. 1-2, papers.md §3.1), as pure functions.
+"""Weighted multi-task BCE of the ranker (TransAct Eq. 1-2; docs/models.md, "Weighted loss"), as pure functions.
 
     L = (1/B) * sum_i w_u(i) * sum_h w_h(i) * BCE(y_ih, f_ih)
     BCE(y, f) = -[ y log f + (1 - y) log(1 - f) ]      (the paper's "(1 - log f)" is a typo)
@@ -6,7 +6,7 @@
 Head weights (exact rule, `head_weights`):
     row i has at least one action (any y_ia > 0):  w_h(i) = sum_a M[h, a] * y_ia
     row i has no action at all:                    w_h(i) = no_action_weight          (every head)
-M is H x H (rows = heads, columns = label actions in head order). The no-action branch is the [I] default
+M is H x H (rows = heads, columns = label actions in head order). The no-action branch is our default
 impression weight: with the paper's formula alone an impression without any action would weigh 0 everywhere.
 For rows with actions, heads that M gives 0 stay at 0 (the paper's formula, unchanged).
 w_u is the optional per-row (user) weight, e.g. w_state * w_location * w_gender (1 when absent).

@@ -1,6 +1,7 @@
-"""Offline ranking metrics (numpy): per-head HIT@k within requests and per-head AUC (papers.md §3.5).
+"""Offline ranking metrics (numpy): per-head HIT@k within requests and per-head AUC
+(docs/models.md, "Evaluation (HIT@3)").
 
-HIT@k (definition used here; the paper's exact wording was not found, §3.5 [I]):
+HIT@k (our definition; the paper publishes HIT@3 only as relative lifts):
     for each request (query id) and head h, rank the request's candidates by the head's score, descending;
     HIT@k/h of the request = number of candidates among the top k with a positive label for h (requests
     with fewer than k candidates use all of them); report the mean over ALL requests (requests without a

@@ -1,4 +1,4 @@
-"""Pinnability-style multi-task ranker with the TransAct realtime module (papers.md §3.1, §4).
+"""Pinnability-style multi-task ranker with the TransAct realtime module (docs/models.md, "DCNv2 and heads").
 
 Input dict (B = number of (user, candidate) examples):
     user / request side
@@ -66,7 +66,7 @@ def candidate_feature_keys(cfg: RankerConfig):
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warmup to `peak` over `warmup` steps, then cosine decay to `peak * floor` over `decay` steps
-    (constant afterwards; decay = 0 keeps the peak). papers.md §3.4."""
+    (constant afterwards; decay = 0 keeps the peak). TransAct's schedule; docs/models.md, "DCNv2 and heads"."""
 
     def __init__(self, peak: float, warmup: int, decay: int, floor: float = 0.0):
         self.peak, self.warmup, self.decay, self.floor = float(peak), int(warmup), int(decay), float(floor)

@@ -1,4 +1,5 @@
-"""TransAct realtime-sequence module in tf_keras (papers.md §3.3, §3.7, §4).
+"""TransAct realtime-sequence module in tf_keras (docs/models.md, "Realtime sequence and early fusion",
+"Encoder and output compression", "Random time window").
 
 Inputs (newest first, P = cfg.seq_len; wider sequences are truncated to their first P entries, narrower
 ones are padded at the old end):

@@ -14,12 +14,8 @@ instead of the package.
 """
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import warnings  # noqa: E402
+from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
 
-# google-cloud libraries warn on every import that Python 3.10 is old; TFX 1.16 needs 3.10.
-warnings.filterwarnings("ignore", category=FutureWarning)
 
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner  # noqa: E402
 
@@ -37,5 +33,6 @@ def config_from_env():
 
 if __name__ == "__main__":
     cfg = config_from_env()
-    # BeamDagRunner() without arguments is the IR-based runner (notes §1.1).
+    # BeamDagRunner() without arguments is the IR-based runner
+    # (docs/tfx-notes.md, "Runners: LocalDagRunner, BeamDagRunner, Kubeflow V2").
     BeamDagRunner().run(build(cfg, RunPaths.for_config(cfg, os.environ.get("PINRANK_HOME", DEFAULT_HOME))))

@@ -36,7 +36,9 @@ from components.types import ItemCatalog
 from pipeline import features as F
 from pipeline.config import DAY_S, ExampleGenConfig, PipelineConfig
 
-SPLITS = ("train", "eval")
+# train: model and item embeddings; valid: the Trainer's validation loss (early stopping);
+# eval: the users the RetrievalEvaluator scores (never seen by training).
+SPLITS = ("train", "valid", "eval")
 _STATS_FILE = "event_example_gen.json"
 # Beside the splits: every training user's positives (the evaluation's baselines count them).
 TRAIN_POSITIVES_DIR = "train_positives"
@@ -49,13 +51,19 @@ def stable_bucket(user_id: str, buckets: int = 100) -> int:
 
 
 def split_of(user_id: str, cfg: ExampleGenConfig) -> Optional[str]:
-    """"eval" or "train"; None for a test user left out of a validation run."""
+    """"eval", "valid" or "train" by stable bucket; None for a test user left out of a
+    validation run. Buckets: [0, eval) test users; in a validation run the next
+    `validation_user_percent` are the evaluated users; the next `valid_user_percent` are the
+    Trainer's validation users (early stopping); the rest train."""
     bucket = stable_bucket(user_id)
-    if cfg.eval_users == "test":
-        return "eval" if bucket < cfg.eval_user_percent else "train"
-    if bucket < cfg.eval_user_percent:
-        return None
-    return "eval" if bucket < cfg.eval_user_percent + cfg.validation_user_percent else "train"
+    lo = cfg.eval_user_percent
+    if bucket < lo:
+        return "eval" if cfg.eval_users == "test" else None
+    if cfg.eval_users == "validation":
+        lo += cfg.validation_user_percent
+        if bucket < lo:
+            return "eval"
+    return "valid" if bucket < lo + cfg.valid_user_percent else "train"
 
 
 def eval_cut(cfg: ExampleGenConfig, data_start: int, data_end: int) -> Optional[int]:

@@ -67,6 +67,9 @@ class ExampleGenConfig:
     # are evaluated instead, so hyper-parameters are chosen without ever seeing a test user.
     eval_users: str = "test"
     validation_user_percent: int = 20
+    # Training users held out as the Trainer's validation split (its val_loss drives early
+    # stopping), so no stopping decision ever looks at the evaluated users.
+    valid_user_percent: int = 10
     eval_anchors_per_user: int = 1  # > 1: several anchors per eval user (intervals over users)
     # Out-of-time protocol: > 0 puts every eval anchor at or after the cut
     # data_start + q * (data_end - data_start), and cuts training timelines (history, labels and
@@ -78,9 +81,12 @@ class ExampleGenConfig:
         if self.eval_users not in ("test", "validation"):
             raise ValueError(f"examples.eval_users must be 'test' or 'validation', "
                              f"got {self.eval_users!r}")
-        if self.eval_users == "validation" and not (
-                0 <= self.eval_user_percent + self.validation_user_percent <= 100):
-            raise ValueError("examples.eval_user_percent + validation_user_percent must be <= 100")
+        used = self.eval_user_percent + self.valid_user_percent + (
+            self.validation_user_percent if self.eval_users == "validation" else 0)
+        if min(self.eval_user_percent, self.valid_user_percent, self.validation_user_percent) < 0 \
+                or used >= 100:
+            raise ValueError(f"examples: the user percentages (eval, valid, validation) must be "
+                             f">= 0 and leave training users, got {used} % in use")
         if self.eval_anchors_per_user < 1:
             raise ValueError(f"examples.eval_anchors_per_user must be >= 1, "
                              f"got {self.eval_anchors_per_user}")
@@ -138,6 +144,10 @@ class TrainConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 1e-4
+    # > 0: stop when the validation split's loss has not improved for this many epochs of
+    # `steps_per_epoch` steps and keep the best epoch's weights (0: train all train_steps).
+    early_stopping_patience: int = 0
+    steps_per_epoch: int = 100
     seed: int = 0
 
 

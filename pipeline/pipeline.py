@@ -87,7 +87,8 @@ def create_pipeline(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={"seq_len": cfg.model.seq_len, "max_future": cfg.examples.max_future},
-        splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]))
+        splits_config=tfx.proto.SplitsConfig(analyze=["train"],
+                                             transform=["train", "valid", "eval"]))
     transform.add_upstream_node(anomalies_gate)
 
     trainer = ItemAwareTrainer(
@@ -95,8 +96,9 @@ def create_pipeline(
         transform_graph=transform.outputs["transform_graph"],
         item_embeddings=item_embedding_gen.outputs["item_embeddings"],
         run_fn=RUN_FN,
-        train_args=tfx.proto.TrainArgs(num_steps=cfg.train.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=cfg.train.eval_steps),
+        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=cfg.train.train_steps),
+        # Validation loss on held-out *training* users, never on the evaluated ones.
+        eval_args=tfx.proto.EvalArgs(splits=["valid"], num_steps=cfg.train.eval_steps),
         custom_config={"config_json": cfg.sections_json("model", "train")})
 
     baseline_resolver = _latest_blessed("ItemAwareTrainer", "RetrievalEvaluator",

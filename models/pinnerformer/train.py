@@ -46,12 +46,17 @@ def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
 
 
 def fit(model: keras.Model, cfg: PipelineConfig, train_ds: tf.data.Dataset,
-        eval_ds: tf.data.Dataset, log_dir: str, steps_per_epoch: int = 100, verbose: int = 2):
-    """model.fit in `train_steps / steps_per_epoch` epochs with TensorBoard logs in log_dir."""
+        eval_ds: tf.data.Dataset, log_dir: str, verbose: int = 2):
+    """model.fit in `train_steps / steps_per_epoch` epochs with TensorBoard logs in log_dir,
+    stopping early on the validation loss when configured."""
     t = cfg.train
-    steps_per_epoch = max(1, min(steps_per_epoch, t.train_steps))
+    steps_per_epoch = max(1, min(t.steps_per_epoch, t.train_steps))
     epochs = max(1, math.ceil(t.train_steps / steps_per_epoch))
     callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=max(1, steps_per_epoch // 4))]
+    if t.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=t.early_stopping_patience, restore_best_weights=True,
+            verbose=1))
     return model.fit(train_ds, steps_per_epoch=steps_per_epoch, epochs=epochs,
                      validation_data=eval_ds, validation_steps=t.eval_steps,
                      callbacks=callbacks, verbose=verbose)

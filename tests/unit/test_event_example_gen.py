@@ -154,7 +154,7 @@ def test_validation_users_are_training_users_and_test_users_are_left_out():
         if eg.split_of(u, test_cfg) == "eval":
             assert splits[u] is None  # a test user is never seen, not even for validation
         else:
-            assert splits[u] in ("train", "eval")
+            assert splits[u] in ("train", "valid", "eval")
     assert 0.15 < np.mean([s == "eval" for s in splits.values()]) < 0.25
     out = list(eg.user_examples(next(u for u in users if splits[u] is None),
                                 _rows([(1, "repin", 0, 0.0, "homefeed")]), cfg, data_end=10))

@@ -1,4 +1,8 @@
-"""`pinrank` command line: run the pipeline, prepare data, compile for Vertex, serve, query."""
+"""`pinrank` command line: run the pipeline, prepare data, compile for Vertex, serve, query.
+
+User errors are one line on stderr, `error: <what and where>`, without a traceback: a bad config
+or usage exits 2 (before TensorFlow is imported), bad data or a missing input file exits 1.
+`pinrank --debug ...` re-raises them with the traceback."""
 from __future__ import annotations
 
 import os
@@ -11,12 +15,19 @@ import json  # noqa: E402
 import sys  # noqa: E402
 
 
+DIST_NAME = "pinrank"  # [project] name in pyproject.toml
+# Commands that need nothing from serving/: their parser is built without it (no grpc/numpy
+# import), so a config error is reported in well under 2 s.
+CORE_COMMANDS = ("run", "data", "compile", "config")
+
+
 def _config(args):
-    from pipeline.config import apply_overrides, preset
+    """--preset, --source, --data-path and every --set, resolved and checked (ConfigError)."""
+    from pipeline.config import apply_overrides, check_consistency, preset
     cfg = preset(args.preset, args.source)
     if getattr(args, "data_path", None):
         cfg = cfg.replace(data={"path": args.data_path})
-    return apply_overrides(cfg, args.set)
+    return check_consistency(apply_overrides(cfg, args.set))
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -24,14 +35,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=["movielens", "synthetic", "path"],
                    help="data source (default: the preset's; cpu/paper use movielens)")
     p.add_argument("--data-path", help="directory with ratings.csv + movies.csv (--source path)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a config field, e.g. --set model.objective=next_action")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override any config field by its dotted path, e.g. "
+                        "--set model.objective=next_action --set ranker.realtime.seq_len=20 "
+                        "--set ranker.mlp_dims='[256,128]' (lists/dicts as JSON; bools "
+                        "true/false); `pinrank config show` prints every path")
 
 
 def cmd_run(args) -> int:
+    cfg = _config(args)  # first: a config error must not wait for TensorFlow
     from pipeline import local_runner
     from pipeline.runs import DEFAULT_BEAM_ARGS
-    cfg = _config(args)
     summary = local_runner.run(cfg, args.home, args.beam_arg or list(DEFAULT_BEAM_ARGS),
                                enable_cache=not args.no_cache)
     ev = summary.get("evaluation", {})
@@ -85,17 +99,19 @@ def _print_fallbacks(fallbacks: dict, file=None) -> None:
 
 
 def cmd_data(args) -> int:
+    cfg = _config(args)
     from components.data.events import read_dataset_manifest
     from components.data.sources import prepare_dataset
-    path = prepare_dataset(_config(args).data, args.out)
+    path = prepare_dataset(cfg.data, args.out)
     _print_fallbacks(read_dataset_manifest(path).get("fallbacks", {}), file=sys.stderr)
     print(path)
     return 0
 
 
 def cmd_compile(args) -> int:
+    cfg = _config(args)
     from pipeline.kubeflow_v2_runner import compile_pipeline
-    out = compile_pipeline(_config(args), pipeline_root=args.pipeline_root,
+    out = compile_pipeline(cfg, pipeline_root=args.pipeline_root,
                            dataset_dir=args.dataset_dir, serving_dir=args.serving_dir,
                            output_path=args.output, image=args.image,
                            schema_path=args.schema_path)
@@ -103,8 +119,53 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pinrank", description=__doc__)
+def cmd_config_show(args) -> int:
+    cfg = _config(args)
+    json.dump(cfg.to_dict(), sys.stdout, indent=2)  # declaration order: sections as in the tree
+    sys.stdout.write("\n")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, `error: <prog>: <message>`, exit 2 (not the usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class _VersionAction(argparse.Action):
+    """--version: the installed distribution's version, looked up only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib import metadata
+        try:
+            version = metadata.version(DIST_NAME)
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed: pip install -e .)"
+        print(f"{parser.prog} {version}")
+        parser.exit(0)
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """--debug before or after the sub-command (pinrank --debug run ... / pinrank run ... --debug)."""
+    parser.add_argument("--debug", action="store_true",
+                        default=False if top else argparse.SUPPRESS,
+                        help="show the traceback of a user error instead of one line")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in {id(p): p for p in action.choices.values()}.values():
+                _add_debug_flag(sp, top=False)
+
+
+def build_parser(serving: bool = True) -> argparse.ArgumentParser:
+    """serving=False leaves out the serve/query/embed-users/recommend sub-commands (faster)."""
+    parser = _Parser(prog="pinrank", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the whole pipeline with LocalDagRunner")
@@ -131,21 +192,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema-path", help="curated schema as the image/GCS sees it")
     p.set_defaults(func=cmd_compile)
 
-    from serving import batch_cli, cli as serving_cli
-    serving_cli.add_subcommands(sub)
-    batch_cli.add_subcommands(sub)
+    p = sub.add_parser("config", help="inspect the configuration")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    sp = csub.add_parser("show", help="print the resolved config (preset, --source, --set) as "
+                                      "JSON")
+    _add_config_args(sp)
+    sp.set_defaults(func=cmd_config_show)
+
+    if serving:
+        from serving import batch_cli, cli as serving_cli
+        serving_cli.add_subcommands(sub)
+        batch_cli.add_subcommands(sub)
+    _add_debug_flag(parser)
     return parser
 
 
+def _user_error_code(e: BaseException):
+    """2 for a config/usage error, 1 for bad data or a missing input, None for a bug."""
+    from pipeline.config import ConfigError
+    if isinstance(e, ConfigError):
+        return 2
+    events = sys.modules.get("components.data.events")  # loaded if it can have raised
+    if events is not None and isinstance(e, (events.DatasetFormatError,
+                                             events.EventValidationError)):
+        return 1
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+        return 1
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from components.data.events import DatasetFormatError, EventValidationError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    serving = (command not in CORE_COMMANDS if command is not None
+               else any(a in ("-h", "--help") for a in argv))  # else: --version or an error
+    args = build_parser(serving=serving).parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetFormatError, EventValidationError) as e:
-        # Bad input data is for the user to fix: their message, without a traceback.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except SystemExit as e:  # raise SystemExit("message") in a command: a usage error
+        if isinstance(e.code, str) and not args.debug:
+            print(f"error: {_one_line(e.code)}", file=sys.stderr)
+            return 2
+        raise
+    except Exception as e:
+        code = None if args.debug else _user_error_code(e)
+        if code is None:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -1,16 +1,31 @@
 """Configuration: frozen dataclasses with presets `tiny` (tests), `cpu` (demo), `paper` (GPU).
 
-Configs travel to executors as JSON (exec properties / Trainer custom_config), so every field is a
-plain JSON value and `from_dict(to_dict(c)) == c`.
+One tree (`PipelineConfig`), one set of machinery for all of it, sections nested at any depth
+(`ranker.realtime.seq_len`):
+
+- Configs travel to executors as JSON (exec properties / Trainer and Transform custom_config), so
+  every field is a plain JSON value and `from_dict(to_dict(c)) == c`; values are checked against
+  the field's annotation on the way in (tuples come back as tuples, an int field rejects 1.5).
+- `apply_overrides(cfg, ["ranker.realtime.seq_len=20", "ranker.mlp_dims=[256,128]"])` reaches
+  every field by its dotted path; lists and dicts are JSON, bools are true/false/1/0/yes/no.
+- Every mistake raises `ConfigError` (a ValueError) with one line naming the field.
+
+This module imports no TensorFlow: the CLI resolves and checks the config before anything heavy.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from typing import Any, Optional
+import math
+import re
+import typing
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from models.realtime import config as realtime_config
-from models.realtime.config import RankerConfig
+
+class ConfigError(ValueError):
+    """A config value, path or combination is wrong (a user error: the CLI exits 2)."""
+
 
 OBJECTIVES = ("next_action", "sasrec", "all_action", "dense_all_action")
 DAY_S = 86400
@@ -34,10 +49,10 @@ class DataConfig:
     temporal_dynamics: bool = True
     horizon_days: int = 730
     release_fraction_at_start: float = 0.2  # the rest is released in weekly waves
-    popularity_half_life_days: float = 60.0  # median; popularity rises over days, then decays
-    evergreen_fraction: float = 0.05  # items decaying 10x slower
+    popularity_half_life_days: float = 30.0  # median; popularity rises over days, then decays
+    evergreen_fraction: float = 0.02  # items decaying 10x slower
     user_active_days: float = 90.0  # median length of a user's active period
-    interest_drift_per_session: float = 0.05  # P(one interest's weight moves to another)
+    interest_drift_per_session: float = 0.03  # P(one interest's weight moves to another)
     # Items whose release year / genres fall back to "unknown" (counted in DATASET.json): a share
     # above this, per feature, stops the run, since the model would silently train without it.
     max_fallback_share: float = 0.5
@@ -216,6 +231,282 @@ class RankerEvalConfig:
     popularity_window_days: int = 30
 
 
+# ---- The realtime ranker (TransAct module inside a Pinnability-style DCNv2 ranker) -------------
+# Its model code is models/realtime/ (TensorFlow); its config lives here, in the one TF-free tree,
+# as the `ranker` section. models/realtime/config.py re-exports these names.
+
+FUSIONS = ("concat", "append", "none")
+DEFAULT_HEADS = ("repin", "click", "closeup", "hide")  # = pipeline.features.ACTIONS
+# TransAct: a hide puts weight 100 on the click and repin heads (docs/models.md, "Weighted loss").
+HIDE_WEIGHT = 100.0
+# What the pipeline's ranker featurizer (models/realtime/serving_model.py) provides, and so the only
+# feature names `ranker.context_categorical` / `candidate_categorical` may use in the pipeline.
+RANKER_CONTEXT_CATEGORICAL = ("surface", "hour_of_day")
+RANKER_CANDIDATE_CATEGORICAL = ("candidate_interest",)
+
+
+def _positive(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _non_negative(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
+def _dropout(name, value):
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def _set(obj, name, value):
+    object.__setattr__(obj, name, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class RealtimeConfig:
+    """TransAct module (docs/models.md, "Realtime sequence and early fusion", "Encoder and output
+    compression", "Random time window"); the `ranker.realtime` section.
+
+    Action ids: 0 = padding (also any id < 0), 1..num_action_types = real action types, ids above
+    that map to one learned OOV row (still a real, unmasked action). The `append` fusion uses one
+    more dedicated id for the candidate token, so padding never collides with a real action (the
+    official code's id-0 collision is not reproduced).
+
+    d = action_emb_dim + item_emb_dim (+ item_emb_dim with `concat` fusion); output =
+    [B, d + latest_k*d] (without the max-pool branch: [B, latest_k*d]).
+    """
+    seq_len: int = 100  # P = |S|, newest first (the pipeline's Transform keeps the P most recent)
+    num_action_types: int = 4  # V (pipeline.features.ACTIONS); the official code uses range(0, 20)
+    action_emb_dim: int = 32
+    item_emb_dim: int = 32  # De: width of the frozen item (PinSage analogue) embeddings
+    num_layers: int = 2
+    num_heads: int = 1  # paper: 1 (official code default: 2)
+    ffn_dim: int = 32
+    dropout: float = 0.1
+    time_window_s: int = DAY_S  # W: training mask window T ~ U{0..W} s (paper 24 h; code default 1 h); 0 = off
+    fusion: str = "concat"  # concat (paper) | append (BST-style extra token) | none
+    latest_k: int = 10  # K first (most recent) output rows kept
+    max_pool: bool = True  # add Dense(d)(max-pool over rows)
+    exclude_masked_from_output: bool = False  # False = official code: masked rows still enter max-pool/first-K
+    post_ln: bool = True  # official code: Post-LN (PyTorch norm_first=False); False = Pre-LN ablation
+    ln_epsilon: float = 1e-5  # PyTorch LayerNorm default
+
+    def __post_init__(self):
+        for name in ("seq_len", "num_action_types", "action_emb_dim", "item_emb_dim", "num_heads", "ffn_dim"):
+            _positive(name, getattr(self, name))
+        for name in ("num_layers", "time_window_s", "latest_k"):
+            _non_negative(name, getattr(self, name))
+        _dropout("dropout", self.dropout)
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.latest_k > self.seq_len:
+            raise ValueError(f"latest_k={self.latest_k} exceeds seq_len={self.seq_len}")
+        if self.latest_k == 0 and not self.max_pool:
+            raise ValueError("empty output: need latest_k > 0 or max_pool=True")
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"model dim d={self.model_dim} (fusion={self.fusion!r}) is not divisible by "
+                             f"num_heads={self.num_heads}")
+        if not self.ln_epsilon > 0:
+            raise ValueError(f"ln_epsilon must be > 0, got {self.ln_epsilon!r}")
+
+    @property
+    def model_dim(self) -> int:
+        """d: width of every encoder row."""
+        return self.action_emb_dim + self.item_emb_dim * (2 if self.fusion == "concat" else 1)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the flattened module output (1056 for the paper: 96 + 10 * 96)."""
+        d = self.model_dim
+        return (d if self.max_pool else 0) + self.latest_k * d
+
+
+def default_label_weights(heads: Sequence[str], hide_weight: float = HIDE_WEIGHT) -> Tuple[Tuple[float, ...], ...]:
+    """M[h][a]: weight that action a (label column a) gives head h. Every action weighs 1 on every head,
+    except a hide weighs `hide_weight` on the click and repin heads (the paper's only published entry; the
+    rest of its matrix is not published; docs/models.md, "Weighted loss")."""
+    heads = tuple(heads)
+    rows = []
+    for h in heads:
+        row = []
+        for a in heads:
+            row.append(float(hide_weight) if a == "hide" and h in ("click", "repin") else 1.0)
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
+def _spec_tuple(name, specs):
+    out = []
+    for spec in specs:
+        spec = tuple(spec)
+        if len(spec) != 3:
+            raise ValueError(f"{name}: each entry must be (feature_name, vocab_size, emb_dim), got {spec!r}")
+        fname, vocab, dim = spec
+        if not isinstance(fname, str) or not fname:
+            raise ValueError(f"{name}: bad feature name {fname!r}")
+        _positive(f"{name}[{fname}].vocab_size", vocab)
+        _positive(f"{name}[{fname}].emb_dim", dim)
+        out.append((fname, vocab, dim))
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerConfig:
+    """Pinnability-style multi-task ranker (docs/models.md, "DCNv2 and heads"): context categoricals
+    (embeddings) + numeric context (BatchNorm) + PinnerFormer embedding + candidate features + TransAct output
+    -> full-rank DCNv2 -> MLP -> one sigmoid head per action; the `ranker` section.
+
+    Categorical ids must be in [0, vocab_size); anything else goes to one extra OOV row.
+    `label_weights` (M, H x H, rows = heads, columns = label actions in `heads` order) defaults to
+    `default_label_weights(heads)`; see losses.py for the exact weighting rule.
+    Ablations (TransAct Table 2): use_pinnerformer / use_realtime on/off.
+
+    In the pipeline (models/realtime/run.py), sizes that only the data knows are *derived*, and
+    only these: `realtime.num_action_types` (the action vocabulary of the training split) and the
+    vocab_size entries of `context_categorical` / `candidate_categorical` (surface vocabulary + 2,
+    24 hours, interests + 1). Everything else is used as configured and *checked* against the data:
+    `realtime.item_emb_dim` must equal the item embeddings' width (`items.dim`),
+    `pinnerformer_dim` must equal `model.output_dim`, feature names must be ones the pipeline
+    provides (RANKER_CONTEXT_CATEGORICAL, RANKER_CANDIDATE_CATEGORICAL, no numeric context), and
+    Transform keeps `realtime.seq_len` actions; a mismatch stops the run with the field's name.
+    """
+    heads: Tuple[str, ...] = DEFAULT_HEADS
+    realtime: RealtimeConfig = RealtimeConfig()
+    use_realtime: bool = True
+    use_pinnerformer: bool = True
+    pinnerformer_dim: int = 64  # PinnerFormer output_dim
+    context_categorical: Tuple[Tuple[str, int, int], ...] = (("surface", 7, 8), ("hour_of_day", 24, 8))
+    context_numeric: Tuple[str, ...] = ()
+    candidate_categorical: Tuple[Tuple[str, int, int], ...] = (("candidate_interest", 64, 8),)
+    num_cross_layers: int = 3
+    mlp_dims: Tuple[int, ...] = (256, 128)
+    dropout: float = 0.1
+    label_weights: Optional[Tuple[Tuple[float, ...], ...]] = None  # None -> default_label_weights(heads)
+    no_action_weight: float = 1.0  # weight of every head on an impression with no action (our choice)
+    learning_rate: float = 1e-3  # peak LR (paper: 0.0048 at batch 12000)
+    warmup_steps: int = 100  # linear warmup (paper: 5000), then cosine decay
+    decay_steps: int = 10000  # cosine decay length after warmup
+    min_lr_ratio: float = 0.0  # LR floor as a fraction of the peak
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        heads = tuple(self.heads)
+        if not heads or any(not isinstance(h, str) or not h for h in heads):
+            raise ValueError(f"heads must be non-empty names, got {self.heads!r}")
+        if len(set(heads)) != len(heads):
+            raise ValueError(f"duplicate head names in {heads}")
+        _set(self, "heads", heads)
+        if not isinstance(self.realtime, RealtimeConfig):
+            raise ValueError(f"realtime must be a RealtimeConfig, got {type(self.realtime).__name__}")
+        _positive("pinnerformer_dim", self.pinnerformer_dim)
+        _set(self, "context_categorical", _spec_tuple("context_categorical", self.context_categorical))
+        _set(self, "candidate_categorical", _spec_tuple("candidate_categorical", self.candidate_categorical))
+        _set(self, "context_numeric", tuple(self.context_numeric))
+        names = ([s[0] for s in self.context_categorical] + list(self.context_numeric)
+                 + [s[0] for s in self.candidate_categorical])
+        if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique non-empty strings, got {names}")
+        _non_negative("num_cross_layers", self.num_cross_layers)
+        _set(self, "mlp_dims", tuple(self.mlp_dims))
+        for i, w in enumerate(self.mlp_dims):
+            _positive(f"mlp_dims[{i}]", w)
+        _dropout("dropout", self.dropout)
+        h = len(heads)
+        m = default_label_weights(heads) if self.label_weights is None else self.label_weights
+        try:
+            m = tuple(tuple(float(v) for v in row) for row in m)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"label_weights must be a {h}x{h} matrix of numbers: {e}") from None
+        if len(m) != h or any(len(row) != h for row in m):
+            raise ValueError(f"label_weights must be {h}x{h} (heads x actions, order {heads}), "
+                             f"got shape {[len(r) for r in m]}")
+        if any(not math.isfinite(v) or v < 0 for row in m for v in row):
+            raise ValueError("label_weights must be finite and >= 0")
+        _set(self, "label_weights", m)
+        if not (math.isfinite(self.no_action_weight) and self.no_action_weight >= 0):
+            raise ValueError(f"no_action_weight must be finite and >= 0, got {self.no_action_weight!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        _non_negative("warmup_steps", self.warmup_steps)
+        _non_negative("decay_steps", self.decay_steps)
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        _positive("batch_size", self.batch_size)
+
+    @property
+    def item_emb_dim(self) -> int:
+        return self.realtime.item_emb_dim
+
+    def head_index(self, head: str) -> int:
+        return self.heads.index(head)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RankerConfig":
+        return _from_dict(cls, d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "RankerConfig":
+        return cls.from_dict(json.loads(s))
+
+    def replace(self, **fields: Any) -> "RankerConfig":
+        """`cfg.replace(num_cross_layers=2, realtime={"fusion": "append"})` (a dict updates the
+        section). New `heads` without `label_weights` re-derive the default weights."""
+        if ("heads" in fields and "label_weights" not in fields
+                and tuple(fields["heads"]) != self.heads):
+            fields["label_weights"] = None
+        return _replace(self, **fields)
+
+
+def ranker_tiny() -> RankerConfig:
+    """Unit tests: seconds on a CPU."""
+    return RankerConfig(
+        realtime=RealtimeConfig(seq_len=12, action_emb_dim=4, item_emb_dim=8, ffn_dim=8, latest_k=3,
+                                time_window_s=3600, dropout=0.0),
+        pinnerformer_dim=8,
+        context_categorical=(("surface", 7, 3), ("hour_of_day", 24, 3)),
+        context_numeric=("user_age_days",),
+        candidate_categorical=(("candidate_interest", 9, 3),),
+        num_cross_layers=2, mlp_dims=(16, 8), dropout=0.0,
+        learning_rate=5e-3, warmup_steps=0, decay_steps=0, batch_size=32)
+
+
+def ranker_cpu() -> RankerConfig:
+    """2-core demo; item / PinnerFormer dims match the `cpu` pipeline preset (64 / 64)."""
+    return RankerConfig(
+        realtime=RealtimeConfig(seq_len=50, action_emb_dim=16, item_emb_dim=64, ffn_dim=32, latest_k=10),
+        pinnerformer_dim=64, num_cross_layers=2, mlp_dims=(128, 64),
+        learning_rate=1e-3, warmup_steps=100, decay_steps=5000, batch_size=256)
+
+
+def ranker_paper() -> RankerConfig:
+    """TransAct paper scale (docs/models.md, "TransAct ranker"): P = 100, d_action = d_PinSage = 32, 2 layers,
+    1 head, FFN 32, dropout 0.1, W = 24 h, K = 10; PinnerFormer 256-d; Adam with 5000 warmup steps to 0.0048,
+    batch 12000. Cross-layer count and MLP widths are not published (our choice: 3 and (256, 128))."""
+    return RankerConfig(
+        realtime=RealtimeConfig(),
+        pinnerformer_dim=256, num_cross_layers=3, mlp_dims=(256, 128),
+        learning_rate=0.0048, warmup_steps=5000, decay_steps=100000, batch_size=12000)
+
+
+RANKER_PRESETS = {"tiny": ranker_tiny, "cpu": ranker_cpu, "paper": ranker_paper}
+
+
+def ranker_preset(name: str) -> RankerConfig:
+    """The ranker alone (models/realtime tests, benchmarks); the pipeline presets adapt these."""
+    if name not in RANKER_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(RANKER_PRESETS)}")
+    return RANKER_PRESETS[name]()
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     name: str = "pinrank"
@@ -228,7 +519,7 @@ class PipelineConfig:
     eval: RetrievalEvalConfig = RetrievalEvalConfig()
     ranking: RankingConfig = RankingConfig()
     ranker: RankerConfig = dataclasses.field(
-        default_factory=lambda: realtime_config.cpu().replace(learning_rate=5e-4, batch_size=128))
+        default_factory=lambda: ranker_cpu().replace(learning_rate=5e-4, batch_size=128))
     ranker_train: RankerTrainConfig = RankerTrainConfig()
     ranker_eval: RankerEvalConfig = RankerEvalConfig()
 
@@ -238,47 +529,262 @@ class PipelineConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    def sections_json(self, *names: str) -> str:
-        """JSON of only these sections: components get just what they use, so changing, say,
-        the objective does not invalidate the cached data components."""
-        return json.dumps({n: dataclasses.asdict(getattr(self, n)) for n in names}, sort_keys=True)
+    def sections_json(self, *paths: str) -> str:
+        """JSON of only these sections or fields, by dotted path ("eval", "ranker.realtime.seq_len"),
+        nested as in the full tree: components get just what they use, so changing, say, the
+        objective does not invalidate the cached data components. Read single values back with
+        `config_values`."""
+        out: Dict[str, Any] = {}
+        for path in paths:
+            value, _ = _resolve(self, path)
+            *parents, leaf = path.split(".")
+            node = out
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return json.dumps(out, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PipelineConfig":
+        """Missing sections and fields take their defaults (partial JSON from `sections_json`)."""
         return _from_dict(cls, d)
 
     @classmethod
     def from_json(cls, s: str) -> "PipelineConfig":
-        return cls.from_dict(json.loads(s))
+        return cls.from_dict(_loads(s, "config JSON"))
 
     def replace(self, **sections: Any) -> "PipelineConfig":
-        """`cfg.replace(model={"objective": "next_action"}, train={"seed": 1})`."""
-        updates = {}
-        for key, val in sections.items():
-            cur = getattr(self, key)
-            updates[key] = dataclasses.replace(cur, **val) if isinstance(val, dict) else val
-        return dataclasses.replace(self, **updates)
+        """`cfg.replace(model={"objective": "next_action"}, ranker={"realtime": {"seq_len": 20}})`:
+        a dict updates that section (at any depth), anything else replaces the field."""
+        return _replace(self, **sections)
 
 
-def _from_dict(cls, d):
-    kwargs = {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(d) - set(fields)
+# ---- Generic machinery: one implementation for every section, at any depth ---------------------
+
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+_INT = re.compile(r"[+-]?\d+")
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls) -> Dict[str, Any]:
+    """{field: resolved annotation} of a config dataclass, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} is not valid JSON ({e.msg} at char {e.pos}): {text!r}") from None
+
+
+def _known(cls) -> str:
+    return ", ".join(_field_types(cls))
+
+
+def _section_error(path: str, cls) -> ConfigError:
+    return ConfigError(f"{path} is a section ({cls.__name__}), not a value: set one of its "
+                       f"fields, e.g. {path}.{next(iter(_field_types(cls)))}=...; "
+                       f"fields: {_known(cls)}")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """A JSON value -> the field's type (tuples for Tuple[...], floats for float, a dataclass for
+    a section), strictly: 1.5 is no int, "true" is no bool."""
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise _section_error(path, tp)
+        return _from_dict(tp, value, path)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        if not any(value == a and type(value) is type(a) for a in args):
+            raise ConfigError(f"{path} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _coerce(value, options[0], path)
+        raise ConfigError(f"{path}: unsupported config type {_type_name(tp)}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a JSON list ({_type_name(tp)}), got {value!r}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ConfigError(f"{path} must have {len(args)} entries ({_type_name(tp)}), "
+                                  f"got {value!r}")
+            return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        items = [_coerce(v, args[0] if args else Any, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a JSON object ({_type_name(tp)}), got {value!r}")
+        kt, vt = args or (str, Any)
+        return {_coerce(k, kt, f"{path} key"): _coerce(v, vt, f"{path}[{k!r}]")
+                for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path} must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported config type {_type_name(tp)}")
+
+
+def _parse(raw: str, tp: Any, path: str) -> Any:
+    """The text after `=` in `--set path=text` -> the field's type. Scalars are plain text (bool:
+    true/false/1/0/yes/no; int: digits only; str: as is); lists, tuples, dicts and null are JSON."""
+    if dataclasses.is_dataclass(tp):
+        raise _section_error(path, tp)
+    text = raw.strip()
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args and len(args) == 2:
+        if text == "null":
+            return None
+        return _parse(raw, next(a for a in args if a is not type(None)), path)  # Optional[X]
+    if tp is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{path} must be a bool (true/false, 1/0, yes/no), got {raw!r}")
+    if tp is int:
+        if not _INT.fullmatch(text):
+            raise ConfigError(f"{path} must be an integer, got {raw!r}")
+        return int(text)
+    if tp is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{path} must be a number, got {raw!r}") from None
+        return _coerce(value, float, path)
+    if tp is str:
+        return raw
+    if typing.get_origin(tp) is typing.Literal:
+        if raw in typing.get_args(tp):
+            return raw
+        try:
+            return _coerce(json.loads(raw), tp, path)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{path} must be one of {list(typing.get_args(tp))}, "
+                              f"got {raw!r}") from None
+    return _coerce(_loads(raw, f"{path}={raw}: the value"), tp, path)
+
+
+def _from_dict(cls, d: Any, path: str = ""):
+    """dict (e.g. from JSON) -> config dataclass `cls`; missing fields take their defaults."""
+    where = path or "the top level"
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} ({cls.__name__}) must be a JSON object, got {d!r}")
+    types = _field_types(cls)
+    unknown = sorted(set(d) - set(types))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    for name, val in d.items():
-        sub = _SECTIONS.get(name) if cls is PipelineConfig else None
-        if sub is RankerConfig:
-            kwargs[name] = RankerConfig.from_dict(val)
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown} in {where}; "
+                          f"known: {_known(cls)}")
+    kwargs = {name: _coerce(val, types[name], f"{path}.{name}" if path else name)
+              for name, val in d.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(_located(path, e)) from None
+
+
+def _located(path: str, e: Exception) -> str:
+    msg = str(e)
+    return msg if not path or msg.startswith(path) else f"{path}: {msg}"
+
+
+def _replace(obj, **fields: Any):
+    """dataclasses.replace where a dict for a section field updates that section (through the
+    section's own `replace` if it has one, e.g. RankerConfig's label-weight rule)."""
+    types = _field_types(type(obj))
+    updates = {}
+    for name, val in fields.items():
+        if name not in types:
+            raise ConfigError(f"unknown {type(obj).__name__} field {name!r}; known: "
+                              f"{_known(type(obj))}")
+        if isinstance(val, dict) and dataclasses.is_dataclass(types[name]):
+            val = _replace_in(getattr(obj, name), **val)
+        updates[name] = val
+    return dataclasses.replace(obj, **updates)
+
+
+def _replace_in(obj, **fields: Any):
+    own = getattr(obj, "replace", None)
+    return own(**fields) if callable(own) else _replace(obj, **fields)
+
+
+def _resolve(root, path: str) -> Tuple[Any, Any]:
+    """(value, annotation) of a dotted path in a config tree; ConfigError naming the known fields."""
+    node, tp = root, type(root)
+    parts = path.split(".")
+    for i, name in enumerate(parts):
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{'.'.join(parts[:i])} is a value ({_type_name(tp)}), not a "
+                              f"section: there is no {path!r}")
+        types = _field_types(tp)
+        if name not in types:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown field {name!r} in {where} ({tp.__name__}); "
+                              f"known: {_known(tp)}")
+        node, tp = getattr(node, name), types[name]
+    return node, tp
+
+
+def leaf_paths(cfg) -> Dict[str, Any]:
+    """{dotted path: value} of every leaf field of a config tree, in declaration order."""
+    out = {}
+    for name in _field_types(type(cfg)):
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(value):
+            out.update({f"{name}.{k}": v for k, v in leaf_paths(value).items()})
         else:
-            kwargs[name] = _from_dict(sub, val) if sub is not None else val
-    return cls(**kwargs)
+            out[name] = value
+    return out
 
 
-_SECTIONS = {"data": DataConfig, "examples": ExampleGenConfig, "items": ItemEmbeddingConfig,
-             "model": PinnerFormerConfig, "train": TrainConfig, "eval": RetrievalEvalConfig,
-             "ranking": RankingConfig, "ranker": RankerConfig, "ranker_train": RankerTrainConfig,
-             "ranker_eval": RankerEvalConfig}
+def config_values(config_json: str, *paths: str) -> tuple:
+    """Values at these dotted paths of JSON written by `PipelineConfig.sections_json`, typed as
+    the tree declares them; a missing path is an error (there are no fallbacks)."""
+    data = _loads(config_json, "config JSON")
+    out = []
+    for path in paths:
+        _, tp = _resolve(PipelineConfig(), path)
+        node = data
+        for name in path.split("."):
+            if not isinstance(node, dict) or name not in node:
+                raise ConfigError(f"{path} is missing from the config JSON (top-level keys: "
+                                  f"{sorted(data) if isinstance(data, dict) else data!r})")
+            node = node[name]
+        out.append(_coerce(node, tp, path))
+    return tuple(out)
 
 
 def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
@@ -297,7 +803,12 @@ def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
                               learning_rate=3e-3),
             eval=RetrievalEvalConfig(min_recall=0.0),
             # Higher learning rates collapse this small ranker to constant scores (AUC 0.5).
-            ranker=realtime_config.tiny().replace(context_numeric=(), learning_rate=5e-4),
+            # The pipeline provides no numeric context; sizes match items.dim / model.output_dim.
+            ranker=ranker_tiny().replace(
+                context_numeric=(), learning_rate=5e-4, pinnerformer_dim=32,
+                realtime={"item_emb_dim": 16},
+                context_categorical=(("surface", 7, 8), ("hour_of_day", 24, 8)),
+                candidate_categorical=(("candidate_interest", 9, 8),)),
             ranker_train=RankerTrainConfig(train_steps=2000, eval_steps=2),
             ranker_eval=RankerEvalConfig(min_auc=0.54, min_auc_other=0.0),
         )
@@ -314,29 +825,80 @@ def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
                                      sketch_width=1 << 20),
             train=TrainConfig(batch_size=128, train_steps=20000, warmup_steps=2000,
                               learning_rate=5e-4),
-            ranker=realtime_config.paper(),
+            ranker=ranker_paper().replace(realtime={"item_emb_dim": 256}),  # = items.dim
             ranker_train=RankerTrainConfig(train_steps=50000, eval_steps=200),
         )
     else:
-        raise ValueError(f"unknown preset {name!r}; choose tiny, cpu or paper")
+        raise ConfigError(f"unknown preset {name!r}; choose tiny, cpu or paper")
     if source is not None:
         cfg = cfg.replace(data={"source": source})
     return cfg
 
 
 def apply_overrides(cfg: PipelineConfig, overrides) -> PipelineConfig:
-    """`["model.objective=next_action", "train.seed=1"]` -> new config (values parsed by type)."""
+    """`["model.objective=next_action", "ranker.realtime.seq_len=20", "ranker.mlp_dims=[256,128]"]`
+    -> new config. PATH=VALUE: PATH is the dotted path of any field of the tree, VALUE is parsed
+    by the field's type (bool: true/false/1/0/yes/no; int: digits; str: as is; lists, tuples,
+    dicts and null: JSON). A section (`ranker.realtime`) is set through its fields."""
     for item in overrides or ():
-        key, sep, raw = item.partition("=")
-        section, _, field = key.partition(".")
-        if not sep or not field or section not in _SECTIONS:
-            raise ValueError(f"bad override {item!r}: expected section.field=value with section "
-                             f"in {sorted(_SECTIONS)}")
-        types = {f.name: f.type for f in dataclasses.fields(_SECTIONS[section])}
-        if field not in types:
-            raise ValueError(f"unknown field {field!r} in {section}; known: {sorted(types)}")
-        kind = types[field] if isinstance(types[field], str) else types[field].__name__
-        value: Any = {"int": int, "float": float, "str": str,
-                      "bool": lambda s: s.lower() in ("1", "true", "yes")}[kind](raw)
-        cfg = cfg.replace(**{section: {field: value}})
+        path, sep, raw = item.partition("=")
+        path = path.strip()
+        if not sep or not path:
+            raise ConfigError(f"bad override {item!r}: expected PATH=VALUE, e.g. "
+                              f"model.objective=next_action or ranker.realtime.seq_len=20")
+        _, tp = _resolve(cfg, path)
+        value = _parse(raw, tp, path)
+        parts = path.split(".")
+        nodes = [cfg]
+        for name in parts[:-1]:
+            nodes.append(getattr(nodes[-1], name))
+        try:
+            for node, name in zip(reversed(nodes), reversed(parts)):
+                value = _replace_in(node, **{name: value})
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{path}={raw}: {e}") from None
+        cfg = value
+    return cfg
+
+
+DATA_SOURCES = ("synthetic", "movielens", "path")  # = components.data.sources.SOURCES
+
+
+def check_consistency(cfg: PipelineConfig) -> PipelineConfig:
+    """What must agree across sections before a run starts (ConfigError listing every problem).
+    Single fields are checked by their section; the data-decided sizes again by the trainer."""
+    from pipeline import features as F  # no imports of its own
+
+    problems = []
+    if cfg.data.source not in DATA_SOURCES:
+        problems.append(f"data.source must be one of {', '.join(DATA_SOURCES)}, "
+                        f"got {cfg.data.source!r}")
+    elif cfg.data.source == "path" and not cfg.data.path:
+        problems.append("data.source=path needs data.path (--data-path DIR): a directory with "
+                        "ratings.csv and movies.csv")
+    if cfg.ranker_train.enabled:
+        r = cfg.ranker
+        if r.pinnerformer_dim != cfg.model.output_dim:
+            problems.append(f"ranker.pinnerformer_dim={r.pinnerformer_dim} must equal "
+                            f"model.output_dim={cfg.model.output_dim} (the ranker reads that "
+                            f"embedding)")
+        if r.realtime.item_emb_dim != cfg.items.dim:
+            problems.append(f"ranker.realtime.item_emb_dim={r.realtime.item_emb_dim} must equal "
+                            f"items.dim={cfg.items.dim} (the ranker reads those item embeddings)")
+        if set(r.heads) != set(F.HEADS):
+            problems.append(f"ranker.heads must be the pipeline's label heads {list(F.HEADS)} "
+                            f"(any order), got {list(r.heads)}")
+        for field, allowed in (("context_categorical", RANKER_CONTEXT_CATEGORICAL),
+                               ("candidate_categorical", RANKER_CANDIDATE_CATEGORICAL)):
+            bad = [s[0] for s in getattr(r, field) if s[0] not in allowed]
+            if bad:
+                problems.append(f"ranker.{field}: the pipeline provides no feature(s) {bad}; "
+                                f"available: {list(allowed)}")
+        if r.context_numeric:
+            problems.append(f"ranker.context_numeric must be [] in the pipeline (it provides no "
+                            f"numeric context), got {list(r.context_numeric)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
     return cfg

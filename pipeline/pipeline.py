@@ -27,7 +27,9 @@ from components.ranking_example_gen import RankingExampleGen
 from components.retrieval_evaluator.component import RetrievalEvaluator
 from components.trainer import ItemAwareTrainer
 from pipeline import features as F
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, check_consistency
+from transform import pinnerformer as pinnerformer_transform
+from transform import ranker as ranker_transform
 
 PINNERFORMER_SCHEMA = os.path.join(os.path.dirname(__file__), "schema", "pinnerformer_raw.pbtxt")
 PREPROCESSING_FN = "transform.pinnerformer.preprocessing_fn"
@@ -75,6 +77,7 @@ def create_pipeline(
     ranker_schema_path: str = RANKER_SCHEMA,
 ) -> tfx.dsl.Pipeline:
     """schema paths: the curated raw schemas; on Vertex pass where the image (or GCS) has them."""
+    check_consistency(cfg)
     example_gen = EventExampleGen(input_base=dataset_dir, input_fingerprint=dataset_fingerprint,
                                   config_json=cfg.sections_json("examples"))
     validation, schema_gen, anomalies_gate = _validated(example_gen.outputs["examples"],
@@ -86,7 +89,8 @@ def create_pipeline(
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config={"seq_len": cfg.model.seq_len, "max_future": cfg.examples.max_future},
+        # The values it reads, by their place in the config (the Trainer reads the same ones).
+        custom_config={"config_json": cfg.sections_json(*pinnerformer_transform.CONFIG_PATHS)},
         splits_config=tfx.proto.SplitsConfig(analyze=["train"],
                                              transform=["train", "valid", "eval"]))
     transform.add_upstream_node(anomalies_gate)
@@ -139,7 +143,7 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
     transform = tfx.components.Transform(
         examples=ranking_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=RANKER_PREPROCESSING_FN,
-        custom_config={"seq_len": cfg.ranker.realtime.seq_len, "pf_dim": cfg.model.output_dim},
+        custom_config={"config_json": cfg.sections_json(*ranker_transform.CONFIG_PATHS)},
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
     ).with_id("TransformRanker")
     transform.add_upstream_node(gate)

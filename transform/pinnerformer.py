@@ -12,16 +12,20 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from pipeline import features as F
-from pipeline.config import PipelineConfig
+from pipeline.config import config_values
 from transform.sequence import newest_first, oldest_first, vocab_index
+
+# What this Transform reads from the config (pipeline.pipeline passes exactly these): M, the one
+# value the Trainer also builds the model with, and F, the training positives kept per anchor.
+CONFIG_PATHS = ("model.seq_len", "examples.max_future")
 
 
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Optional[Dict[str, Any]] = None):
-    """custom_config: {"seq_len": M, "max_future": F} (defaults: PipelineConfig())."""
-    default = PipelineConfig()
-    custom_config = custom_config or {}
-    m = int(custom_config.get("seq_len", default.model.seq_len))
-    f = int(custom_config.get("max_future", default.examples.max_future))
+    """custom_config: {"config_json": PipelineConfig.sections_json(*CONFIG_PATHS)} (no defaults)."""
+    if not custom_config or "config_json" not in custom_config:
+        raise ValueError("transform.pinnerformer needs custom_config={'config_json': "
+                         "cfg.sections_json(*CONFIG_PATHS)}")
+    m, f = config_values(custom_config["config_json"], *CONFIG_PATHS)
     out = {}
     seqs = {
         F.HIST_ITEM: (inputs[F.HIST_ITEM], F.PAD_ITEM),

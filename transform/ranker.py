@@ -11,9 +11,12 @@ from typing import Any, Dict, Optional
 import tensorflow as tf
 
 from pipeline import features as F
+from pipeline.config import config_values
 from transform.sequence import newest_first, vocab_index
 
-DEFAULT_SEQ_LEN = 100  # P (TransAct)
+# What this Transform reads from the config (pipeline.pipeline passes exactly these): P, the one
+# value the Trainer also builds the model with, and the PinnerFormer embedding width.
+CONFIG_PATHS = ("ranker.realtime.seq_len", "model.output_dim")
 
 
 def _scalar(x):
@@ -22,10 +25,11 @@ def _scalar(x):
 
 
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Optional[Dict[str, Any]] = None):
-    """custom_config: {"seq_len": P, "pf_dim": D}."""
-    custom_config = custom_config or {}
-    p = int(custom_config.get("seq_len", DEFAULT_SEQ_LEN))
-    pf_dim = int(custom_config["pf_dim"])
+    """custom_config: {"config_json": PipelineConfig.sections_json(*CONFIG_PATHS)} (no defaults)."""
+    if not custom_config or "config_json" not in custom_config:
+        raise ValueError("transform.ranker needs custom_config={'config_json': "
+                         "cfg.sections_json(*CONFIG_PATHS)}")
+    p, pf_dim = config_values(custom_config["config_json"], *CONFIG_PATHS)
     out = {}
     seqs = {
         F.HIST_ITEM: (inputs[F.HIST_ITEM], F.PAD_ITEM),

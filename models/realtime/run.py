@@ -1,5 +1,4 @@
 """TFX Trainer entry point for the realtime ranker (`run_fn="models.realtime.run.run_fn"`): glue."""
-import dataclasses
 import os
 
 assert os.environ.get("TF_USE_LEGACY_KERAS") == "1", "export TF_USE_LEGACY_KERAS=1 (Keras 2 only)"
@@ -14,23 +13,43 @@ from models.pinnerformer.run import make_dataset  # noqa: E402
 from models.pinnerformer.train import load_item_embeddings  # noqa: E402
 from models.realtime import ranker as R  # noqa: E402
 from models.realtime import serving_model as S  # noqa: E402
-from models.realtime.config import RankerConfig  # noqa: E402
 from pipeline import features as F  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.config import ConfigError, PipelineConfig, RankerConfig  # noqa: E402
 
 
 def ranker_config(cfg: PipelineConfig, tft_out: tft.TFTransformOutput, item_dim: int,
                   num_interests: int) -> RankerConfig:
-    """The configured ranker with the sizes the data decides (vocabularies, embedding widths)."""
+    """The configured ranker, checked against the data, with only the sizes documented as derived
+    (RankerConfig's docstring) filled in: `realtime.num_action_types` and the categoricals'
+    vocabulary sizes. A configured value the data contradicts stops the run, naming the field."""
     r = cfg.ranker
-    realtime = dataclasses.replace(
-        r.realtime, item_emb_dim=item_dim,
-        num_action_types=tft_out.vocabulary_size_by_name(F.ACTION_VOCAB))
-    surfaces = tft_out.vocabulary_size_by_name(F.SURFACE_VOCAB) + 2  # + padding + OOV
-    return dataclasses.replace(
-        r, realtime=realtime, pinnerformer_dim=cfg.model.output_dim,
-        context_categorical=(("surface", surfaces, 8), ("hour_of_day", 24, 8)),
-        candidate_categorical=(("candidate_interest", num_interests + 1, 8),))
+    problems = []
+    if r.realtime.item_emb_dim != item_dim:
+        problems.append(f"ranker.realtime.item_emb_dim={r.realtime.item_emb_dim} but the item "
+                        f"embeddings are {item_dim}-d (set it to items.dim)")
+    if r.pinnerformer_dim != cfg.model.output_dim:
+        problems.append(f"ranker.pinnerformer_dim={r.pinnerformer_dim} but model.output_dim="
+                        f"{cfg.model.output_dim}")
+    spec = tft_out.transformed_feature_spec().get(F.xf(F.HIST_ITEM))
+    width = list(getattr(spec, "shape", None) or [None])[-1]
+    if width is not None and width != r.realtime.seq_len:
+        problems.append(f"ranker.realtime.seq_len={r.realtime.seq_len} but Transform kept {width} "
+                        f"actions (its custom_config must carry the same config)")
+    if r.context_numeric:
+        problems.append(f"ranker.context_numeric={list(r.context_numeric)}: the pipeline provides "
+                        f"no numeric context")
+    vocab = {"surface": tft_out.vocabulary_size_by_name(F.SURFACE_VOCAB) + 2,  # + padding + OOV
+             "hour_of_day": 24, "candidate_interest": num_interests + 1}
+    for field in ("context_categorical", "candidate_categorical"):
+        unknown = [s[0] for s in getattr(r, field) if s[0] not in vocab]
+        if unknown:
+            problems.append(f"ranker.{field}: the pipeline provides no feature(s) {unknown}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return r.replace(
+        realtime={"num_action_types": tft_out.vocabulary_size_by_name(F.ACTION_VOCAB)},
+        context_categorical=tuple((n, vocab[n], d) for n, _, d in r.context_categorical),
+        candidate_categorical=tuple((n, vocab[n], d) for n, _, d in r.candidate_categorical))
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:

@@ -91,3 +91,43 @@ def test_warmup_cosine_schedule():
     assert lr(10) == pytest.approx(0.01) and lr(20) == pytest.approx(0.01 * (0.1 + 0.9 * 0.5))
     assert lr(30) == pytest.approx(0.001) and lr(1000) == pytest.approx(0.001)
     assert float(WarmupCosine(0.02, 0, 0)(5)) == pytest.approx(0.02)
+
+
+class _FakeTransformOutput:
+    """What models.realtime.run.ranker_config reads from tft.TFTransformOutput."""
+
+    def __init__(self, width, actions=4, surfaces=5):
+        self.width, self.sizes = width, {"action_vocab": actions, "surface_vocab": surfaces}
+
+    def vocabulary_size_by_name(self, name):
+        return self.sizes[name]
+
+    def transformed_feature_spec(self):
+        import tensorflow as tf
+        return {"hist_item_xf": tf.io.FixedLenFeature([self.width], tf.int64)}
+
+
+def test_trainer_derives_only_the_documented_sizes_and_checks_the_rest():
+    """The data decides vocabulary sizes (derived); configured widths and P are checked against
+    the data and never overwritten."""
+    from models.realtime.run import ranker_config
+    from pipeline.config import ConfigError, apply_overrides
+    from pipeline.config import preset as pipeline_preset
+    cfg = pipeline_preset("tiny")
+    r = ranker_config(cfg, _FakeTransformOutput(12, actions=3), item_dim=16, num_interests=9)
+    assert r.realtime.num_action_types == 3
+    assert r.context_categorical == (("surface", 7, 8), ("hour_of_day", 24, 8))
+    assert r.candidate_categorical == (("candidate_interest", 10, 8),)
+    assert dataclasses.replace(r, realtime=cfg.ranker.realtime,
+                               context_categorical=cfg.ranker.context_categorical,
+                               candidate_categorical=cfg.ranker.candidate_categorical) == cfg.ranker
+    dims = apply_overrides(cfg, ['ranker.context_categorical=[["surface", 7, 3]]'])
+    assert ranker_config(dims, _FakeTransformOutput(12), 16, 9).context_categorical == \
+        (("surface", 7, 3),)  # the configured embedding width stays
+    with pytest.raises(ConfigError, match="item_emb_dim=16 but the item embeddings are 32-d"):
+        ranker_config(cfg, _FakeTransformOutput(12), item_dim=32, num_interests=9)
+    with pytest.raises(ConfigError, match="seq_len=12 but Transform kept 20"):
+        ranker_config(cfg, _FakeTransformOutput(20), item_dim=16, num_interests=9)
+    with pytest.raises(ConfigError, match="ranker.pinnerformer_dim=8 but model.output_dim=32"):
+        ranker_config(apply_overrides(cfg, ["ranker.pinnerformer_dim=8"]),
+                      _FakeTransformOutput(12), item_dim=16, num_interests=9)

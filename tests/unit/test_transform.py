@@ -45,8 +45,13 @@ def transformed():
     from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.public import tfxio
 
+    from pipeline.config import PipelineConfig
     from pipeline.pipeline import PINNERFORMER_SCHEMA
-    from transform.pinnerformer import preprocessing_fn
+    from transform.pinnerformer import CONFIG_PATHS, preprocessing_fn
+
+    # M = model.seq_len = 3, F = examples.max_future = 2, as the pipeline passes them.
+    cfg = PipelineConfig().replace(model={"seq_len": 3}, examples={"max_future": 2})
+    custom_config = {"config_json": cfg.sections_json(*CONFIG_PATHS)}
 
     schema = text_format.Parse(open(PINNERFORMER_SCHEMA).read(), schema_pb2.Schema())
     tmp = tempfile.mkdtemp()
@@ -60,7 +65,7 @@ def transformed():
         raw = p | src.BeamSource()
         _, fn = ((raw, src.TensorAdapterConfig())
                  | tft_beam.AnalyzeAndTransformDataset(
-                     lambda x: preprocessing_fn(x, {"seq_len": 3, "max_future": 2}),
+                     lambda x: preprocessing_fn(x, custom_config),
                      output_record_batches=True))
         _ = fn | tft_beam.WriteTransformFn(out_dir)
     import tensorflow_transform as tft

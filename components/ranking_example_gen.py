@@ -34,7 +34,8 @@ is the blessed model's `embed_raw` output on the user's actions with timestamp <
 (its `max_history` most recent), i.e. what a daily batch job run at the start of the request's day
 would have produced; it never sees an action at or after the request (day start <= request_ts).
 It is computed once per (user, day) in batches (`EmbedUserDays` loads the SavedModel in setup())
-and joined back onto that day's requests. Users without any action before the day start get a
+and joined back onto that day's requests. The batches are a pure function of the data (see
+"Reproducibility" below). Users without any action before the day start get a
 zero vector and pf_present = 0 (`pf_user_days_without_history`, `users_without_pf_embedding`).
 The model must be blessed (ModelBlessing custom property blessed == 1), else ModelNotBlessedError.
 
@@ -51,6 +52,17 @@ int custom properties (eval_cutoff_ts too).
 
 Scale: Beam keyed by user (one user's events in memory at a time, as in EventExampleGen), then by
 (user, day) to join embeddings with requests; the embed calls are batched across users.
+
+Reproducibility (docs/status.md, "Reproducibility"): the output is the same, record for record
+and byte for byte, in every process on the same machine. A model's output for one row depends
+on the rows batched with it at the float rounding level (kernels change with the batch shape), so
+the (user, day) rows are not batched by Beam's BatchElements, which sizes batches from measured
+run times: each row goes to bucket sha256(user_id) mod ceil(#rows / EMBED_BATCH), and a bucket's
+rows, sorted by (user, day), are embedded in chunks of EMBED_BATCH. Each (user, day)'s requests
+are emitted sorted by (request_ts, request_id), and Examples are serialized deterministically
+(map fields in key order; protobuf's default order varies between processes). The order of
+(user, day) groups across the output is the runner's: fixed with the default in-memory
+DirectRunner with one worker (pipeline/runs.py DEFAULT_BEAM_ARGS), not on parallel runners.
 """
 # No `from __future__ import annotations`: the @component parser needs real annotation objects.
 import hashlib
@@ -357,6 +369,25 @@ def pad_histories(hists: List[Dict[str, np.ndarray]], width: Optional[int] = Non
     return out
 
 
+def embed_buckets(num_rows: int) -> int:
+    """Buckets for `num_rows` (user, day) rows: EMBED_BATCH rows per bucket on average."""
+    return max(1, -(-int(num_rows) // EMBED_BATCH))
+
+
+def embed_bucket(user_id: str, num_buckets: int) -> int:
+    """A user's bucket: sha256, not hash() (str hashes are salted per process)."""
+    digest = hashlib.sha256(user_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % num_buckets
+
+
+def sorted_batches(rows: Iterable[tuple], batch_size: int = EMBED_BATCH) -> Iterator[list]:
+    """One bucket's ((user, day), history) rows -> chunks of <= batch_size rows in (user, day)
+    order: the same chunks whatever order the runner delivered the rows in."""
+    rows = sorted(rows, key=lambda kv: kv[0])
+    for i in range(0, len(rows), batch_size):
+        yield rows[i:i + batch_size]
+
+
 class EmbedUserDays(beam.DoFn):
     """Batches of ((user, day), history) -> ((user, day), (embedding [D] float32, present)).
     Empty histories are not sent to the model: zeros, present = 0."""
@@ -480,7 +511,8 @@ def request_examples(user_id: str, req: dict, embedding: np.ndarray, present: in
 def _join_examples(element, cutoff) -> Iterator[tuple]:
     (user_id, day), grouped = element
     pf = list(grouped["pf"])
-    reqs = list(grouped["req"])
+    # Runners deliver a key's values in no fixed order; request ids are unique.
+    reqs = sorted(grouped["req"], key=lambda r: (r["request_ts"], r["request_id"]))
     if len(pf) != 1:
         raise RuntimeError(f"internal: {len(pf)} embeddings for user {user_id!r} day {day}")
     emb, present = pf[0]
@@ -493,7 +525,7 @@ def _join_examples(element, cutoff) -> Iterator[tuple]:
             counters[f"{F.label_key(head)}_positives_{split}"] = int(req["labels"][:, j].sum())
         yield None, None, counters
         for ex in exs:
-            yield split, ex.SerializeToString(), None
+            yield split, ex.SerializeToString(deterministic=True), None
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,9 +618,15 @@ def build_examples(p: beam.Pipeline, input_base: str, model_dir: str, cfg: Ranki
                 | "Requests" >> beam.ParDo(_UserRequests(input_base, cfg, derive, drop_invalid))
                 .with_outputs("pf", "counters", main="req"))
     counter_pcs.append(per_user.counters)
+    # Batches decided by the data alone (module docstring, "Reproducibility").
+    num_buckets = beam.pvalue.AsSingleton(
+        per_user.pf | "CountUserDays" >> beam.combiners.Count.Globally()
+        | "EmbedBuckets" >> beam.Map(embed_buckets))
     embeddings = (per_user.pf
-                  | "BatchUserDays" >> beam.BatchElements(min_batch_size=1,
-                                                          max_batch_size=EMBED_BATCH)
+                  | "KeyByBucket" >> beam.Map(lambda kv, n: (embed_bucket(kv[0][0], n), kv),
+                                              num_buckets)
+                  | "GroupBuckets" >> beam.GroupByKey()
+                  | "BatchUserDays" >> beam.FlatMap(lambda kv: sorted_batches(kv[1]))
                   | "Embed" >> beam.ParDo(EmbedUserDays(model_dir)))
     cutoff_pc = (per_user.req | "RequestTimes" >> beam.Map(lambda kv: kv[1]["request_ts"])
                  | "AllTimes" >> beam.combiners.ToList()

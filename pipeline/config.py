@@ -99,9 +99,9 @@ class ExampleGenConfig:
         used = self.eval_user_percent + self.valid_user_percent + (
             self.validation_user_percent if self.eval_users == "validation" else 0)
         if min(self.eval_user_percent, self.valid_user_percent, self.validation_user_percent) < 0 \
-                or used >= 100:
+                or used > 100:
             raise ValueError(f"examples: the user percentages (eval, valid, validation) must be "
-                             f">= 0 and leave training users, got {used} % in use")
+                             f">= 0 and add up to at most 100, got {used}")
         if self.eval_anchors_per_user < 1:
             raise ValueError(f"examples.eval_anchors_per_user must be >= 1, "
                              f"got {self.eval_anchors_per_user}")

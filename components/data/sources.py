@@ -17,7 +17,9 @@ from pipeline.config import DataConfig
 
 SOURCES = ("synthetic", "movielens", "path")
 SYNTHETIC_FIELDS = ("num_users", "num_items", "num_interests", "events_per_user", "content_dim",
-                    "seed")
+                    "seed", "temporal_dynamics", "horizon_days", "release_fraction_at_start",
+                    "popularity_half_life_days", "evergreen_fraction", "user_active_days",
+                    "interest_drift_per_session")
 
 
 def _path_inputs(cfg: DataConfig):

@@ -4,19 +4,31 @@ Why: real logs have no ground truth; here we know every user's interests, so tes
 the pipeline recovers them, and the size knob (num_users x events_per_user) scales to 10M+ events
 without holding them in memory (users are simulated in fixed chunks and streamed to shards).
 
-World model (constants below are the world's physics, not tuning knobs):
+World model (constants below are the world's physics, not tuning knobs; DataConfig holds the
+knobs of the temporal dynamics, on by default):
 - Interests have Zipf-like sizes. Items belong to 1-2 interests (primary weight 1, or 0.7/0.3),
-  have Zipf-like popularity and a latent quality; their content embedding is the normalised mix
-  of their interests' random centroids plus noise.
+  have a Zipf-like base popularity and a latent quality; their content embedding is the
+  normalised mix of their interests' random centroids plus noise.
+- Items have a lifecycle: `release_fraction_at_start` of the catalogue exists at the start
+  (released up to a year before it), the rest is released in weekly waves spread uniformly over
+  `horizon_days` (two years). Current popularity = base popularity x a curve of the item's age:
+  it rises over the first days, then halves every half-life (lognormal around
+  `popularity_half_life_days`; `evergreen_fraction` of the items decay 10x slower) down to a
+  tail of 0.5 % of its peak. Slates draw by the current popularity of the session's week, so
+  what is hot now is not what was hot a year ago, and no item is shown before its release.
 - A user has a sparse long-term mixture: 1 + Poisson(2) interests (picked by interest size),
-  Dirichlet(1) weights, zero elsewhere; plus an activity level (target engagement count,
-  lognormal with mean events_per_user) and a start day in the first quarter of the horizon.
-- Sessions over ~120 days: inter-session gaps are lognormal (hours to days, scaled to the
-  user's activity, at least 30 min); one request per session shows a slate of ~18 items: mostly
-  popular items of the session's focus interest, the rest popular items overall. The focus
-  repeats the previous session's with P_STAY (short-term persistence), otherwise comes from the
-  mixture; with P_DRIFT the second half of the slate drifts to a new random interest, which then
-  persists into the next sessions (short-term drift away from the long-term mixture).
+  Dirichlet(1) weights, zero elsewhere; an activity level (target engagement count, lognormal
+  with mean events_per_user); and an active period of weeks to months (lognormal around
+  `user_active_days`) placed uniformly within the horizon, so timelines cover different eras.
+  The mixture drifts: after each session, with probability `interest_drift_per_session`, the
+  weight of one interest (picked by weight) moves to another (picked by interest size).
+- Sessions: inter-session gaps are lognormal (at least 30 min), scaled so that the sessions the
+  user still needs fill what is left of the active period. One request per session shows a
+  slate of ~18 distinct items: mostly popular items of the session's focus interest, the rest
+  popular items overall. The focus repeats the previous session's with P_STAY (short-term
+  persistence), otherwise comes from the mixture; with P_DRIFT the second half of the slate
+  drifts to a new random interest, which then persists into the next sessions (short-term drift
+  away from the long-term mixture).
 - Engagement with a shown item depends on affinity = long-term weight of its interests
   (relative to the user's top weight) + match with the current focus + item quality: hides on
   low affinity; closeups (dwell lognormal, longer for better matches), repins (mostly after a
@@ -24,10 +36,18 @@ World model (constants below are the world's physics, not tuning knobs):
   session, views are seconds apart and engagements add their dwell time.
 - Events are the engagements (not bare impressions); impressions/ record every shown
   candidate with its labels.
+- `temporal_dynamics=false` reproduces the static world of WORLD_VERSION 1 exactly (the other
+  temporal knobs are ignored): every item exists from day 0 with its base popularity, 120 days,
+  start days in the first quarter, gaps scaled to the rest of the horizon, fixed mixtures, and a
+  repeated item shortens its slate.
 
-Ground truth: `<dir>/ground_truth/users.parquet` (user_id, mixture list<float32> over interest
-ids) and `<dir>/ground_truth/items.parquet` (item_id, popularity, quality); item interests are in
-items.parquet. The output is a deterministic function of the DataConfig (and with_impressions).
+Ground truth: `<dir>/ground_truth/users.parquet` (user_id, mixture and mixture_end:
+list<float32> over interest ids, the long-term mixture at the user's first and after the last
+session) and `<dir>/ground_truth/items.parquet` (item_id, base popularity, quality, release_ts,
+half_life_days; items of the starting catalogue have release_ts <= the world's start; the
+static world has release_ts = start and half_life_days = inf); item interests are in
+items.parquet. The output is a deterministic function of the DataConfig (and
+with_impressions).
 """
 from __future__ import annotations
 
@@ -48,9 +68,9 @@ from pipeline import features as F
 from pipeline.config import DAY_S, DataConfig
 
 # Bump whenever the simulation's output for the same DataConfig changes (invalidates caches).
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 START_TS = 1_672_531_200  # 2023-01-01T00:00:00Z
-HORIZON_DAYS = 120
+STATIC_HORIZON_DAYS = 120  # temporal_dynamics=false (the WORLD_VERSION 1 world)
 USERS_PER_CHUNK = 1024  # part of the world's definition: chunk c uses its own seeded stream
 INTEREST_ZIPF = 0.7
 ITEM_ZIPF = 0.9
@@ -68,6 +88,15 @@ GAP_SIGMA = 1.0
 MIN_GAP_S = 1800
 EVENTS_PER_SESSION_EST = 5.5  # calibrates session gaps so most users reach their target
 MAX_SESSIONS = 20_000
+# Temporal dynamics (temporal_dynamics=true).
+POP_STEP_DAYS = 7  # popularity is piecewise constant per week; releases come in weekly waves
+RISE_DAYS = 3.0  # an item's popularity rises as 1 - exp(-age / RISE_DAYS) ...
+TAIL_POPULARITY = 0.005  # ... then decays by half-lives towards this fraction of its peak
+HALF_LIFE_SIGMA = 0.5  # per-item half-life: lognormal around popularity_half_life_days
+EVERGREEN_FACTOR = 10.0  # evergreen items decay this much slower
+START_CATALOGUE_AGE_DAYS = 365  # items existing at the start were released up to this long ago
+ACTIVE_SIGMA = 0.8  # a user's active period: lognormal around user_active_days ...
+MIN_ACTIVE_DAYS = 7  # ... at least a week, at most the horizon
 
 INTEREST_NAMES = (
     "home_decor", "recipes", "womens_fashion", "diy_crafts", "travel", "beauty", "art",
@@ -115,6 +144,28 @@ class World:
     seg_cdf: np.ndarray  # [M] per-interest membership cdfs, interest k's values in (k, k+1]
     seg_item: np.ndarray  # [M] item index of each membership
     seg_end: np.ndarray  # [K] one past the last membership of each interest
+    release_day: np.ndarray  # [N] days since START_TS (<= 0: part of the starting catalogue)
+    half_life: np.ndarray  # [N] popularity half-life in days (inf: static world)
+    # Temporal dynamics only: the same tables per popularity step e (POP_STEP_DAYS), flattened
+    # step-major. Global: values e + cdf over items; per interest: e * K + k + cdf over the
+    # memberships of k. *_last: the last entry with positive mass (released items only).
+    step_s: float = 0.0
+    num_steps: int = 0
+    pop_cdf_t: Optional[np.ndarray] = None  # [E * N]
+    pop_last_t: Optional[np.ndarray] = None  # [E] flat index
+    seg_cdf_t: Optional[np.ndarray] = None  # [E * M]
+    seg_last_t: Optional[np.ndarray] = None  # [E * K] flat index
+    interest_cdf: Optional[np.ndarray] = None  # [K] cdf of interest sizes (mixture drift)
+
+
+def horizon_days(cfg: DataConfig) -> int:
+    return cfg.horizon_days if cfg.temporal_dynamics else STATIC_HORIZON_DAYS
+
+
+def lifecycle(age_days: np.ndarray, half_life: np.ndarray) -> np.ndarray:
+    """Current popularity relative to the base popularity, for ages >= 0 (days)."""
+    decay = TAIL_POPULARITY + (1.0 - TAIL_POPULARITY) * np.exp2(-age_days / half_life)
+    return -np.expm1(-age_days / RISE_DAYS) * decay
 
 
 def build_world(cfg: DataConfig) -> World:
@@ -157,8 +208,58 @@ def build_world(cfg: DataConfig) -> World:
         seg_cdf[seg_end[k] - 1] = k + 1.0
     pop_cdf = np.cumsum(popularity)
     pop_cdf[-1] = 1.0
-    return World(K, interest_pop, np.arange(1, N + 1, dtype=np.int64), item_int, item_w,
-                 popularity, quality, emb.astype(np.float32), pop_cdf, seg_cdf, m_item, seg_end)
+    world = World(K, interest_pop, np.arange(1, N + 1, dtype=np.int64), item_int, item_w,
+                  popularity, quality, emb.astype(np.float32), pop_cdf, seg_cdf, m_item, seg_end,
+                  np.zeros(N), np.full(N, np.inf))
+    if cfg.temporal_dynamics:
+        m_w = np.concatenate([item_w[:, 0], item_w[has_second, 1]])[order]
+        _add_lifecycles(world, cfg, m_item, m_w, seg_start)
+    return world
+
+
+def _add_lifecycles(world: World, cfg: DataConfig, m_item: np.ndarray, m_w: np.ndarray,
+                    seg_start: np.ndarray) -> None:
+    """Release days, half-lives and the per-step sampling tables (own random stream, so the
+    static part of the world is the same with and without dynamics). m_item, m_w: item and
+    membership weight of each membership, sorted by interest like seg_item."""
+    K, N, M = world.num_interests, len(world.item_ids), len(m_item)
+    rng = _rng(cfg.seed, 2)
+    step = POP_STEP_DAYS
+    E = max(1, int(np.ceil(cfg.horizon_days / step)))
+    at_start = rng.random(N) < cfg.release_fraction_at_start
+    at_start[:K] = True  # one item of every interest exists from the start
+    wave = rng.integers(1, max(E, 2), N)  # weekly release waves after the start
+    age0 = rng.uniform(0, START_CATALOGUE_AGE_DAYS, N)
+    release_day = np.where(at_start, -age0, wave * step).astype(np.float64)
+    if E == 1:
+        release_day = np.minimum(release_day, 0.0)
+    half_life = cfg.popularity_half_life_days * rng.lognormal(0.0, HALF_LIFE_SIGMA, N)
+    half_life *= np.where(rng.random(N) < cfg.evergreen_fraction, EVERGREEN_FACTOR, 1.0)
+    # Popularity during step e: the lifecycle at the step's midpoint, zero before release.
+    mid = (np.arange(E) + 0.5) * step
+    age = mid[:, None] - release_day[None, :]  # [E, N]
+    released = release_day[None, :] <= (mid - 0.5 * step)[:, None]
+    weight = np.where(released, world.popularity[None, :] * lifecycle(
+        np.maximum(age, 0.0), half_life[None, :]), 0.0)
+    steps = np.arange(E)[:, None]
+    c = np.cumsum(weight, axis=1)
+    pop_cdf_t = steps + c / c[:, -1:]
+    last = N - 1 - np.argmax(weight[:, ::-1] > 0, axis=1)
+    pop_last_t = np.arange(E) * N + last
+    # Per interest and step: cdf over the interest's memberships.
+    m_wt = m_w[None, :] * weight[:, m_item]  # [E, M]
+    seg_cdf_t = np.empty((E, M))
+    seg_last_t = np.empty((E, K), np.int64)
+    for k in range(K):
+        a, b = seg_start[k], world.seg_end[k]
+        ck = np.cumsum(m_wt[:, a:b], axis=1)
+        seg_cdf_t[:, a:b] = steps * K + k + ck / ck[:, -1:]
+        seg_last_t[:, k] = np.arange(E) * M + b - 1 - np.argmax(m_wt[:, a:b][:, ::-1] > 0, axis=1)
+    world.release_day, world.half_life = release_day, half_life
+    world.step_s, world.num_steps = float(step * DAY_S), E
+    world.pop_cdf_t, world.pop_last_t = pop_cdf_t.reshape(-1), pop_last_t
+    world.seg_cdf_t, world.seg_last_t = seg_cdf_t.reshape(-1), seg_last_t.reshape(-1)
+    world.interest_cdf = np.cumsum(world.interest_pop)
 
 
 def _sample_in_interest(world: World, interest: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -168,6 +269,21 @@ def _sample_in_interest(world: World, interest: np.ndarray, u: np.ndarray) -> np
 
 def _sample_popular(world: World, u: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(world.pop_cdf, u, side="right"), len(world.pop_cdf) - 1)
+
+
+def _sample_in_interest_at(world: World, interest: np.ndarray, u: np.ndarray,
+                           step: np.ndarray) -> np.ndarray:
+    """Like _sample_in_interest, by the current popularity of popularity step `step`."""
+    key = step * world.num_interests + interest
+    idx = np.minimum(np.searchsorted(world.seg_cdf_t, key + u, side="right"),
+                     world.seg_last_t[key])
+    return world.seg_item[idx - step * len(world.seg_item)]
+
+
+def _sample_popular_at(world: World, u: np.ndarray, step: np.ndarray) -> np.ndarray:
+    idx = np.minimum(np.searchsorted(world.pop_cdf_t, step + u, side="right"),
+                     world.pop_last_t[step])
+    return idx - step * len(world.item_ids)
 
 
 def _user_mixtures(rng: np.random.Generator, n: int, world: World) -> np.ndarray:
@@ -183,18 +299,29 @@ def _user_mixtures(rng: np.random.Generator, n: int, world: World) -> np.ndarray
 def _simulate_chunk(world: World, cfg: DataConfig, chunk: int, lo: int, hi: int,
                     with_impressions: bool):
     """Simulate users [lo, hi) (local indices 0..hi-lo-1); returns (events, impressions or
-    None, long-term mixtures [U, K], number of sessions). Events are sorted by user and time."""
+    None, long-term mixtures [U, K] at the start and at the end, number of sessions). Events are
+    sorted by user and time."""
     rng = _rng(cfg.seed, 1, chunk)
     U, K = hi - lo, world.num_interests
+    dynamic = cfg.temporal_dynamics
     theta = _user_mixtures(rng, U, world)
+    theta_start = theta.copy() if dynamic else theta
     theta_rel = theta / theta.max(axis=1, keepdims=True)
     theta_cdf = np.cumsum(theta, axis=1)
     target = np.maximum(3, np.round(rng.lognormal(
         np.log(cfg.events_per_user) - ACTIVITY_SIGMA ** 2 / 2, ACTIVITY_SIGMA, U))).astype(int)
-    horizon = HORIZON_DAYS * DAY_S
-    start = rng.uniform(0, 0.25 * horizon, U)
+    horizon = horizon_days(cfg) * DAY_S
+    if dynamic:
+        # An active period of weeks to months, anywhere within the horizon.
+        period = np.clip(rng.lognormal(np.log(cfg.user_active_days), ACTIVE_SIGMA, U),
+                         MIN_ACTIVE_DAYS, max(horizon_days(cfg), MIN_ACTIVE_DAYS)) * DAY_S
+        period = np.minimum(period, horizon)
+        start = rng.uniform(0, 1, U) * (horizon - period)
+    else:
+        start = rng.uniform(0, 0.25 * horizon, U)
+        period = horizon - start
     sessions_est = np.maximum(1.0, target / EVENTS_PER_SESSION_EST)
-    gap_median = 0.9 * (horizon - start) / sessions_est / np.exp(GAP_SIGMA ** 2 / 2)
+    gap_median = 0.9 * period / sessions_est / np.exp(GAP_SIGMA ** 2 / 2)
     t_next = start.copy()
     count = np.zeros(U, np.int64)
     session_no = np.zeros(U, np.int64)
@@ -221,9 +348,19 @@ def _simulate_chunk(world: World, cfg: DataConfig, chunk: int, lo: int, hi: int,
         slot_focus = np.where(slot >= drift_at[:, None], new_interest[:, None], focus[:, None])
         in_focus = rng.random((A, S)) < P_IN_FOCUS
         u = rng.random((A, S))
-        items = np.where(in_focus, _sample_in_interest(world, slot_focus, u),
-                         _sample_popular(world, u))
-        shown = slot < length[:, None]
+        if dynamic:  # by the popularity of the session's week
+            step = np.minimum(t_next[active] // world.step_s, world.num_steps - 1)
+            step = np.broadcast_to(step.astype(np.int64)[:, None], (A, S))
+            items = np.empty((A, S), np.int64)
+            items[in_focus] = _sample_in_interest_at(world, slot_focus[in_focus], u[in_focus],
+                                                     step[in_focus])
+            out = ~in_focus
+            items[out] = _sample_popular_at(world, u[out], step[out])
+            shown = np.ones((A, S), bool)
+        else:
+            items = np.where(in_focus, _sample_in_interest(world, slot_focus, u),
+                             _sample_popular(world, u))
+            shown = slot < length[:, None]
         # A slate never repeats an item: keep the first occurrence.
         order = np.argsort(np.where(shown, items, -1), axis=1, kind="stable")
         srt = np.take_along_axis(items, order, 1)
@@ -232,6 +369,8 @@ def _simulate_chunk(world: World, cfg: DataConfig, chunk: int, lo: int, hi: int,
         dup = np.zeros((A, S), bool)
         np.put_along_axis(dup, order, dup_sorted, 1)
         shown &= ~dup
+        if dynamic:  # duplicates are replaced by the next distinct candidates
+            shown &= np.cumsum(shown, axis=1) <= length[:, None]
         # Affinity and engagement.
         k1, k2 = world.item_int[items, 0], world.item_int[items, 1]
         w1, w2 = world.item_w[items, 0], world.item_w[items, 1]
@@ -282,10 +421,34 @@ def _simulate_chunk(world: World, cfg: DataConfig, chunk: int, lo: int, hi: int,
         count[active] += (hide.sum(axis=1) + closeup.sum(axis=1) + repin.sum(axis=1)
                           + click.sum(axis=1))
         session_end = t_next[active] + spent.sum(axis=1) + 5.0
-        gap = np.maximum(MIN_GAP_S, rng.lognormal(np.log(gap_median[active]), GAP_SIGMA))
+        if dynamic:
+            # Spread the sessions the user still needs (at the user's own events per session so
+            # far) over what is left of the active period.
+            eps = ((count[active] + 2 * EVENTS_PER_SESSION_EST) / (session_no[active] + 3))
+            left = np.maximum(1.0, (target[active] - count[active]) / eps)
+            remaining = np.maximum(start[active] + period[active] - session_end, MIN_GAP_S)
+            median = 0.9 * remaining / left / np.exp(GAP_SIGMA ** 2 / 2)
+        else:
+            median = gap_median[active]
+        gap = np.maximum(MIN_GAP_S, rng.lognormal(np.log(median), GAP_SIGMA))
         t_next[active] = session_end + gap
         prev_focus[active] = slot_focus[:, -1]
         session_no[active] += 1
+        if dynamic:  # long-term drift: one interest's weight moves to another interest
+            moved = active[rng.random(A) < cfg.interest_drift_per_session]
+            n = moved.size
+            if n:
+                th, r = theta[moved], np.arange(n)
+                cdf = np.cumsum(th, axis=1)
+                src = (rng.random((n, 1)) * cdf[:, -1:] < cdf).argmax(axis=1)
+                dst = np.minimum(np.searchsorted(world.interest_cdf, rng.random(n) *
+                                                 world.interest_cdf[-1], side="right"), K - 1)
+                w = th[r, src]
+                th[r, src] = 0.0
+                th[r, dst] += w
+                theta[moved] = th
+                theta_rel[moved] = th / th.max(axis=1, keepdims=True)
+                theta_cdf[moved] = np.cumsum(th, axis=1)
         active = np.flatnonzero((count < target) & (t_next < horizon) & (session_no < MAX_SESSIONS))
     events = {k: np.concatenate(v) for k, v in ev.items()}
     order = np.lexsort((events["act"], events["ts"], events["user"]))
@@ -295,7 +458,7 @@ def _simulate_chunk(world: World, cfg: DataConfig, chunk: int, lo: int, hi: int,
         imps = {k: np.concatenate(v) for k, v in im.items()}
         order = np.lexsort((imps["pos"], imps["session"], imps["user"]))
         imps = {k: v[order] for k, v in imps.items()}
-    return events, imps, theta, int(session_no.sum())
+    return events, imps, theta_start, theta, int(session_no.sum())
 
 
 def generate(out_dir: str, cfg: DataConfig, with_impressions: bool = True, *,
@@ -310,6 +473,16 @@ def generate(out_dir: str, cfg: DataConfig, with_impressions: bool = True, *,
                          f"({cfg.num_interests}) so that every interest has items")
     if cfg.events_per_user < 1 or cfg.content_dim < 1:
         raise ValueError("events_per_user and content_dim must be >= 1")
+    if cfg.temporal_dynamics:
+        if cfg.horizon_days < 1:
+            raise ValueError(f"horizon_days must be >= 1, got {cfg.horizon_days}")
+        for name in ("release_fraction_at_start", "evergreen_fraction",
+                     "interest_drift_per_session"):
+            if not 0.0 <= getattr(cfg, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+        for name in ("popularity_half_life_days", "user_active_days"):
+            if not getattr(cfg, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
     t_begin = time.time()
     os.makedirs(out_dir, exist_ok=True)
     E.clear_dataset(out_dir)
@@ -320,9 +493,13 @@ def generate(out_dir: str, cfg: DataConfig, with_impressions: bool = True, *,
     os.makedirs(gt_dir, exist_ok=True)
     pq.write_table(pa.table({"item_id": pa.array(world.item_ids),
                              "popularity": pa.array(world.popularity),
-                             "quality": pa.array(world.quality)}),
+                             "quality": pa.array(world.quality),
+                             "release_ts": pa.array(START_TS + np.round(
+                                 world.release_day * DAY_S).astype(np.int64)),
+                             "half_life_days": pa.array(world.half_life)}),
                    os.path.join(gt_dir, "items.parquet"))
-    users_schema = pa.schema([("user_id", pa.string()), ("mixture", pa.list_(pa.float32()))])
+    users_schema = pa.schema([("user_id", pa.string()), ("mixture", pa.list_(pa.float32())),
+                              ("mixture_end", pa.list_(pa.float32()))])
     action_names = np.array(F.ACTIONS, dtype=object)
     surface_names = np.array(F.SURFACES, dtype=object)
     action_counts = np.zeros(len(F.ACTIONS), np.int64)
@@ -336,8 +513,8 @@ def generate(out_dir: str, cfg: DataConfig, with_impressions: bool = True, *,
             pq.ParquetWriter(os.path.join(gt_dir, "users.parquet"), users_schema))
         for chunk, lo in enumerate(range(0, cfg.num_users, USERS_PER_CHUNK)):
             hi = min(cfg.num_users, lo + USERS_PER_CHUNK)
-            ev, imps, theta, n_sessions = _simulate_chunk(world, cfg, chunk, lo, hi,
-                                                          with_impressions)
+            ev, imps, theta, theta_end, n_sessions = _simulate_chunk(world, cfg, chunk, lo, hi,
+                                                                     with_impressions)
             uids = user_ids(lo, hi, cfg.num_users)
             actions = action_names[ev["act"]]
             ev_writer.write({"user_id": uids[ev["user"]], "item_id": world.item_ids[ev["item"]],
@@ -349,9 +526,10 @@ def generate(out_dir: str, cfg: DataConfig, with_impressions: bool = True, *,
                 ts_min, ts_max = min(ts_min, int(ev["ts"].min())), max(ts_max, int(ev["ts"].max()))
             offsets = (np.arange(hi - lo + 1) * cfg.num_interests).astype(np.int32)
             users_writer.write_table(pa.Table.from_arrays(
-                [pa.array(uids, pa.string()),
-                 pa.ListArray.from_arrays(pa.array(offsets),
-                                          pa.array(theta.astype(np.float32).reshape(-1)))],
+                [pa.array(uids, pa.string())] + [
+                    pa.ListArray.from_arrays(pa.array(offsets),
+                                             pa.array(th.astype(np.float32).reshape(-1)))
+                    for th in (theta, theta_end)],
                 schema=users_schema))
             if imp_writer is not None:
                 # Rows are grouped by (user, session): name each request once, then repeat.
@@ -387,8 +565,8 @@ def generate(out_dir: str, cfg: DataConfig, with_impressions: bool = True, *,
         },
         "events_per_user": n_events / cfg.num_users,
         "time_range": [ts_min, ts_max] if n_events else None,
-        "world": {"version": WORLD_VERSION, "start_ts": START_TS, "horizon_days": HORIZON_DAYS,
-                  "users_per_chunk": USERS_PER_CHUNK},
+        "world": {"version": WORLD_VERSION, "start_ts": START_TS,
+                  "horizon_days": horizon_days(cfg), "users_per_chunk": USERS_PER_CHUNK},
     }
     E.write_dataset_manifest(out_dir, summary)
     return summary
@@ -406,12 +584,16 @@ def main(argv=None) -> int:
     p.add_argument("--events-per-user", type=int, default=d.events_per_user)
     p.add_argument("--content-dim", type=int, default=d.content_dim)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--horizon-days", type=int, default=d.horizon_days)
+    p.add_argument("--static", action="store_true",
+                   help="the static world (temporal_dynamics=false, WORLD_VERSION 1)")
     p.add_argument("--shard-rows", type=int, default=1_000_000)
     p.add_argument("--no-impressions", action="store_true", help="skip impressions/")
     a = p.parse_args(argv)
     cfg = DataConfig(source="synthetic", num_users=a.num_users, num_items=a.num_items,
                      num_interests=a.num_interests, events_per_user=a.events_per_user,
-                     content_dim=a.content_dim, seed=a.seed)
+                     content_dim=a.content_dim, seed=a.seed, horizon_days=a.horizon_days,
+                     temporal_dynamics=not a.static)
 
     def report(s):
         print(f"users {s['users']}/{s['num_users']}  events {s['events']:,}  "

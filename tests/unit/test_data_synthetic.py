@@ -1,9 +1,14 @@
-"""Synthetic world: determinism, streaming shards, and agreement with its own ground truth."""
+"""Synthetic world: determinism, streaming shards, agreement with its own ground truth, and its
+temporal dynamics (releases, rising and decaying popularity, drifting interests)."""
 import dataclasses
+import glob
+import hashlib
 import os
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -64,7 +69,7 @@ def test_size_and_time_shape(world):
     assert per_user.std() > 0.3 * per_user.mean()  # heterogeneous activity
     t0 = synthetic.START_TS
     assert ev["timestamp"].min() >= t0
-    assert ev["timestamp"].max() <= t0 + (synthetic.HORIZON_DAYS + 1) * DAY_S
+    assert ev["timestamp"].max() <= t0 + (synthetic.horizon_days(CFG) + 1) * DAY_S
     # Sessions (requests) are >= 30 min apart; engagements within a session seconds to minutes.
     req = world["imps"].groupby("request_id").agg(user=("user_id", "first"),
                                                   ts=("timestamp", "first"))
@@ -154,16 +159,25 @@ def test_deterministic_per_seed(world, tmp_path):
 def test_rejects_impossible_worlds(tmp_path):
     with pytest.raises(ValueError, match="num_items"):
         synthetic.generate(str(tmp_path), dataclasses.replace(CFG, num_items=4))
+    with pytest.raises(ValueError, match="release_fraction_at_start"):
+        synthetic.generate(str(tmp_path), dataclasses.replace(CFG, release_fraction_at_start=1.5))
+    with pytest.raises(ValueError, match="popularity_half_life_days"):
+        synthetic.generate(str(tmp_path), dataclasses.replace(CFG, popularity_half_life_days=0.0))
 
 
 def test_cli_prints_progress(tmp_path, capsys):
     out = str(tmp_path / "cli")
     rc = synthetic.main(["--out", out, "--num-users", "30", "--num-items", "50",
                          "--num-interests", "4", "--events-per-user", "10", "--content-dim", "4",
-                         "--seed", "1", "--shard-rows", "100", "--no-impressions"])
+                         "--seed", "1", "--shard-rows", "100", "--no-impressions",
+                         "--horizon-days", "60"])
     err = capsys.readouterr().err
     assert rc == 0 and "events/s" in err and "users 30/30" in err
-    assert E.read_dataset_manifest(out)["counts"]["users"] == 30
+    manifest = E.read_dataset_manifest(out)
+    assert manifest["counts"]["users"] == 30 and manifest["world"]["horizon_days"] == 60
+    assert synthetic.main(["--out", out, "--num-users", "5", "--static", "--no-impressions"]) == 0
+    manifest = E.read_dataset_manifest(out)
+    assert not manifest["config"]["temporal_dynamics"] and manifest["world"]["horizon_days"] == 120
 
 
 def test_prepare_dataset_is_idempotent(tmp_path, monkeypatch):
@@ -185,3 +199,155 @@ def test_prepare_dataset_is_idempotent(tmp_path, monkeypatch):
     assert E.read_dataset_manifest(out)["fingerprint"] != first["fingerprint"]
     with pytest.raises(ValueError, match="unknown data.source"):
         sources.prepare_dataset(dataclasses.replace(cfg, source="kafka"), out)
+
+
+# ---- Temporal dynamics --------------------------------------------------------------------------
+
+def _gt_items(d):
+    return pq.read_table(os.path.join(d, "ground_truth", "items.parquet")).to_pandas()
+
+
+def test_no_engagement_or_impression_before_release(world):
+    gt = _gt_items(world["dir"]).set_index("item_id")
+    release = gt["release_ts"]
+    t0, horizon = synthetic.START_TS, synthetic.horizon_days(CFG) * DAY_S
+    assert ((release > t0).mean() > 0.6) and (release < t0 + horizon).all()
+    assert (release <= t0).sum() >= CFG.num_interests  # a starting catalogue in every interest
+    for df in (world["ev"], world["imps"]):
+        assert (df["timestamp"].to_numpy() >= release.loc[df["item_id"]].to_numpy()).all()
+    # Not vacuous: most engagements are with items released during the world.
+    assert (release.loc[world["ev"]["item_id"]].to_numpy() > t0).mean() > 0.5
+
+
+def test_lifecycle_rises_then_decays():
+    age = np.array([0.0, 1.0, 7.0, 30.0, 120.0, 365.0])
+    life = synthetic.lifecycle(age, np.full(6, 30.0))
+    assert life[0] == 0.0 and life[1] < life[2] and np.argmax(life) == 2
+    assert life[4] < 0.1 * life[2] and life[5] < 0.01
+    evergreen = synthetic.lifecycle(age, np.full(6, 30.0 * synthetic.EVERGREEN_FACTOR))
+    assert evergreen[5] > 0.3
+
+
+DYN = DataConfig(source="synthetic", num_users=300, num_items=600, num_interests=8,
+                 events_per_user=100, content_dim=4, seed=7)
+
+
+def _positives(d):
+    ev = _read_all(E.event_shards(d), E.read_event_shard)
+    return ev[E.is_positive(ev["action"], ev["duration"])]
+
+
+@pytest.fixture(scope="module")
+def dynamics(tmp_path_factory):
+    """The same small world with default dynamics, without interest drift, and static."""
+    out = {}
+    for name, cfg in (("default", DYN), ("no_drift", dataclasses.replace(
+            DYN, interest_drift_per_session=0.0)), ("static", dataclasses.replace(
+            DYN, temporal_dynamics=False))):
+        d = str(tmp_path_factory.mktemp(f"dyn_{name}"))
+        synthetic.generate(d, cfg, with_impressions=False)
+        users = pq.read_table(os.path.join(d, "ground_truth", "users.parquet")).to_pandas()
+        out[name] = dict(dir=d, cfg=cfg, pos=_positives(d), users=users,
+                         interests=E.item_arrays(d)[2])
+    return out
+
+
+def _top_items(pos, cfg, lo, hi, k=50):
+    day = (pos["timestamp"] - synthetic.START_TS) / DAY_S
+    h = synthetic.horizon_days(cfg)
+    sel = pos[(day >= lo * h) & (day < hi * h)]
+    return set(sel["item_id"].value_counts().index[:k])
+
+
+def test_popularity_as_of_time_differs_from_all_time(dynamics):
+    """What is hot in the last 10 % of the horizon is not what was hot in the first 30 %."""
+    overlap = {name: len(_top_items(w["pos"], w["cfg"], 0.0, 0.3)
+                         & _top_items(w["pos"], w["cfg"], 0.9, 1.0))
+               for name, w in dynamics.items()}
+    assert overlap["default"] <= 15, overlap
+    assert overlap["static"] >= 20, overlap
+
+
+def test_users_are_active_in_periods_across_the_horizon(dynamics):
+    w = dynamics["default"]
+    g = w["pos"].groupby("user_id")["timestamp"]
+    span_days = (g.max() - g.min()) / DAY_S
+    first_day = (g.min() - synthetic.START_TS) / DAY_S
+    h = synthetic.horizon_days(DYN)
+    assert h == 730
+    assert 20 < span_days.median() < 0.25 * h
+    assert (first_day < 0.25 * h).mean() > 0.1 and (first_day > 0.5 * h).mean() > 0.3
+
+
+def _thirds_distance(w, min_positives=45):
+    """Mean total-variation distance between the engaged-interest distributions of the first and
+    the last third of each long user's positives."""
+    pos = w["pos"].sort_values(["user_id", "timestamp"], kind="stable")
+    primary = w["interests"][pos["item_id"].to_numpy() - 1, 0]
+    K = w["cfg"].num_interests
+    dist = []
+    for idx in pos.groupby("user_id").indices.values():
+        if len(idx) < min_positives:
+            continue
+        n = len(idx) // 3
+        first = np.bincount(primary[idx[:n]], minlength=K) / n
+        last = np.bincount(primary[idx[-n:]], minlength=K) / n
+        dist.append(0.5 * np.abs(first - last).sum())
+    assert len(dist) > 50
+    return float(np.mean(dist))
+
+
+def test_interests_drift(dynamics):
+    drift, still = dynamics["default"], dynamics["no_drift"]
+    assert _thirds_distance(drift) > _thirds_distance(still) + 0.07
+    # Ground truth records the mixture at the start and at the end.
+    for w, moved in ((drift, True), (still, False)):
+        start = np.stack(w["users"]["mixture"].to_numpy())
+        end = np.stack(w["users"]["mixture_end"].to_numpy())
+        np.testing.assert_allclose(end.sum(axis=1), 1.0, atol=1e-5)
+        changed = np.abs(start - end).sum(axis=1) > 1e-6
+        assert (0.15 < changed.mean() < 0.9) if moved else not changed.any()
+
+
+def _content_hash(d):
+    """sha256 of a dataset's contents (not of its parquet bytes, which depend on the writer)."""
+    h = hashlib.sha256()
+
+    def table(paths, columns=None):
+        return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
+
+    tables = [
+        table(sorted(glob.glob(os.path.join(d, "events", "*.parquet")))),
+        table(sorted(glob.glob(os.path.join(d, "impressions", "*.parquet")))),
+        table([os.path.join(d, "items.parquet")]),
+        # The ground-truth columns WORLD_VERSION 1 wrote (later versions add columns).
+        table([os.path.join(d, "ground_truth", "users.parquet")], ["user_id", "mixture"]),
+        table([os.path.join(d, "ground_truth", "items.parquet")],
+              ["item_id", "popularity", "quality"]),
+    ]
+    for t in tables:
+        for name in t.column_names:
+            col = t.column(name).combine_chunks()
+            h.update(name.encode())
+            if pa.types.is_list(col.type):
+                h.update(pc.list_value_length(col).to_numpy().astype(np.int64).tobytes())
+                col = pc.list_flatten(col)
+            if pa.types.is_string(col.type):
+                h.update("\0".join(col.to_pylist()).encode())
+            else:
+                h.update(col.to_numpy().tobytes())
+    with open(os.path.join(d, "interests.json"), "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()
+
+
+def test_static_world_reproduces_world_version_1(tmp_path):
+    # Pins WORLD_VERSION 1's static world: this hash was computed with the code of
+    # WORLD_VERSION 1 (before temporal dynamics existed) on this config; temporal_dynamics=false
+    # must keep reproducing it exactly.
+    cfg = DataConfig(source="synthetic", num_users=50, num_items=300, num_interests=8,
+                     events_per_user=40, content_dim=8, seed=5, temporal_dynamics=False)
+    synthetic.generate(str(tmp_path), cfg, shard_rows=500)
+    assert len(E.event_shards(str(tmp_path))) > 1
+    assert _content_hash(str(tmp_path)) == (
+        "e9328a456854a5be6ff9501a5f053d46c10a03deda92c0eaf0879cf5c38bd6cf")

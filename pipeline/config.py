@@ -154,14 +154,17 @@ class PinnerFormerConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 64
-    train_steps: int = 1000
+    # An upper bound: training stops early on the validation users' loss. Chosen on a
+    # validation split of ML-100K training users (docs/status.md): the fixed 1000 steps at
+    # 1e-3 overfit after ~300 steps there, while larger data sets need more steps.
+    train_steps: int = 3000
     eval_steps: int = 20
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     # > 0: stop when the validation split's loss has not improved for this many epochs of
     # `steps_per_epoch` steps and keep the best epoch's weights (0: train all train_steps).
-    early_stopping_patience: int = 0
+    early_stopping_patience: int = 3
     steps_per_epoch: int = 100
     seed: int = 0
 
@@ -177,7 +180,8 @@ class RetrievalEvalConfig:
     max_recall_drop: float = 0.0
     gate_confidence: float = 0.95
     # The candidate must beat the stronger popularity baseline: relative lift in recall@k >
-    # this. Set to a large negative number to switch the check off.
+    # min_lift_over_popularity (require_beating_popularity=false: reported, not gated).
+    require_beating_popularity: bool = True
     min_lift_over_popularity: float = 0.0
     popularity_window_days: int = 30  # trailing-window popularity baseline (besides all time)
     cooccurrence_history: int = 50  # recent positives that query the co-occurrence baseline
@@ -226,7 +230,9 @@ class RankerEvalConfig:
     max_auc_drop: float = 0.01  # candidate AUC may not fall below baseline - this (per head)
     max_hit_drop: float = 0.05
     # RankerBaselineCheck: HIT@k/repin and AUC/repin must beat popularity as of the request and
-    # the PinnerFormer dot product by more than this relative lift (large negative: off).
+    # the PinnerFormer dot product by more than this relative lift
+    # (require_beating_baselines=false: reported, not gated).
+    require_beating_baselines: bool = True
     min_lift_over_baselines: float = 0.0
     popularity_window_days: int = 30
 
@@ -801,7 +807,10 @@ def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
                                      sketch_width=512, dropout=0.0),
             train=TrainConfig(batch_size=32, train_steps=60, eval_steps=2, warmup_steps=10,
                               learning_rate=3e-3),
-            eval=RetrievalEvalConfig(min_recall=0.0),
+            # Seconds-scale models lose to popularity on this world (measured: Recall@10 0.045
+            # vs 0.28), so the tiny preset reports the baselines without gating on them; the
+            # e2e tests switch the gates on explicitly to check that they refuse.
+            eval=RetrievalEvalConfig(min_recall=0.0, require_beating_popularity=False),
             # Higher learning rates collapse this small ranker to constant scores (AUC 0.5).
             # The pipeline provides no numeric context; sizes match items.dim / model.output_dim.
             ranker=ranker_tiny().replace(
@@ -810,7 +819,8 @@ def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
                 context_categorical=(("surface", 7, 8), ("hour_of_day", 24, 8)),
                 candidate_categorical=(("candidate_interest", 9, 8),)),
             ranker_train=RankerTrainConfig(train_steps=2000, eval_steps=2),
-            ranker_eval=RankerEvalConfig(min_auc=0.54, min_auc_other=0.0),
+            ranker_eval=RankerEvalConfig(min_auc=0.54, min_auc_other=0.0,
+                                         require_beating_baselines=False),
         )
     elif name == "cpu":
         cfg = PipelineConfig(preset="cpu")
@@ -824,7 +834,7 @@ def preset(name: str, source: Optional[str] = None) -> PipelineConfig:
                                      num_sampled_positions=32, num_random_negatives=8192,
                                      sketch_width=1 << 20),
             train=TrainConfig(batch_size=128, train_steps=20000, warmup_steps=2000,
-                              learning_rate=5e-4),
+                              learning_rate=5e-4, steps_per_epoch=1000),
             ranker=ranker_paper().replace(realtime={"item_emb_dim": 256}),  # = items.dim
             ranker_train=RankerTrainConfig(train_steps=50000, eval_steps=200),
         )

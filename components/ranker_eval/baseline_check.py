@@ -119,9 +119,10 @@ def compare(scores: Dict[str, np.ndarray], labels: np.ndarray, request_id: np.nd
 
 
 def decide(metrics: Dict[str, Dict[str, float]], k: int, min_lift: float,
-           tfma_blessed: bool) -> dict:
+           tfma_blessed: bool, required: bool = True) -> dict:
     """Blessed iff TFMA blessed and the candidate beats popularity (the stronger of the
-    popularity rankers by HIT@k) and the PinnerFormer dot product on HIT@k and AUC."""
+    popularity rankers by HIT@k) and the PinnerFormer dot product on HIT@k and AUC (those two
+    checks only when `required`; the lifts are reported either way)."""
     reasons = [] if tfma_blessed else ["TFMA Evaluator did not bless the candidate "
                                        "(value or change thresholds)"]
     pops = [n for n in metrics if n.startswith("popularity_")]
@@ -133,11 +134,11 @@ def decide(metrics: Dict[str, Dict[str, float]], k: int, min_lift: float,
             base = metrics[name][key]
             lift = cand[key] / base - 1.0 if base > 0 else float("inf")
             lifts[f"{key} vs {name}"] = lift
-            if not lift > min_lift:
+            if required and not lift > min_lift:
                 reasons.append(f"{key}/{HEAD} {cand[key]:.4f} does not beat {name}'s "
                                f"{base:.4f} (lift {lift:+.1%} <= {min_lift:+.1%})")
     return {"blessed": not reasons, "reasons": reasons, "popularity": pop, "lifts": lifts,
-            "thresholds": {"k": k, "min_lift_over_baselines": min_lift}}
+            "thresholds": {"k": k, "min_lift_over_baselines": min_lift if required else None}}
 
 
 def write_report(out_dir: str, metrics: dict, gate: dict, num_requests: int) -> None:
@@ -183,7 +184,8 @@ def RankerBaselineCheck(
                        read_positives(input_base, item_ids), item_ids, cfg.popularity_window_days)
     metrics = compare(scores, req["label"], req["request_id"], cfg.hit_k)
     tfma_blessed = tf.io.gfile.exists(os.path.join(tfma_blessing.uri, BLESSED_FILE))
-    gate = decide(metrics, cfg.hit_k, cfg.min_lift_over_baselines, tfma_blessed)
+    gate = decide(metrics, cfg.hit_k, cfg.min_lift_over_baselines, tfma_blessed,
+                  required=cfg.require_beating_baselines)
     write_report(evaluation.uri, metrics, gate, len(np.unique(req["request_id"])))
     blessed = bool(gate["blessed"])
     blessing.set_int_custom_property("blessed", int(blessed))

@@ -139,7 +139,9 @@ def RetrievalEvaluator(
     gate = report.gate_decision(methods, comparison, k=cfg.k, min_recall=cfg.min_recall,
                                 min_coverage=cfg.min_coverage,
                                 max_recall_drop=cfg.max_recall_drop,
-                                min_lift_over_popularity=cfg.min_lift_over_popularity,
+                                min_lift_over_popularity=(cfg.min_lift_over_popularity
+                                                          if cfg.require_beating_popularity
+                                                          else None),
                                 confidence=cfg.gate_confidence)
     report.write_report(evaluation.uri, methods, comparison, gate)
     logging.info("RetrievalEvaluator: %s; %s", "blessed" if gate["blessed"] else "NOT blessed",

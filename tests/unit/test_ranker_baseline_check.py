@@ -50,3 +50,8 @@ def test_compare_uses_request_level_hit_and_auc():
     # AUC pools all examples like TFMA: the positive at 2.0 ties one negative -> 7.5 / 8
     assert m["candidate"] == {"hit@1": 1.0, "auc": 0.9375}
     assert m["flat"]["auc"] == 0.5
+
+
+def test_not_required_reports_but_does_not_gate():
+    g = bc.decide(_metrics(0.2, 0.5), 3, 0.0, tfma_blessed=True, required=False)
+    assert g["blessed"] and g["lifts"]["hit@3 vs popularity_30d"] < 0

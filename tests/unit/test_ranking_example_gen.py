@@ -613,3 +613,43 @@ def test_embed_dofn_feeds_a_fixed_width_signature_the_newest_actions(tmp_path):
     np.testing.assert_array_equal(a, b)
     x = rg.pad_histories([newest], T.SEQ_LEN)
     assert x[F.HIST_ITEM].shape == (1, T.SEQ_LEN) and x["hist_len"].tolist() == [T.SEQ_LEN]
+
+
+# --------------------------------------------------------------------------------------------
+# Reproducibility (docs/status.md, "Reproducibility")
+
+def test_embed_batches_depend_on_the_data_only():
+    """Buckets by sha256 (not the per-process salted hash()) and chunks sorted by (user, day):
+    the same batches whatever order Beam delivers the rows in."""
+    rows = [((f"u{u:03d}", d), {"n": u * 10 + d}) for u in range(40) for d in range(3)]
+    assert rg.embed_buckets(0) == 1 and rg.embed_buckets(rg.EMBED_BATCH) == 1
+    assert rg.embed_buckets(rg.EMBED_BATCH + 1) == 2
+    assert rg.embed_bucket("u007", 5) == 4  # pinned: sha256("u007") mod 5
+    rng = np.random.default_rng(0)
+    want = list(rg.sorted_batches(rows, 7))
+    for _ in range(3):
+        shuffled = [rows[i] for i in rng.permutation(len(rows))]
+        assert list(rg.sorted_batches(shuffled, 7)) == want
+    assert [len(b) for b in want] == [7] * 17 + [1]
+    assert [kv[0] for b in want for kv in b] == sorted(kv[0] for kv in rows)
+
+
+def test_requests_of_a_user_day_come_out_sorted_and_serialized_deterministically():
+    emb = np.zeros(3, np.float32)
+
+    def req(rid, ts):
+        return {"request_id": rid, "request_ts": ts, "surface": "homefeed",
+                "cand_item": np.array([1, 2]), "labels": np.zeros((2, len(F.HEADS)), np.int64),
+                "hist": {name: np.zeros(0, rg._DTYPES[name]) for name in rg._HIST}}
+
+    reqs = [req("b", 20), req("a", 20), req("c", 10)]
+    element = (("u", 0), {"pf": [(emb, 0)], "req": reqs})
+    out = [x for x in rg._join_examples(element, cutoff=10 ** 9) if x[1] is not None]
+    import tensorflow as tf
+    parsed = [tf.train.Example.FromString(x[1]) for x in out]
+    assert [p.features.feature[F.REQUEST_ID].bytes_list.value[0] for p in parsed] == [
+        b"c", b"c", b"a", b"a", b"b", b"b"]
+    assert all(x[1] == p.SerializeToString(deterministic=True) for x, p in zip(out, parsed))
+    again = [x for x in rg._join_examples((("u", 0), {"pf": [(emb, 0)], "req": reqs[::-1]}),
+                                          cutoff=10 ** 9) if x[1] is not None]
+    assert again == out

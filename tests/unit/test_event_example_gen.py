@@ -67,7 +67,7 @@ def test_user_examples_history_strictly_before_anchor_and_window():
 
 
 def test_eval_user_gets_one_anchor_and_split_is_stable():
-    cfg = ExampleGenConfig(eval_user_percent=100, anchors_per_user=5)
+    cfg = ExampleGenConfig(eval_user_percent=100, valid_user_percent=0, anchors_per_user=5)
     events = [(i, "repin", i * 100, 0.0, "homefeed") for i in range(1, 10)]
     a = list(eg.user_examples("u1", _rows(events), cfg, data_end=10_000_000))
     b = list(eg.user_examples("u1", _rows(events), cfg, data_end=10_000_000))
@@ -165,7 +165,7 @@ def test_out_of_time_cut_and_several_eval_anchors():
     d = DAY_S
     events = [(1 + i % 5, "repin", i * d, 0.0, "homefeed") for i in range(100)]
     cut = 50 * d
-    cfg = ExampleGenConfig(eval_user_percent=100, eval_anchors_per_user=3)
+    cfg = ExampleGenConfig(eval_user_percent=100, valid_user_percent=0, eval_anchors_per_user=3)
     out = list(eg.user_examples("u", _rows(events), cfg, data_end=99 * d, cut=cut))
     anchors = [ex.features.feature[F.ANCHOR_TS].int64_list.value[0] for _, ex, _ in out]
     assert len(anchors) == 3 and all(t >= cut for t in anchors)

@@ -23,6 +23,7 @@ from components.event_example_gen import EventExampleGen
 from components.item_embedding_gen import ItemEmbeddingGen
 from components.ranker_eval.baseline_check import RankerBaselineCheck
 from components.ranker_eval.eval_config import ranker_eval_config
+from components.ranker_eval.evaluator import RankerEvaluator
 from components.ranking_example_gen import RankingExampleGen
 from components.retrieval_evaluator.component import RetrievalEvaluator
 from components.trainer import ItemAwareTrainer
@@ -162,7 +163,7 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
     resolver = _latest_blessed("RankerTrainer", "RankerBaselineCheck",
                                "latest_blessed_ranker_resolver")
     e = cfg.ranker_eval
-    evaluator = tfx.components.Evaluator(
+    evaluator = RankerEvaluator(  # the stock Evaluator with reproducible batches
         examples=ranking_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=resolver.outputs["model"],
         eval_config=ranker_eval_config(

@@ -56,24 +56,9 @@ def _data_key(cfg: PipelineConfig) -> str:
     return d.source
 
 
-def deterministic_batching() -> None:
-    """TFXIO sources (Transform, StatisticsGen, the Evaluator's TFMA) batch records by byte size
-    (up to 20 MiB / 8192 records) instead of Beam's BatchElements tuned on measured run times.
-    The TFMA Evaluator scores the model batch by batch and a model's output for one row changes
-    with the rows batched with it at the float rounding level, so time-tuned batches made the
-    ranker's metrics differ between runs (docs/status.md, "Reproducibility"). Process-wide: it
-    sets the default of tfx_bsl's `--tfxio_use_byte_size_batching` flag (an explicit flag wins)
-    in the process that runs the components (LocalDagRunner, BeamDagRunner's DirectRunner)."""
-    from absl import flags
-    from tfx_bsl.coders import batch_util  # noqa: F401  (defines the flag)
-    flags.FLAGS.set_default("tfxio_use_byte_size_batching", True)
-
-
 def build(cfg: PipelineConfig, paths: RunPaths, beam_args: Optional[List[str]] = None,
           enable_cache: bool = True) -> tfx.dsl.Pipeline:
-    """Prepares the data set (idempotent) and returns the pipeline for any runner (which then
-    runs its components in this process with deterministic_batching())."""
-    deterministic_batching()
+    """Prepares the data set (idempotent) and returns the pipeline for any runner."""
     dataset_dir = prepare_dataset(cfg.data, paths.data_dir)
     return create_pipeline(
         cfg, pipeline_root=paths.pipeline_root, dataset_dir=dataset_dir,

@@ -222,13 +222,20 @@ class RankerTrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RankerEvalConfig:
-    """TFMA gate of the ranker: value thresholds plus change thresholds vs the last blessed one."""
+    """The ranker's gate: TFMA value thresholds, then RankerBaselineCheck (non-learned rankers
+    and the last blessed ranker, paired over requests)."""
     hit_k: int = 3
     min_auc: float = 0.55  # lower bound on AUC of the repin and closeup heads
     min_auc_other: float = 0.5  # click and hide: weak signals on MovieLens (3-star "short click")
     min_hit_repin: float = 0.0  # HIT@k/repin lower bound
-    max_auc_drop: float = 0.01  # candidate AUC may not fall below baseline - this (per head)
+    # vs the last blessed ranker on the same requests: refused only when AUC (any head) or
+    # HIT@k/repin is worse by more than these with `gate_confidence` (paired bootstrap over
+    # requests), not on a point difference.
+    max_auc_drop: float = 0.01
     max_hit_drop: float = 0.05
+    gate_confidence: float = 0.95
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
     # RankerBaselineCheck: HIT@k/repin and AUC/repin must beat popularity as of the request and
     # the PinnerFormer dot product by more than this relative lift
     # (require_beating_baselines=false: reported, not gated).

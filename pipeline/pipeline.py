@@ -163,6 +163,8 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
     resolver = _latest_blessed("RankerTrainer", "RankerBaselineCheck",
                                "latest_blessed_ranker_resolver")
     e = cfg.ranker_eval
+    # TFMA gates on value thresholds and reports the diffs to the last blessed ranker; the
+    # change decision itself is RankerBaselineCheck's paired test (point diffs are noise).
     evaluator = RankerEvaluator(  # the stock Evaluator with reproducible batches
         examples=ranking_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=resolver.outputs["model"],
@@ -170,15 +172,15 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
             F.HEADS, k=e.hit_k,
             min_auc={"repin": e.min_auc, "closeup": e.min_auc, "click": e.min_auc_other,
                      "hide": e.min_auc_other},
-            min_hit={"repin": e.min_hit_repin}, max_auc_drop=e.max_auc_drop,
-            max_hit_drop=e.max_hit_drop),
+            min_hit={"repin": e.min_hit_repin}, max_auc_drop=None, max_hit_drop=None),
         example_splits=["eval"],
     ).with_id("RankerEvaluator")
     check = RankerBaselineCheck(
         examples=ranking_gen.outputs["examples"], model=trainer.outputs["model"],
         pinnerformer=pf_trainer.outputs["model"], tfma_blessing=evaluator.outputs["blessing"],
         item_embeddings=item_embedding_gen.outputs["item_embeddings"], input_base=dataset_dir,
-        input_fingerprint=dataset_fingerprint, config_json=cfg.sections_json("ranker_eval"))
+        input_fingerprint=dataset_fingerprint, config_json=cfg.sections_json("ranker_eval"),
+        baseline_model=resolver.outputs["model"])
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=check.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

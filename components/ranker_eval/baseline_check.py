@@ -9,16 +9,22 @@ requests with
   "popularity"),
 - the PinnerFormer dot product alone: <pf_embedding as of the previous day, item tower(candidate)>
   from the PinnerFormer model that built the examples,
-and blesses only when TFMA blessed the candidate *and* it beats both non-learned rankers on
-HIT@k/repin and AUC/repin by more than `ranker_eval.min_lift_over_baselines` (relative). Pusher
-and the next run's baseline resolver read this component's blessing, so "blessed" means the
-whole gate passed. `metrics.json` and `summary.html` explain the verdict.
+and blesses only when TFMA blessed the candidate (value thresholds) *and* it beats both
+non-learned rankers on HIT@k/repin and AUC/repin by more than
+`ranker_eval.min_lift_over_baselines` (relative) *and* it is not worse than the last blessed
+ranker. That last check is paired, over requests: both rankers score the same eval requests, a
+bootstrap over requests gives the difference's distribution, and the candidate is refused only
+when, with `gate_confidence`, its HIT@k/repin is below the last blessed one's by more than
+`max_hit_drop` or its AUC on some head by more than `max_auc_drop` (a point difference of two
+equally good models is noise; docs/protocol.md). Pusher and the next run's baseline resolver
+read this component's blessing, so "blessed" means the whole gate passed. `metrics.json` and
+`summary.html` explain the verdict.
 """
 # No `from __future__ import annotations`: the @component parser needs real annotation objects.
 import html
 import json
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +36,7 @@ from tfx.utils import path_utils
 from components.data import events as ev
 from components.types import ItemEmbeddings
 from models.pinnerformer.train import load_item_embeddings
+from components.retrieval_evaluator import stats
 from components.retrieval_evaluator.baselines import TrainPositives
 from models.realtime import metrics as RM
 from pipeline import features as F
@@ -54,6 +61,8 @@ def read_requests(examples_uri: str, split: str = "eval") -> Dict[str, np.ndarra
         "pf_embedding": np.array([list(f[F.PF_EMBEDDING].float_list.value) for f in feats],
                                  np.float32),
         "label": np.array([f[F.label_key(HEAD)].int64_list.value[0] for f in feats], np.int64),
+        "labels": np.array([[f[F.label_key(h)].int64_list.value[0] for h in F.HEADS]
+                            for f in feats], np.int64),  # [N, len(HEADS)]
     }
 
 
@@ -96,13 +105,21 @@ def _batched(fn, inputs: Dict[str, np.ndarray], n: int, batch: int = 2048) -> np
                            for i in range(0, n, batch)])
 
 
-def score_all(ranker_dir: str, pinnerformer_dir: str, req: Dict[str, np.ndarray],
+def score_heads(ranker_dir: str, req: Dict[str, np.ndarray]) -> np.ndarray:
+    """[N, len(HEADS)] scores of a ranker's `serving_default` signature, the path TFMA uses."""
+    ranker = tf.saved_model.load(ranker_dir).signatures["serving_default"]
+
+    def heads(examples):
+        out = ranker(examples=examples)
+        return np.stack([out[h].numpy().reshape(-1) for h in F.HEADS], axis=1)
+    return _batched(heads, {"examples": np.array(req["serialized"], object)}, len(req["label"]))
+
+
+def score_all(candidate_heads: np.ndarray, pinnerformer_dir: str, req: Dict[str, np.ndarray],
               positives: TrainPositives, item_ids: np.ndarray, window_days: int
               ) -> Dict[str, np.ndarray]:
     n = len(req["label"])
-    ranker = tf.saved_model.load(ranker_dir).signatures["serving_default"]
-    scores = {"candidate": _batched(lambda examples: ranker(examples=examples)[HEAD].numpy()
-                                    .reshape(-1), {"examples": np.array(req["serialized"], object)}, n)}
+    scores = {"candidate": candidate_heads[:, F.HEADS.index(HEAD)]}
     pf = tf.saved_model.load(pinnerformer_dir).signatures["item_embedding"]
     cand_emb = _batched(lambda item_id: pf(item_id=item_id)["embedding"].numpy(),
                         {"item_id": req["cand_item"]}, n)
@@ -118,13 +135,53 @@ def compare(scores: Dict[str, np.ndarray], labels: np.ndarray, request_id: np.nd
                    "auc": float(RM.auc(s, labels))} for name, s in scores.items()}
 
 
+def vs_last_blessed(candidate: np.ndarray, baseline: np.ndarray, labels: np.ndarray,
+                    request_id: np.ndarray, k: int, max_hit_drop: float, max_auc_drop: float,
+                    confidence: float = 0.95, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Paired comparison with the last blessed ranker on the same requests.
+
+    candidate / baseline / labels: [N, len(HEADS)]. HIT@k of the gate head is a per-request
+    mean (cluster bootstrap of the per-request values); AUC of every head pools the examples,
+    and its bootstrap resamples whole requests. A metric refuses when the one-sided
+    `confidence` upper bound of (candidate - baseline) is below -max_drop."""
+    rows, reasons = {}, []
+    h = F.HEADS.index(HEAD)
+    cand_hit, keys = RM.hit_at_k_per_query(candidate[:, h], labels[:, h], request_id, k)
+    base_hit, _ = RM.hit_at_k_per_query(baseline[:, h], labels[:, h], request_id, k)
+    c = stats.compare({"candidate": cand_hit[:, 0], "last_blessed": base_hit[:, 0]}, keys,
+                      "candidate", n_boot=n_boot, confidence=confidence, seed=seed)["last_blessed"]
+    checks = [(f"hit@{k}/{HEAD}", float(cand_hit.mean()), float(base_hit.mean()),
+               c["diff_interval"], c["diff_upper"], max_hit_drop)]
+    for j, head in enumerate(F.HEADS):
+        if (labels[:, j] > 0).all() or not (labels[:, j] > 0).any():
+            continue  # AUC undefined without both classes
+        a, b = RM.auc(candidate[:, j], labels[:, j]), RM.auc(baseline[:, j], labels[:, j])
+        reps = stats.paired_auc_replicates(candidate[:, j], baseline[:, j], labels[:, j],
+                                           request_id, n_boot, seed)
+        checks.append((f"auc/{head}", a, b, stats.interval(reps),
+                       float(np.nanquantile(reps, confidence)), max_auc_drop))
+    for name, cand, base, interval, upper, drop in checks:
+        rows[name] = {"candidate": cand, "last_blessed": base, "diff": cand - base,
+                      "diff_interval": interval, "diff_upper": upper, "max_drop": drop}
+        if upper < -drop:
+            reasons.append(f"{name} {cand:.4f} is below the last blessed ranker's {base:.4f} by more "
+                           f"than {drop} with {confidence:.0%} confidence (upper bound of the "
+                           f"paired difference {upper:+.4f})")
+    return {"metrics": rows, "reasons": reasons, "confidence": confidence,
+            "rule": "refused when the one-sided upper bound of candidate - last blessed < -max_drop "
+                    "(paired bootstrap over requests)"}
+
+
 def decide(metrics: Dict[str, Dict[str, float]], k: int, min_lift: float,
-           tfma_blessed: bool, required: bool = True) -> dict:
-    """Blessed iff TFMA blessed and the candidate beats popularity (the stronger of the
-    popularity rankers by HIT@k) and the PinnerFormer dot product on HIT@k and AUC (those two
-    checks only when `required`; the lifts are reported either way)."""
+           tfma_blessed: bool, required: bool = True, last_blessed: Optional[dict] = None) -> dict:
+    """Blessed iff TFMA blessed, the candidate is not confidently worse than the last blessed
+    ranker (`last_blessed`, from vs_last_blessed; None on a first run), and it beats popularity
+    (the stronger of the popularity rankers by HIT@k) and the PinnerFormer dot product on HIT@k
+    and AUC (those two checks only when `required`; the lifts are reported either way)."""
     reasons = [] if tfma_blessed else ["TFMA Evaluator did not bless the candidate "
-                                       "(value or change thresholds)"]
+                                       "(value thresholds)"]
+    if last_blessed is not None:
+        reasons += last_blessed["reasons"]
     pops = [n for n in metrics if n.startswith("popularity_")]
     pop = max(pops, key=lambda n: metrics[n][f"hit@{k}"])
     cand = metrics["candidate"]
@@ -138,6 +195,7 @@ def decide(metrics: Dict[str, Dict[str, float]], k: int, min_lift: float,
                 reasons.append(f"{key}/{HEAD} {cand[key]:.4f} does not beat {name}'s "
                                f"{base:.4f} (lift {lift:+.1%} <= {min_lift:+.1%})")
     return {"blessed": not reasons, "reasons": reasons, "popularity": pop, "lifts": lifts,
+            "last_blessed": last_blessed,
             "thresholds": {"k": k, "min_lift_over_baselines": min_lift if required else None}}
 
 
@@ -151,12 +209,22 @@ def write_report(out_dir: str, metrics: dict, gate: dict, num_requests: int) -> 
     head = "".join(f"<th>{html.escape(key)}/{HEAD}</th>" for key in next(iter(metrics.values())))
     verdict = "BLESSED" if gate["blessed"] else "NOT BLESSED"
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in gate["reasons"])
+    last = gate.get("last_blessed")
+    paired = "<p>First ranker: no last blessed ranker to compare with.</p>" if last is None else (
+        f"<h2>vs the last blessed ranker (paired, same requests)</h2><p>{html.escape(last['rule'])}"
+        f", confidence {last['confidence']:.0%}</p><table border=\"1\" cellpadding=\"4\"><tr>"
+        "<th>metric</th><th>candidate</th><th>last blessed</th><th>difference [95% interval]</th>"
+        "<th>upper bound</th><th>max drop</th></tr>" + "".join(
+            f"<tr><td>{html.escape(n)}</td><td>{r['candidate']:.4f}</td><td>{r['last_blessed']:.4f}"
+            f"</td><td>{r['diff']:+.4f} [{r['diff_interval'][0]:+.4f}, {r['diff_interval'][1]:+.4f}]"
+            f"</td><td>{r['diff_upper']:+.4f}</td><td>{r['max_drop']}</td></tr>"
+            for n, r in last["metrics"].items()) + "</table>")
     with tf.io.gfile.GFile(os.path.join(out_dir, "summary.html"), "w") as fh:
         fh.write(f"""<!DOCTYPE html><html><head><meta charset="utf-8">
 <title>Ranker vs non-learned rankers</title></head><body style="font-family:sans-serif">
 <h1>Ranker vs non-learned rankers ({num_requests} eval requests)</h1><h2>{verdict}</h2>
 <ul>{reasons}</ul><table border="1" cellpadding="4"><tr><th>ranker</th>{head}</tr>{rows}</table>
-</body></html>""")
+{paired}</body></html>""")
 
 
 @component
@@ -171,21 +239,29 @@ def RankerBaselineCheck(
     input_base: Parameter[str],
     input_fingerprint: Parameter[str],
     config_json: Parameter[str],
+    baseline_model: InputArtifact[standard_artifacts.Model] = None,
 ) -> None:
     """Ranking Examples (eval split), candidate ranker, the PinnerFormer that built the
-    examples, TFMA's blessing, the catalog (ItemEmbeddings) and the dataset's events -> the
-    final ranker blessing."""
+    examples, TFMA's blessing, the catalog (ItemEmbeddings), the dataset's events and the last
+    blessed ranker (absent on a first run) -> the final ranker blessing."""
     del input_fingerprint  # only invalidates the cache when the data at the same path changed
     cfg = PipelineConfig.from_json(config_json).ranker_eval
     req = read_requests(examples.uri)
     pf_dir = path_utils.serving_model_path(pinnerformer.uri)
     item_ids = load_item_embeddings(item_embeddings.uri)[0]
-    scores = score_all(path_utils.serving_model_path(model.uri), pf_dir, req,
-                       read_positives(input_base, item_ids), item_ids, cfg.popularity_window_days)
+    cand_heads = score_heads(path_utils.serving_model_path(model.uri), req)
+    scores = score_all(cand_heads, pf_dir, req, read_positives(input_base, item_ids), item_ids,
+                       cfg.popularity_window_days)
     metrics = compare(scores, req["label"], req["request_id"], cfg.hit_k)
     tfma_blessed = tf.io.gfile.exists(os.path.join(tfma_blessing.uri, BLESSED_FILE))
+    last = None
+    if baseline_model is not None and baseline_model.uri != model.uri:
+        base_heads = score_heads(path_utils.serving_model_path(baseline_model.uri), req)
+        last = vs_last_blessed(cand_heads, base_heads, req["labels"], req["request_id"],
+                               cfg.hit_k, cfg.max_hit_drop, cfg.max_auc_drop, cfg.gate_confidence,
+                               cfg.bootstrap_samples, cfg.bootstrap_seed)
     gate = decide(metrics, cfg.hit_k, cfg.min_lift_over_baselines, tfma_blessed,
-                  required=cfg.require_beating_baselines)
+                  required=cfg.require_beating_baselines, last_blessed=last)
     write_report(evaluation.uri, metrics, gate, len(np.unique(req["request_id"])))
     blessed = bool(gate["blessed"])
     blessing.set_int_custom_property("blessed", int(blessed))

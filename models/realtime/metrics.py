@@ -33,9 +33,21 @@ def _as_2d(x, name):
 def hit_at_k(scores, labels, query_ids, k: int = 3, seed: int = 0) -> Tuple[Union[float, np.ndarray], int]:
     """scores / labels [N] or [N, H] (labels 0/1 or counts), query_ids [N] -> (HIT@k: float, or [H] per
     head, number of requests)."""
+    per_query, _ = hit_at_k_per_query(scores, labels, query_ids, k, seed)
+    n = per_query.shape[0]
+    if n == 0:
+        s = np.asarray(scores)
+        return (float("nan") if s.ndim == 1 else np.full(s.shape[1], np.nan)), 0
+    means = per_query.mean(axis=0)
+    return (float(means[0]) if np.asarray(scores).ndim == 1 else means), n
+
+
+def hit_at_k_per_query(scores, labels, query_ids, k: int = 3, seed: int = 0
+                       ) -> Tuple[np.ndarray, np.ndarray]:
+    """HIT@k of every request: ([Q, H] hits, [Q] sorted distinct query ids); H = 1 for [N] input."""
     if k <= 0:
         raise ValueError(f"k must be > 0, got {k}")
-    s, squeeze = _as_2d(np.asarray(scores, np.float64), "scores")
+    s, _ = _as_2d(np.asarray(scores, np.float64), "scores")
     y, _ = _as_2d(np.asarray(labels, np.float64), "labels")
     q = np.asarray(query_ids).reshape(-1)
     n = s.shape[0]
@@ -44,19 +56,19 @@ def hit_at_k(scores, labels, query_ids, k: int = 3, seed: int = 0) -> Tuple[Unio
     if np.isnan(s).any():
         raise ValueError("scores contain NaN")
     if n == 0:
-        return (float("nan") if squeeze else np.full(s.shape[1], np.nan)), 0
-    _, group = np.unique(q, return_inverse=True)
+        return np.zeros((0, s.shape[1])), q[:0]
+    keys, group = np.unique(q, return_inverse=True)
     num_queries = int(group.max()) + 1
     priority = np.random.default_rng(seed).permutation(n)
-    hits = np.zeros(s.shape[1])
+    hits = np.zeros((num_queries, s.shape[1]))
     for h in range(s.shape[1]):
         order = np.lexsort((priority, -s[:, h], group))  # by query, then score desc, then random priority
         g = group[order]
         start = np.searchsorted(g, g, side="left")  # first index of each row's query in `order`
         rank = np.arange(n) - start
         top = rank < k
-        hits[h] = np.bincount(g[top], weights=y[order, h][top], minlength=num_queries).mean()
-    return (float(hits[0]) if squeeze else hits), num_queries
+        hits[:, h] = np.bincount(g[top], weights=y[order, h][top], minlength=num_queries)
+    return hits, keys
 
 
 def auc(scores, labels) -> Union[float, np.ndarray]:

@@ -8,15 +8,24 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_retrained_with_another_seed_is_blessed_by_the_paired_gate(tiny_run):
-    """Same config, another seed: not worse beyond the margin with 95 % confidence."""
+def test_retrained_with_another_seed_is_blessed_by_the_paired_gates(tiny_run):
+    """Same config, other seeds: neither model is worse beyond its margin with 95 % confidence,
+    so both gates bless, and the ranker's compares with the last blessed ranker pairwise."""
     from pipeline import local_runner
     from pipeline.config import apply_overrides
     cfg, first, _ = tiny_run
-    reseeded = apply_overrides(cfg, ["train.seed=1", "ranker_train.enabled=false"])
+    reseeded = apply_overrides(cfg, ["train.seed=1", "ranker.seed=1"])
     summary = local_runner.run(reseeded, first["paths"]["home"])
     ev = summary["evaluation"]
     assert ev["baseline"] is not None  # compared with the last blessed model
     assert ev["candidate"]["recall@10"] != pytest.approx(ev["baseline"]["recall@10"], abs=1e-9)
     assert ev["gate"]["blessed"] is True, ev["gate"]
     assert "diff_interval" in ev["comparison"]["last_blessed"]
+
+    gate = summary["ranker"]["baseline_check"]["gate"]
+    last = gate["last_blessed"]
+    assert last is not None and "hit@3/repin" in last["metrics"], gate
+    row = last["metrics"]["auc/repin"]
+    assert row["diff_interval"][0] <= row["diff"] <= row["diff_interval"][1]
+    assert gate["blessed"] is True, gate["reasons"]
+    assert summary["ranker"]["pushed"] is True

@@ -55,3 +55,60 @@ def test_compare_uses_request_level_hit_and_auc():
 def test_not_required_reports_but_does_not_gate():
     g = bc.decide(_metrics(0.2, 0.5), 3, 0.0, tfma_blessed=True, required=False)
     assert g["blessed"] and g["lifts"]["hit@3 vs popularity_30d"] < 0
+
+
+def _requests(n_req=300, per=8, seed=0):
+    """Requests with one informative feature: label_h ~ Bernoulli(sigmoid(2 x))."""
+    rng = np.random.default_rng(seed)
+    rid = np.repeat(np.arange(n_req), per)
+    x = rng.normal(size=(n_req * per, len(bc.F.HEADS)))
+    labels = (rng.random(x.shape) < 1 / (1 + np.exp(-2 * x))).astype(np.int64)
+    return x, labels, rid
+
+
+def test_weighted_auc_equals_the_auc_of_the_replicated_sample():
+    """A bootstrap replicate = the data set with every request repeated its draw count."""
+    from components.retrieval_evaluator import stats
+    from models.realtime import metrics as RM
+    rng = np.random.default_rng(3)
+    rid = np.repeat(np.arange(6), 4)
+    s = np.round(rng.normal(size=24), 1)  # rounding makes ties
+    y = rng.random(24) < 0.4
+    w = np.array([[0, 2, 1, 0, 3, 0], [1, 1, 1, 1, 1, 1]], np.float64)
+    got = stats._weighted_auc(s, y, rid, w)
+    for r in range(2):
+        idx = np.concatenate([np.flatnonzero(rid == g) for g in range(6)
+                              for _ in range(int(w[r, g]))])
+        assert got[r] == __import__("pytest").approx(RM.auc(s[idx], y[idx]), abs=1e-12)
+
+
+def test_equal_ranker_is_not_refused_and_a_worse_one_is():
+    x, labels, rid = _requests()
+    rng = np.random.default_rng(1)
+    same = x + rng.normal(scale=0.3, size=x.shape)  # as good as x, other noise
+    out = bc.vs_last_blessed(same, x + rng.normal(scale=0.3, size=x.shape), labels, rid, k=3,
+                             max_hit_drop=0.05, max_auc_drop=0.01)
+    assert out["reasons"] == []
+    assert set(out["metrics"]) == {"hit@3/repin"} | {f"auc/{h}" for h in bc.F.HEADS}
+    for row in out["metrics"].values():
+        assert row["diff_interval"][0] <= row["diff"] <= row["diff_interval"][1]
+    worse = x + rng.normal(scale=3.0, size=x.shape)  # mostly noise
+    out = bc.vs_last_blessed(worse, x, labels, rid, k=3, max_hit_drop=0.05, max_auc_drop=0.01)
+    assert any(r.startswith("hit@3/repin") for r in out["reasons"])
+    assert any(r.startswith("auc/repin") for r in out["reasons"])
+    g = bc.decide(_metrics(0.55, 0.7), 3, 0.0, tfma_blessed=True, last_blessed=out)
+    assert not g["blessed"] and g["reasons"] == out["reasons"]
+
+
+def test_paired_refusal_needs_confidence_not_a_point_difference():
+    """A candidate below the last blessed one on a point estimate is still blessed when the
+    paired interval says the gap could be chance: here it differs on one request in 60."""
+    x, labels, rid = _requests(n_req=60, per=6, seed=2)
+    worst_first = np.where(labels[:, 0] > 0, -1.0, 1.0)  # request 0: positives ranked last
+    cand = x.copy()
+    cand[rid == 0, 0] = worst_first[rid == 0]
+    assert bc.RM.hit_at_k(x[rid == 0, 0], labels[rid == 0, 0], rid[rid == 0])[0] > 0
+    out = bc.vs_last_blessed(cand, x, labels, rid, k=3, max_hit_drop=0.0, max_auc_drop=0.0)
+    assert out["metrics"]["hit@3/repin"]["diff"] < 0  # worse on the point estimate ...
+    assert out["metrics"]["auc/repin"]["diff"] < 0
+    assert out["reasons"] == []  # ... but not with 95 % confidence

@@ -55,12 +55,10 @@ from tfx.types import artifact_utils, standard_artifacts
 from components.item_embedding.embedding import build_item_embeddings, interests_matrix, \
     sorted_catalog
 from components.types import ItemCatalog, ItemEmbeddings
-from pipeline import features
+from pipeline import artifacts, features
 from pipeline.config import PipelineConfig
 
 TRAIN_SPLIT = "train"
-EMBEDDINGS_FILE = "item_embeddings.npz"
-META_FILE = "meta.json"
 ITEMS_FILE = "items.parquet"
 
 
@@ -146,18 +144,6 @@ def read_catalog(items_uri: str) -> pd.DataFrame:
         return pd.read_parquet(io.BytesIO(f.read()))
 
 
-def write_item_embeddings(uri: str, ids: np.ndarray, emb: np.ndarray, interests: np.ndarray,
-                          meta: dict) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, item_id=ids.astype(np.int64), embedding=emb.astype(np.float32),
-             interests=interests.astype(np.int32))
-    tf.io.gfile.makedirs(uri)
-    with tf.io.gfile.GFile(os.path.join(uri, EMBEDDINGS_FILE), "wb") as f:
-        f.write(buf.getvalue())
-    with tf.io.gfile.GFile(os.path.join(uri, META_FILE), "w") as f:
-        f.write(json.dumps(meta, indent=2, sort_keys=True))
-
-
 # --- The component ------------------------------------------------------------------------------
 
 @component(use_beam=True)
@@ -194,7 +180,7 @@ def ItemEmbeddingGen(
         "n_users_truncated": int(sum(d > 0 for d in dropped)),
         "n_items_dropped_by_cap": int(sum(dropped)),
     })
-    write_item_embeddings(item_embeddings.uri, ids, emb, interests_matrix(catalog), meta)
+    artifacts.write_item_embeddings(item_embeddings.uri, ids, emb, interests_matrix(catalog), meta)
     for key, value in (("num_items", meta["n_items"]), ("dim", cfg.dim), ("cf_dim", cfg.cf_dim),
                        ("n_cold_items", meta["n_cold_items"]),
                        ("n_train_users", meta["n_train_users"])):

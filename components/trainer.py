@@ -19,9 +19,9 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.utils import json_utils
 
 from components.types import ItemEmbeddings
+from pipeline.artifacts import ITEM_EMBEDDINGS_URI
 
 ITEM_EMBEDDINGS_KEY = "item_embeddings"
-ITEM_EMBEDDINGS_URI = "item_embeddings_uri"
 
 
 class ItemAwareTrainerSpec(standard_component_specs.TrainerSpec):

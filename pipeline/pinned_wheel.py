@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+from pipeline.artifacts import sha256_file
+
 CACHE_ENV = "PINRANK_CACHE"
 
 
@@ -50,7 +52,6 @@ def obtain(requirement: str, filename: str, sha256: str, env_var: str, tmp_dir: 
             raise PinnedWheelError(
                 f"could not download {filename} with `{' '.join(cmd)}` (exit {proc.returncode}):"
                 f"\n{tail}\nOffline? Set {env_var} to a downloaded copy of the wheel.")
-    from components.data.events import sha256_file  # lazy: pandas/pyarrow only when fetching
 
     digest = sha256_file(wheel)
     if digest != sha256:

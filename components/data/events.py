@@ -26,7 +26,6 @@ message that names the file and the offending rows, or drops and counts them
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -652,14 +651,6 @@ def clear_dataset(dir: str) -> None:
         p = os.path.join(dir, sub)
         if os.path.isdir(p):
             shutil.rmtree(p)
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _json_default(o):

@@ -41,6 +41,7 @@ import pandas as pd
 
 from components.data import events as E
 from pipeline import pinned_wheel
+from pipeline.artifacts import sha256_file
 
 # Bump whenever the conversion's output for the same inputs changes (invalidates caches).
 CONVERSION_VERSION = 1
@@ -143,7 +144,7 @@ def fetch_movielens_100k(cache_dir: str = "") -> str:
                     continue
                 with zf.open(info) as src, open(os.path.join(staging, name), "wb") as dst:
                     shutil.copyfileobj(src, dst)
-                files[name] = E.sha256_file(os.path.join(staging, name))
+                files[name] = sha256_file(os.path.join(staging, name))
         for needed in ("ml-100k.inter", "ml-100k.item"):
             if needed not in files:
                 raise MovieLensFetchError(f"{RECBOLE_WHEEL} lacks {ML100K_PREFIX}{needed}")
@@ -162,7 +163,7 @@ def _cache_valid(dest: str) -> bool:
             marker = json.load(f)
         if marker.get("wheel_sha256") != RECBOLE_WHEEL_SHA256:
             return False
-        return all(E.sha256_file(os.path.join(dest, name)) == digest
+        return all(sha256_file(os.path.join(dest, name)) == digest
                    for name, digest in marker["files"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
@@ -299,8 +300,8 @@ def convert_movielens_100k(src_dir: str, out_dir: str, *, drop_invalid: bool = F
     info = {"source": "movielens-100k",
             "origin": f"PyPI {RECBOLE_WHEEL} ({ML100K_PREFIX})",
             "inputs": {"wheel": {"name": RECBOLE_WHEEL, "sha256": RECBOLE_WHEEL_SHA256},
-                       os.path.basename(inter_path): E.sha256_file(inter_path),
-                       os.path.basename(item_path): E.sha256_file(item_path)}}
+                       os.path.basename(inter_path): sha256_file(inter_path),
+                       os.path.basename(item_path): sha256_file(item_path)}}
     return _convert(movies, item_path, [ratings], inter_path, out_dir, info,
                     drop_invalid=drop_invalid, shard_rows=shard_rows)
 
@@ -325,9 +326,9 @@ def convert_movielens_csv(ratings_csv: str, movies_csv: str, out_dir: str, *,
         raise E.DatasetFormatError(f"{ratings_csv}: cannot read ratings csv: {e}") from None
     info = {"source": "movielens-csv",
             "inputs": {"ratings_csv": {"path": os.path.abspath(ratings_csv),
-                                       "sha256": E.sha256_file(ratings_csv)},
+                                       "sha256": sha256_file(ratings_csv)},
                        "movies_csv": {"path": os.path.abspath(movies_csv),
-                                      "sha256": E.sha256_file(movies_csv)}}}
+                                      "sha256": sha256_file(movies_csv)}}}
     return _convert(movies, movies_csv, chunks, ratings_csv, out_dir, info,
                     drop_invalid=drop_invalid, shard_rows=shard_rows)
 

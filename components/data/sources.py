@@ -13,6 +13,7 @@ import os
 
 from components.data import events as E
 from components.data import movielens, synthetic
+from pipeline.artifacts import sha256_file
 from pipeline.config import DataConfig
 
 SOURCES = ("synthetic", "movielens", "path")
@@ -48,8 +49,8 @@ def dataset_fingerprint(cfg: DataConfig, *, with_impressions: bool = True,
     elif cfg.source == "path":
         ratings, movies = _path_inputs(cfg)
         key = {"source": "path", "version": movielens.CONVERSION_VERSION,
-               "drop_invalid": drop_invalid, "ratings_sha256": E.sha256_file(ratings),
-               "movies_sha256": E.sha256_file(movies)}
+               "drop_invalid": drop_invalid, "ratings_sha256": sha256_file(ratings),
+               "movies_sha256": sha256_file(movies)}
         if movielens.has_year_column(movies):
             key["year_column"] = True  # see has_year_column
     else:

@@ -35,11 +35,11 @@ from tfx.utils import path_utils
 
 from components.data import events as ev
 from components.types import ItemEmbeddings
-from models.pinnerformer.train import load_item_embeddings
 from components.retrieval_evaluator import stats
 from components.retrieval_evaluator.baselines import TrainPositives
 from models.realtime import metrics as RM
 from pipeline import features as F
+from pipeline.artifacts import load_item_embeddings
 from pipeline.config import DAY_S, PipelineConfig
 
 HEAD = "repin"

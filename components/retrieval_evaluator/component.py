@@ -28,8 +28,8 @@ from components.retrieval_evaluator import metrics as M
 from components.retrieval_evaluator import report
 from components.retrieval_evaluator import stats as S
 from components.types import ItemEmbeddings
-from models.pinnerformer.train import load_item_embeddings
 from pipeline import features as F
+from pipeline.artifacts import load_item_embeddings
 from pipeline.config import PipelineConfig
 
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"

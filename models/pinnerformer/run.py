@@ -12,10 +12,10 @@ from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
-from components.trainer import ITEM_EMBEDDINGS_URI  # noqa: E402
 from models.pinnerformer import export, train  # noqa: E402
 from models.pinnerformer.model import PinnerFormer  # noqa: E402
 from pipeline import features as F  # noqa: E402
+from pipeline.artifacts import ITEM_EMBEDDINGS_URI, load_item_embeddings  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def make_dataset(fn_args: tfx.components.FnArgs, files, tf_transform_output, bat
 
 
 def build_model(cfg: PipelineConfig, tf_transform_output, item_embeddings_uri: str) -> PinnerFormer:
-    item_ids, item_emb, _ = train.load_item_embeddings(item_embeddings_uri)
+    item_ids, item_emb, _ = load_item_embeddings(item_embeddings_uri)
     return PinnerFormer(
         cfg.model, item_ids=item_ids, item_embeddings=item_emb,
         num_actions=tf_transform_output.vocabulary_size_by_name(F.ACTION_VOCAB) + 2,

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import math
-import os
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -26,13 +24,6 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup, "total_steps": self.total}
-
-
-def load_item_embeddings(uri: str):
-    """ItemEmbeddings artifact -> (item_id [N] int64, embedding [N, D] float32, interests)."""
-    with tf.io.gfile.GFile(os.path.join(uri, "item_embeddings.npz"), "rb") as fh:
-        npz = np.load(fh)
-        return npz["item_id"].astype(np.int64), npz["embedding"].astype(np.float32), npz["interests"]
 
 
 def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:

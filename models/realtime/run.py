@@ -8,9 +8,8 @@ import tf_keras as keras  # noqa: E402
 from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
-from components.trainer import ITEM_EMBEDDINGS_URI  # noqa: E402
 from models.pinnerformer.run import make_dataset  # noqa: E402
-from models.pinnerformer.train import load_item_embeddings  # noqa: E402
+from pipeline.artifacts import ITEM_EMBEDDINGS_URI, load_item_embeddings  # noqa: E402
 from models.realtime import ranker as R  # noqa: E402
 from models.realtime import serving_model as S  # noqa: E402
 from pipeline import features as F  # noqa: E402

@@ -12,6 +12,7 @@ import pytest
 
 from components.data import events as E
 from components.data import movielens as M
+from pipeline.artifacts import sha256_file
 from components.data import sources
 from pipeline.config import DataConfig
 
@@ -215,7 +216,7 @@ def test_fetch_rejects_a_wheel_with_the_wrong_hash(tmp_path, monkeypatch):
 def test_fetch_reuses_a_verified_cache_without_network(tmp_path, monkeypatch):
     dest = tmp_path / "cache" / M.ML100K_DIR
     write_atomic_100k(str(dest))
-    files = {n: E.sha256_file(str(dest / n)) for n in ("ml-100k.inter", "ml-100k.item")}
+    files = {n: sha256_file(str(dest / n)) for n in ("ml-100k.inter", "ml-100k.item")}
     (dest / M.MARKER_FILE).write_text(json.dumps(
         {"wheel": M.RECBOLE_WHEEL, "wheel_sha256": M.RECBOLE_WHEEL_SHA256, "files": files}))
 

@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: env demo test test-fast e2e bench clean
+.PHONY: env demo test test-fast e2e lint bench clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	$(PY310) -m uv --version >/dev/null 2>&1 || $(PY310) -m pip install -q "uv==$(UV_VERSION)"
@@ -21,6 +21,11 @@ demo: env
 
 test: env
 	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+# ruff (pycodestyle, pyflakes, import order, no stale noqa) and mypy, configured in pyproject.toml
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-fast: env
 	$(VENV)/bin/python -m pytest -q -m "not e2e" $(ARGS)

@@ -9,17 +9,18 @@ coverage@10 and interest entropy@50 per objective, and writes the raw numbers as
 """
 import os
 
-from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
+from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
+# isort: split
 
-import numpy as np  # noqa: E402
+import argparse
+import json
+import time
 
+import numpy as np
 
-from pipeline import local_runner  # noqa: E402
-from pipeline.config import apply_overrides, preset  # noqa: E402
+from pipeline import local_runner
+from pipeline.config import apply_overrides, preset
 
 METRICS = ("recall@10", "p90_coverage@10", "interest_entropy@50")
 

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
+from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
-import argparse  # noqa: E402
-import base64  # noqa: E402
-import html  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
+# isort: split
 
-import numpy as np  # noqa: E402
+import argparse
+import base64
+import html
+import io
+import json
+import time
 
+import numpy as np
 
 PROTOCOLS = {
     "test": [],

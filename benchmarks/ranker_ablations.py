@@ -13,17 +13,18 @@ and writes the raw numbers as JSON.
 """
 import os
 
-from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
+from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+# isort: split
 
-import numpy as np  # noqa: E402
+import argparse
+import json
 
+import numpy as np
 
-from pipeline import features as F  # noqa: E402
-from pipeline import local_runner  # noqa: E402
-from pipeline.config import apply_overrides, preset  # noqa: E402
+from pipeline import features as F
+from pipeline import local_runner
+from pipeline.config import apply_overrides, preset
 
 # Hides among the top 3 by the repin score (lower is better): the "hide improving" check.
 HIDE_HIT = "hide_hit@3/repin"

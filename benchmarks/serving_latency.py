@@ -32,22 +32,23 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
+from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
-import argparse  # noqa: E402
-import concurrent.futures  # noqa: E402
-import glob  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import Callable, Dict, List, Optional, Tuple  # noqa: E402
+# isort: split
 
-import numpy as np  # noqa: E402
+import argparse
+import concurrent.futures
+import glob
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline import features as F  # noqa: E402
-from serving import constants as C  # noqa: E402
-
+from pipeline import features as F
+from serving import constants as C
 
 # ------------------------------------------------------------------------------ locating things
 

@@ -6,10 +6,10 @@ downstream refuses to run. Transform depends on this gate, so bad data never rea
 
 import os
 
+from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils
-from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 
 class DataAnomaliesError(RuntimeError):

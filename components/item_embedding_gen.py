@@ -42,18 +42,21 @@ import uuid
 from typing import Dict, Iterable, List, Tuple
 
 import apache_beam as beam
-import numpy as np
 import pandas as pd
 import tensorflow as tf
+
 # Same objects as `tfx.v1.dsl.components.*` / `tfx.v1.types.standard_artifacts`; importing the
 # implementation modules avoids `tfx.v1`'s kfp / aiplatform imports (~15 s per process).
-from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, InputArtifact,
-                                                        OutputArtifact, Parameter)
+from tfx.dsl.component.experimental.annotations import (
+    BeamComponentParameter,
+    InputArtifact,
+    OutputArtifact,
+    Parameter,
+)
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
-from components.item_embedding.embedding import build_item_embeddings, interests_matrix, \
-    sorted_catalog
+from components.item_embedding.embedding import build_item_embeddings, interests_matrix, sorted_catalog
 from components.types import ItemCatalog, ItemEmbeddings
 from pipeline import artifacts, features
 from pipeline.config import PipelineConfig
@@ -130,7 +133,7 @@ def write_user_item_sets(pipeline: beam.Pipeline, train_uri: str, out_prefix: st
 
 def read_user_records(prefix: str) -> List[dict]:
     """The JSON lines written by `write_user_item_sets`, sorted by user."""
-    records = []
+    records: list = []
     for path in sorted(tf.io.gfile.glob(prefix + "*.jsonl")):
         with tf.io.gfile.GFile(path) as f:
             records.extend(json.loads(line) for line in f if line.strip())

@@ -69,15 +69,20 @@ import hashlib
 import json
 import math
 import os
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+
 # Same objects as tfx.v1's; the implementation modules avoid tfx.v1's slow kfp/aiplatform imports.
-from tfx.dsl.component.experimental.annotations import (BeamComponentParameter, InputArtifact,
-                                                        OutputArtifact, Parameter)
+from tfx.dsl.component.experimental.annotations import (
+    BeamComponentParameter,
+    InputArtifact,
+    OutputArtifact,
+    Parameter,
+)
 from tfx.dsl.component.experimental.decorators import component
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
@@ -238,7 +243,8 @@ def _impression_requests(imps: Dict[str, np.ndarray], user_id: str, drop_invalid
                          ) -> Tuple[List[dict], Dict[str, int]]:
     df = pd.DataFrame(imps)
     df = df.sort_values(["timestamp", "request_id", "position", "item_id"], kind="stable")
-    out, counters = [], {}
+    out: List[dict] = []
+    counters: Dict[str, int] = {}
     for rid, g in df.groupby("request_id", sort=False):
         if g["timestamp"].nunique() != 1 or g["surface"].nunique() != 1:
             msg = (f"request {rid!r} of user {user_id!r} has several timestamps "
@@ -263,7 +269,8 @@ def _session_requests(r: Dict[str, np.ndarray], user_id: str, cfg: RankingConfig
     ts = r["timestamp"]
     sess = session_ids(ts, cfg.session_gap_s)
     interacted = np.unique(r["item_id"])
-    starts = np.flatnonzero(np.concatenate([[True], sess[1:] != sess[:-1]])) if len(ts) else []
+    starts = (np.flatnonzero(np.concatenate([[True], sess[1:] != sess[:-1]])) if len(ts)
+              else np.zeros(0, np.int64))
     ends = list(starts[1:]) + [len(ts)]
     out, counters = [], {"sessions": len(starts), "negatives_sampled": 0, "negatives_short": 0}
     for s, e in zip(starts, ends):
@@ -358,9 +365,9 @@ def pad_histories(hists: List[Dict[str, np.ndarray]], width: Optional[int] = Non
         width = max(1, int(lens.max()) if len(lens) else 1)
     out = {}
     for name in _HIST:
-        arr = np.full((len(hists), width), _PADS[name], dtype=_DTYPES[name])
+        arr: np.ndarray = np.full((len(hists), width), _PADS[name], dtype=_DTYPES[name])
         for i, h in enumerate(hists):
-            vals = h[name]
+            vals = list(h[name])
             if name in (F.HIST_ACTION, F.HIST_SURFACE):
                 vals = [v.encode() if isinstance(v, str) else v for v in vals]
             arr[i, :lens[i]] = vals
@@ -394,7 +401,7 @@ class EmbedUserDays(beam.DoFn):
 
     def __init__(self, model_dir: str):
         self._model_dir = model_dir
-        self._fn = None
+        self._fn: Any = None
         self._dim = None
         self._width = None
 

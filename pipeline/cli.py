@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
+from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
+# isort: split
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-
+import argparse
+import json
+import sys
 
 DIST_NAME = "pinrank"  # [project] name in pyproject.toml
 # Commands that need nothing from serving/: their parser is built without it (no grpc/numpy
@@ -200,7 +200,8 @@ def build_parser(serving: bool = True) -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_config_show)
 
     if serving:
-        from serving import batch_cli, cli as serving_cli
+        from serving import batch_cli
+        from serving import cli as serving_cli
         serving_cli.add_subcommands(sub)
         batch_cli.add_subcommands(sub)
     _add_debug_flag(parser)
@@ -221,7 +222,7 @@ def _user_error_code(e: BaseException):
     return None
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 

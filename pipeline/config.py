@@ -554,7 +554,8 @@ class PipelineConfig:
             node = out
             for name in parents:
                 node = node.setdefault(name, {})
-            node[leaf] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            node[leaf] = (dataclasses.asdict(value) if dataclasses.is_dataclass(value)
+                          and not isinstance(value, type) else value)
         return json.dumps(out, sort_keys=True)
 
     @classmethod
@@ -580,7 +581,7 @@ _INT = re.compile(r"[+-]?\d+")
 
 
 @functools.lru_cache(maxsize=None)
-def _field_types(cls) -> Dict[str, Any]:
+def _field_types(cls: Any) -> Dict[str, Any]:
     """{field: resolved annotation} of a config dataclass, in declaration order."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -613,7 +614,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     """A JSON value -> the field's type (tuples for Tuple[...], floats for float, a dataclass for
     a section), strictly: 1.5 is no int, "true" is no bool."""
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
+        if isinstance(value, tp):  # type: ignore[arg-type]  # tp is a class here
             return value
         if not isinstance(value, dict):
             raise _section_error(path, tp)
@@ -737,7 +738,7 @@ def _located(path: str, e: Exception) -> str:
 def _replace(obj, **fields: Any):
     """dataclasses.replace where a dict for a section field updates that section (through the
     section's own `replace` if it has one, e.g. RankerConfig's label-weight rule)."""
-    types = _field_types(type(obj))
+    types = _field_types(type(obj))  # type: ignore[arg-type]  # classes are hashable
     updates = {}
     for name, val in fields.items():
         if name not in types:
@@ -774,7 +775,7 @@ def _resolve(root, path: str) -> Tuple[Any, Any]:
 def leaf_paths(cfg) -> Dict[str, Any]:
     """{dotted path: value} of every leaf field of a config tree, in declaration order."""
     out = {}
-    for name in _field_types(type(cfg)):
+    for name in _field_types(type(cfg)):  # type: ignore[arg-type]
         value = getattr(cfg, name)
         if dataclasses.is_dataclass(value):
             out.update({f"{name}.{k}": v for k, v in leaf_paths(value).items()})

@@ -1,18 +1,17 @@
 """Run the pipeline in-process with LocalDagRunner (the default main job)."""
 from __future__ import annotations
 
-import os
+from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
-from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
+# isort: split
 
+import time
+from typing import Dict, List, Optional
 
-import time  # noqa: E402
-from typing import Dict, List, Optional  # noqa: E402
+from tfx import v1 as tfx
 
-from tfx import v1 as tfx  # noqa: E402
-
-from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.runs import RunPaths, build, summarize  # noqa: E402
+from pipeline.config import PipelineConfig
+from pipeline.runs import RunPaths, build, summarize
 
 
 def run(cfg: PipelineConfig, home: str, beam_args: Optional[List[str]] = None,

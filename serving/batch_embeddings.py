@@ -87,6 +87,7 @@ import numpy as np
 
 from components.data import events as ev
 from pipeline import features as F
+from pipeline.artifacts import sha256_file
 from serving import constants as C
 from serving.client import empty_embed_inputs
 
@@ -160,10 +161,10 @@ def model_fingerprint(model_path: str) -> str:
     for rel in ("saved_model.pb", os.path.join("variables", "variables.index")):
         p = os.path.join(model_path, rel)
         if os.path.exists(p):
-            h.update(ev.sha256_file(p).encode())
+            h.update(sha256_file(p).encode())
     # Weights themselves: the data shards' checksums (the index alone may repeat across runs).
     for p in sorted(glob.glob(os.path.join(model_path, "variables", "variables.data-*"))):
-        h.update(ev.sha256_file(p).encode())
+        h.update(sha256_file(p).encode())
     return h.hexdigest()[:16]
 
 
@@ -562,7 +563,7 @@ def run_daily_embeddings(model_dir: str, dataset_dir: str, snapshot_root: str, a
         prev_table = os.path.join(prev_path, EMBEDDINGS_FILE)
         try:
             pq.ParquetFile(prev_table)
-        except Exception as e:  # noqa: BLE001 - any unreadable previous snapshot stops the run
+        except Exception as e:
             raise SnapshotError(f"{prev_table}: unreadable previous snapshot: {e}") from None
         if prev_manifest.get("model_fingerprint") != fingerprint:
             full_refresh = True
@@ -610,12 +611,12 @@ def run_daily_embeddings(model_dir: str, dataset_dir: str, snapshot_root: str, a
                      os.path.join(tmp, EMBEDDINGS_FILE), _snapshot_schema(), num_shards=1,
                      shard_name_template=""))
         result = p.result
-        metrics = {}
+        metrics: Dict[str, Any] = {}
         try:
             for c in result.metrics().query(MetricsFilter().with_namespace("embed_users"))[
                     "counters"]:
                 metrics[c.key.metric.name] = metrics.get(c.key.metric.name, 0) + int(c.committed)
-        except Exception:  # noqa: BLE001 - metrics are informational
+        except Exception:
             pass
         # -- verify what was written, then commit
         file = os.path.join(tmp, EMBEDDINGS_FILE)

@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
+    from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -16,9 +16,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from pipeline import features as F
 from serving import constants as C
@@ -83,7 +87,7 @@ class ServingClient:
         self._sleep = sleep
         self._own_channel = channel is None
         if channel is None:
-            options = [("grpc.max_receive_message_length", max_message_bytes),
+            options: List[Tuple[str, Any]] = [("grpc.max_receive_message_length", max_message_bytes),
                        ("grpc.max_send_message_length", max_message_bytes),
                        # Reconnect quickly after a refused connection, so retries on a server
                        # that is (re)starting succeed instead of failing fast in backoff.

@@ -93,7 +93,7 @@ class ItemIndex:
             for s in range(0, len(ids), batch_size):
                 out = fn(**{C.ITEM_ID: tf.constant(ids[s:s + batch_size])})
                 chunks.append(out[C.EMBEDDING].numpy())
-            served = model_version(path)
+            served: Any = model_version(path)
         elif hasattr(source, "predict_versioned"):
             served = version
             for s in range(0, len(ids), batch_size):

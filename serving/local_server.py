@@ -255,7 +255,7 @@ class ModelManager:
         t0 = time.monotonic()
         try:
             servable = Servable(name, v, path, self._per_model_batching)
-        except Exception as e:  # noqa: BLE001 - any load failure is recorded, not fatal
+        except Exception as e:
             attempts = model.load_attempts.get(v, (0, fp))[0] + 1
             model.load_attempts[v] = (attempts, fp)
             log.warning("loading %s v%d failed (attempt %d): %s", name, v, attempts, e)
@@ -506,7 +506,7 @@ class BatchScheduler:
         except RequestError as e:
             for t in tasks:
                 t.error = e
-        except Exception as e:  # noqa: BLE001 - every waiting request must be answered
+        except Exception as e:
             log.exception("batch of %s failed", servable.model)
             for t in tasks:
                 t.error = RequestError(grpc.StatusCode.INTERNAL, f"batch failed: {e}")
@@ -541,7 +541,7 @@ def _check_inputs(sig_def, request_inputs) -> Dict[str, np.ndarray]:
                                f"{types_pb2.DataType.Name(proto.dtype)}")
         try:
             arr = tf.make_ndarray(proto)
-        except Exception as e:  # noqa: BLE001 - malformed TensorProto content
+        except Exception as e:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"tensor parsing error: {name}: {e}") from None
         shape = info.tensor_shape
@@ -563,7 +563,7 @@ def _guard(method):
             return method(self, request, context)
         except RequestError as e:
             context.abort(e.code, e.message)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
@@ -589,9 +589,13 @@ def _unimplemented(name: str):
 
 
 def _make_servicers(manager: ModelManager, scheduler: Optional[BatchScheduler]):
-    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                         model_service_pb2_grpc, predict_pb2,
-                                         prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         Classify = _unimplemented("Classify")
@@ -850,7 +854,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
+    from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
     parser = argparse.ArgumentParser(prog="python -m serving.local_server",
                                      description=DESCRIPTION)
     add_serve_arguments(parser)

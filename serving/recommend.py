@@ -158,7 +158,7 @@ def recommend(client, user_id: str, events, *, k: int = 10, num_candidates: Opti
     keep = ids[0] != PAD_ID
     cand, cand_scores = ids[0][keep], scores[0][keep]
 
-    common = dict(user_id=user_id, embedding_version=int(served),
+    common: Dict[str, Any] = dict(user_id=user_id, embedding_version=int(served),
                   history_len=int(req[C.HIST_LEN][0]), excluded=int(len(history_items)),
                   num_candidates=int(len(cand)))
     ranker = served_ranker(client, ranker_model) if len(cand) else None
@@ -181,7 +181,7 @@ def recommend(client, user_id: str, events, *, k: int = 10, num_candidates: Opti
     if not used:
         raise RuntimeError(f"ranker outputs {sorted(heads)} match none of the weighted heads "
                            f"{sorted(weights)}")
-    utility = sum(w * heads[h] for h, w in used.items())
+    utility = np.sum([w * heads[h] for h, w in used.items()], axis=0)
     order = np.lexsort((cand, -utility))[:k]  # utility desc, then item id
     return Recommendation(
         item_ids=cand[order].tolist(), retrieval_scores=cand_scores[order].astype(float).tolist(),

@@ -60,7 +60,7 @@ def save_toy_pinnerformer(path: str, scale: float) -> str:
     tf = _tf()
     proj = tf.constant(np.arange(6 * DIM, dtype=np.float32).reshape(6, DIM) / 10.0 - 1.0)
 
-    class ToyPinnerFormer(tf.Module):
+    class ToyPinnerFormer(tf.Module):  # type: ignore[name-defined]  # tf is imported lazily
         def __init__(self):
             super().__init__()
             self.scale = tf.Variable(float(scale), trainable=False)
@@ -108,7 +108,7 @@ def save_toy_ranker(path: str, scale: float) -> str:
     + cand_item [N] -> one score per head ([N] each)."""
     tf = _tf()
 
-    class ToyRanker(tf.Module):
+    class ToyRanker(tf.Module):  # type: ignore[name-defined]
         def __init__(self):
             super().__init__()
             self.scale = tf.Variable(float(scale), trainable=False)

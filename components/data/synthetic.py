@@ -319,7 +319,7 @@ def _simulate_chunk(world: World, cfg: DataConfig, chunk: int, lo: int, hi: int,
         start = rng.uniform(0, 1, U) * (horizon - period)
     else:
         start = rng.uniform(0, 0.25 * horizon, U)
-        period = horizon - start
+        period = (horizon - start).astype(np.float64)
     sessions_est = np.maximum(1.0, target / EVENTS_PER_SESSION_EST)
     gap_median = 0.9 * period / sessions_est / np.exp(GAP_SIGMA ** 2 / 2)
     t_next = start.copy()
@@ -406,7 +406,7 @@ def _simulate_chunk(world: World, cfg: DataConfig, chunk: int, lo: int, hi: int,
             ev["item"].append(items[mask])
             ev["act"].append(np.full(n, _ACT[act], np.int8))
             ev["ts"].append(np.floor(ts[mask] if np.ndim(ts) else np.full(n, ts)).astype(np.int64))
-            ev["dur"].append(dur[mask] if np.ndim(dur) else np.full(n, dur))
+            ev["dur"].append(np.asarray(dur)[mask] if np.ndim(dur) else np.full(n, dur))
             ev["surf"].append(surf2[mask])
         if with_impressions:
             im["user"].append(uidx[shown])

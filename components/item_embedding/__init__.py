@@ -1,6 +1,12 @@
 """Pure item-embedding math used by the ItemEmbeddingGen component (no TFX / Beam imports)."""
-from components.item_embedding.embedding import (build_item_embeddings, content_projection,
-                                                 cooccurrence, factorise, interests_matrix, ppmi)
+from components.item_embedding.embedding import (
+    build_item_embeddings,
+    content_projection,
+    cooccurrence,
+    factorise,
+    interests_matrix,
+    ppmi,
+)
 
 __all__ = ["build_item_embeddings", "content_projection", "cooccurrence", "factorise",
            "interests_matrix", "ppmi"]

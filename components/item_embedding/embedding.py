@@ -51,7 +51,7 @@ METHOD = (
 )
 
 
-def _incidence(user_item_sets: Sequence[Sequence[int]], n_items: int) -> sp.csr_matrix:
+def _incidence(user_item_sets: Sequence[Sequence[int] | np.ndarray], n_items: int) -> sp.csr_matrix:
     """Binary users x items CSR matrix from per-user lists of item *indices* (dups ignored)."""
     rows: List[np.ndarray] = []
     cols: List[np.ndarray] = []
@@ -68,7 +68,7 @@ def _incidence(user_item_sets: Sequence[Sequence[int]], n_items: int) -> sp.csr_
     return sp.csr_matrix((np.ones(r.size), (r, c)), shape=(n_users, n_items), dtype=np.float64)
 
 
-def cooccurrence(user_item_sets: Sequence[Sequence[int]], n_items: int) -> sp.csr_matrix:
+def cooccurrence(user_item_sets: Sequence[Sequence[int] | np.ndarray], n_items: int) -> sp.csr_matrix:
     """Item x item co-engagement counts: C[i, j] = #users whose set holds both i and j (i != j).
 
     `user_item_sets` holds item *indices* in [0, n_items). Returns a symmetric float64 CSR matrix

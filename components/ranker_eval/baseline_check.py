@@ -24,7 +24,7 @@ read this component's blessing, so "blessed" means the whole gate passed. `metri
 import html
 import json
 import os
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -34,9 +34,9 @@ from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
 from components.data import events as ev
-from components.types import ItemEmbeddings
 from components.retrieval_evaluator import stats
 from components.retrieval_evaluator.baselines import TrainPositives
+from components.types import ItemEmbeddings
 from models.realtime import metrics as RM
 from pipeline import features as F
 from pipeline.artifacts import load_item_embeddings
@@ -46,7 +46,7 @@ HEAD = "repin"
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
 
 
-def read_requests(examples_uri: str, split: str = "eval") -> Dict[str, np.ndarray]:
+def read_requests(examples_uri: str, split: str = "eval") -> Dict[str, Any]:
     """Serialized examples and the fields the non-learned rankers need, one row per example."""
     files = tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
     rows = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
@@ -150,7 +150,7 @@ def vs_last_blessed(candidate: np.ndarray, baseline: np.ndarray, labels: np.ndar
     base_hit, _ = RM.hit_at_k_per_query(baseline[:, h], labels[:, h], request_id, k)
     c = stats.compare({"candidate": cand_hit[:, 0], "last_blessed": base_hit[:, 0]}, keys,
                       "candidate", n_boot=n_boot, confidence=confidence, seed=seed)["last_blessed"]
-    checks = [(f"hit@{k}/{HEAD}", float(cand_hit.mean()), float(base_hit.mean()),
+    checks: List[tuple] = [(f"hit@{k}/{HEAD}", float(cand_hit.mean()), float(base_hit.mean()),
                c["diff_interval"], c["diff_upper"], max_hit_drop)]
     for j, head in enumerate(F.HEADS):
         if (labels[:, j] > 0).all() or not (labels[:, j] > 0).any():

@@ -41,7 +41,7 @@ def read_examples(files: Iterable[str]) -> List[bytes]:
 
 def parse_lists(serialized: List[bytes], names: Iterable[str]) -> Dict[str, List[np.ndarray]]:
     """Per-example int64 lists of the given features, without TF batching overhead."""
-    out = {n: [] for n in names}
+    out: Dict[str, List[np.ndarray]] = {n: [] for n in names}
     for s in serialized:
         ex = tf.train.Example.FromString(s)
         for n in out:

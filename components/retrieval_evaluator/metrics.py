@@ -18,7 +18,7 @@ Conventions:
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Dict, Sequence
 
 import numpy as np
 
@@ -134,7 +134,7 @@ def _evaluate(score_batch: Callable[[int, int], np.ndarray], num_users: int, ite
     ks = sorted({int(k), *(int(c) for c in curve_ks)})
     kth = [n - min(c, n) for c in ks]  # c-th largest of a row sits at position n - c
     slot_counts = np.zeros(n, np.int64)
-    user_hits = {c: [] for c in ks}  # per user with >=1 positive: hit fraction
+    user_hits: Dict[int, list] = {c: [] for c in ks}  # per user with >=1 positive: hit fraction
     user_index = []  # which users those are (for paired comparisons and bootstraps)
     pair_hits, unknown_total, entropies = 0, 0, []
 

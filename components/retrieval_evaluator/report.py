@@ -15,7 +15,6 @@ from typing import Any
 
 from components.retrieval_evaluator.metrics import PER_USER
 
-
 CANDIDATE, LAST_BLESSED = "candidate", "last_blessed"
 
 

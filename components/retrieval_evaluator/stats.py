@@ -6,12 +6,13 @@ each replicate, which makes differences and ratios *paired*.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def replicate_means(values: Dict[str, np.ndarray], groups: Sequence, n_boot: int = 1000,
+def replicate_means(values: Dict[str, np.ndarray], groups: ArrayLike, n_boot: int = 1000,
                     seed: int = 0) -> Dict[str, np.ndarray]:
     """name -> [n_boot] means of that method's per-example values over resampled user groups.
 
@@ -40,7 +41,7 @@ def interval(samples: np.ndarray, level: float = 0.95) -> list:
     return [float(np.nanquantile(samples, a)), float(np.nanquantile(samples, 1.0 - a))]
 
 
-def compare(values: Dict[str, np.ndarray], groups: Sequence, candidate: str, n_boot: int = 1000,
+def compare(values: Dict[str, np.ndarray], groups: ArrayLike, candidate: str, n_boot: int = 1000,
             level: float = 0.95, confidence: float = 0.95, seed: int = 0) -> Dict[str, dict]:
     """For every method: mean with interval; for every other method also the candidate's
     relative lift (mean ratio - 1) and paired difference (candidate - method), each with its
@@ -68,7 +69,7 @@ def compare(values: Dict[str, np.ndarray], groups: Sequence, candidate: str, n_b
 
 
 def paired_auc_replicates(score_a: np.ndarray, score_b: np.ndarray, labels: np.ndarray,
-                          groups: Sequence, n_boot: int = 1000, seed: int = 0,
+                          groups: ArrayLike, n_boot: int = 1000, seed: int = 0,
                           chunk: int = 50) -> np.ndarray:
     """[n_boot] bootstrap replicates of AUC(a) - AUC(b), resampling whole groups (requests).
 

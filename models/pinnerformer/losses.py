@@ -4,7 +4,8 @@
 For pair i (user embedding u_i, positive p_i) with a shared negative pool n_1..n_N:
 
     s(u, v) = <u, v> / tau
-    L_i = -log  e^{s(u_i,p_i) - log Q(p_i)} / ( e^{s(u_i,p_i) - log Q(p_i)} + sum_{j valid for i} e^{s(u_i,n_j) - log Q(n_j)} )
+    z_i = e^{s(u_i,p_i) - log Q(p_i)}
+    L_i = -log  z_i / ( z_i + sum_{j valid for i} e^{s(u_i,n_j) - log Q(n_j)} )
 
 (the logQ terms are dropped when `logq_correction` is False). The batch loss gives every user equal weight:
 average each user's pair losses, then average over the users that have at least one pair.

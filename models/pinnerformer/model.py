@@ -25,7 +25,6 @@ from . import inputs, losses, objectives
 from .layers import ActionFeatures, ItemTower, OutputHead, TransformerBlock, attention_mask
 from .sketch import CountMinSketch
 
-
 # The model has no tensor-dependent Python control flow; skipping AutoGraph's source conversion of this code
 # (and of everything it calls, Keras internals included) cuts train/test-step tracing from ~20 s to ~2 s.
 _no_autograph = tf.autograph.experimental.do_not_convert

@@ -8,8 +8,15 @@ included). This module keeps the ranker's names for models/realtime and its test
 Presets (functions): `tiny()` (unit tests), `cpu()` (2-core demo, dims matching the `cpu` pipeline preset),
 `paper()` (TransAct paper scale: |S| = 100, d = 32 + 2*32 = 96, K = 10, W = 24 h, peak LR 0.0048).
 """
-from pipeline.config import (DAY_S, DEFAULT_HEADS, FUSIONS, HIDE_WEIGHT, RankerConfig,  # noqa: F401
-                             RealtimeConfig, default_label_weights)
+from pipeline.config import (  # noqa: F401
+    DAY_S,
+    DEFAULT_HEADS,
+    FUSIONS,
+    HIDE_WEIGHT,
+    RankerConfig,
+    RealtimeConfig,
+    default_label_weights,
+)
 from pipeline.config import RANKER_PRESETS as PRESETS  # noqa: F401
 from pipeline.config import ranker_cpu as cpu  # noqa: F401
 from pipeline.config import ranker_paper as paper  # noqa: F401

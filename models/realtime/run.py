@@ -9,10 +9,10 @@ from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
 from models.pinnerformer.run import make_dataset  # noqa: E402
-from pipeline.artifacts import ITEM_EMBEDDINGS_URI, load_item_embeddings  # noqa: E402
 from models.realtime import ranker as R  # noqa: E402
 from models.realtime import serving_model as S  # noqa: E402
 from pipeline import features as F  # noqa: E402
+from pipeline.artifacts import ITEM_EMBEDDINGS_URI, load_item_embeddings  # noqa: E402
 from pipeline.config import ConfigError, PipelineConfig, RankerConfig  # noqa: E402
 
 

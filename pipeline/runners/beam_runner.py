@@ -14,13 +14,14 @@ instead of the package.
 """
 import os
 
-from pipeline import bootstrap  # noqa: E402,F401  (environment before TensorFlow)
+from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
+# isort: split
 
-from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner  # noqa: E402
+from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
-from pipeline.config import apply_overrides, preset  # noqa: E402
-from pipeline.runs import DEFAULT_HOME, RunPaths, build  # noqa: E402
+from pipeline.config import apply_overrides, preset
+from pipeline.runs import DEFAULT_HOME, RunPaths, build
 
 
 def config_from_env():

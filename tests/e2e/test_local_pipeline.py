@@ -89,6 +89,7 @@ def test_second_run_hits_the_cache(tiny_run):
 
 def test_pushed_model_matches_trained_model(tiny_run):
     import tensorflow as tf
+
     from pipeline import features as F
     cfg, first, second = tiny_run
     pushed = tf.saved_model.load(first["pushed_destination"])
@@ -123,6 +124,7 @@ def test_pushed_model_matches_trained_model(tiny_run):
 def test_ranker_rank_signature_matches_example_scoring(tiny_run):
     """`rank` (one request, user work once) == `serving_default` on the request's examples."""
     import tensorflow as tf
+
     from pipeline import features as F
     _, first, _ = tiny_run
     model = tf.saved_model.load(first["ranker"]["pushed_destination"])

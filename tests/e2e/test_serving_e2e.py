@@ -15,8 +15,9 @@ N_USERS = 6
 def pushed(tiny_run):
     """(cfg, pushed SavedModel dir, its version, serving dir, dataset dir, events) of the newest
     push of the tiny run."""
-    from components.data import events as ev
     import pandas as pd
+
+    from components.data import events as ev
 
     cfg, first, second = tiny_run
     dest = second.get("pushed_destination") or first["pushed_destination"]
@@ -30,9 +31,8 @@ def pushed(tiny_run):
 
 @pytest.fixture(scope="module")
 def server(pushed):
-    from serving import local_server as LS
-
     from serving import constants as C
+    from serving import local_server as LS
     from serving.configs import load_batching_parameters
 
     # As deployed: batching on, per model (the pushed pinnerformer carries its parameters).

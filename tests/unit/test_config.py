@@ -9,8 +9,17 @@ import time
 
 import pytest
 
-from pipeline.config import (ConfigError, PipelineConfig, RankerConfig, RealtimeConfig,
-                             apply_overrides, check_consistency, config_values, leaf_paths, preset)
+from pipeline.config import (
+    ConfigError,
+    PipelineConfig,
+    RankerConfig,
+    RealtimeConfig,
+    apply_overrides,
+    check_consistency,
+    config_values,
+    leaf_paths,
+    preset,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

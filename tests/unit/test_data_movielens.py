@@ -12,8 +12,8 @@ import pytest
 
 from components.data import events as E
 from components.data import movielens as M
-from pipeline.artifacts import sha256_file
 from components.data import sources
+from pipeline.artifacts import sha256_file
 from pipeline.config import DataConfig
 
 MOVIES_CSV = """movieId,title,genres

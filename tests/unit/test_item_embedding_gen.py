@@ -10,8 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from components.item_embedding.embedding import (build_item_embeddings, content_projection,
-                                                 cooccurrence, factorise, interests_matrix, ppmi)
+from components.item_embedding.embedding import (
+    build_item_embeddings,
+    content_projection,
+    cooccurrence,
+    factorise,
+    interests_matrix,
+    ppmi,
+)
 from pipeline.config import ItemEmbeddingConfig, PipelineConfig, preset
 
 DAY = 86400
@@ -188,8 +194,7 @@ def test_interests_matrix_pads_with_minus_one():
 def test_example_positives_union_and_cap(tmp_path):
     import tensorflow as tf
 
-    from components.item_embedding_gen import (LatestPositives, capped_user_record,
-                                               example_positives)
+    from components.item_embedding_gen import LatestPositives, capped_user_record, example_positives
 
     _write_split(str(tmp_path), {"u": [(5, 100, 1), (6, 200, 0), (7, 300, 1), (5, 400, 1),
                                        (8, 500, 1), (9, 600, 0)]})

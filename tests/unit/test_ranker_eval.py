@@ -12,8 +12,14 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
-from components.ranker_eval import (AUC_NAME, HitAtK, hide_hit_name, hit_at_k_name,
-                                    query_hit_at_k, ranker_eval_config)
+from components.ranker_eval import (
+    AUC_NAME,
+    HitAtK,
+    hide_hit_name,
+    hit_at_k_name,
+    query_hit_at_k,
+    ranker_eval_config,
+)
 from pipeline.features import HEADS, label_key
 
 K = 3

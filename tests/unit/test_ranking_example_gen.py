@@ -361,8 +361,8 @@ def test_time_split_cutoff(imp_run):
 def test_output_parses_with_curated_schema_and_validates(imp_run):
     import tensorflow as tf
     import tensorflow_data_validation as tfdv
-    from tensorflow_data_validation.statistics import stats_impl
     from google.protobuf import text_format
+    from tensorflow_data_validation.statistics import stats_impl
     from tensorflow_metadata.proto.v0 import schema_pb2
     from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.coders import example_coder

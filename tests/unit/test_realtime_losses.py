@@ -2,8 +2,14 @@
 import numpy as np
 import pytest
 
-from models.realtime import CrossLayer, CrossNetwork, default_label_weights, head_weights, weighted_bce, \
-    weighted_bce_from_logits
+from models.realtime import (
+    CrossLayer,
+    CrossNetwork,
+    default_label_weights,
+    head_weights,
+    weighted_bce,
+    weighted_bce_from_logits,
+)
 
 HEADS = ("repin", "click", "closeup", "hide")
 

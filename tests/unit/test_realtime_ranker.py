@@ -3,9 +3,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.realtime import (CANDIDATE_EMB, PINNERFORMER_EMB, REQUEST_TS, RT_ACTION_TS, RT_ACTION_TYPE,
-                             RT_ITEM_EMB, Ranker, candidate_feature_keys, make_optimizer, tiny,
-                             user_feature_keys)
+from models.realtime import (
+    CANDIDATE_EMB,
+    PINNERFORMER_EMB,
+    REQUEST_TS,
+    RT_ACTION_TS,
+    RT_ACTION_TYPE,
+    RT_ITEM_EMB,
+    Ranker,
+    candidate_feature_keys,
+    make_optimizer,
+    tiny,
+    user_feature_keys,
+)
 
 CFG = tiny()
 P, DE, DP = CFG.realtime.seq_len, CFG.item_emb_dim, CFG.pinnerformer_dim
@@ -84,7 +94,8 @@ def test_pinnerformer_and_realtime_ablations_change_inputs():
     no_rt = Ranker(CFG.replace(use_realtime=False), seed=0)
     no_rt({k: v for k, v in feats.items() if not k.startswith("rt_")})
     d_rt = CFG.realtime.output_dim
-    width = lambda m: m.cross.cross_layers[0].kernel.shape[0]
+    def width(m):
+        return m.cross.cross_layers[0].kernel.shape[0]
     assert width(full) - width(no_pf) == DP
     assert width(full) - width(no_rt) == d_rt
     assert no_rt.transact is None

@@ -6,8 +6,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from components.retrieval_evaluator.metrics import (PER_USER, p90_coverage, popularity_baseline_metrics,
-                                                    retrieval_metrics)
+from components.retrieval_evaluator.metrics import (
+    PER_USER,
+    p90_coverage,
+    popularity_baseline_metrics,
+    retrieval_metrics,
+)
 
 
 def reference(scores, item_ids, history, positives, interests, k, entropy_k):

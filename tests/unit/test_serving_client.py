@@ -8,8 +8,12 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from pipeline import features as F
 from serving import constants as C

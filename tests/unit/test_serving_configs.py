@@ -10,9 +10,8 @@ import threading
 import pytest
 import yaml
 
-from serving import configs
+from serving import configs, tfs_protos
 from serving import constants as C
-from serving import tfs_protos
 
 DEPLOY = C.DEPLOY_DIR
 

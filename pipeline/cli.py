@@ -14,6 +14,7 @@ from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 import argparse
 import json
 import sys
+from typing import Optional
 
 DIST_NAME = "pinrank"  # [project] name in pyproject.toml
 # Commands that need nothing from serving/: their parser is built without it (no grpc/numpy
@@ -42,8 +43,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                         "true/false); `pinrank config show` prints every path")
 
 
+def _check_inputs(cfg) -> None:
+    """Missing input files fail here, in a second, not after the TensorFlow import."""
+    if cfg.data.source == "path":
+        from components.data.sources import path_inputs
+        path_inputs(cfg.data)
+
+
 def cmd_run(args) -> int:
     cfg = _config(args)  # first: a config error must not wait for TensorFlow
+    _check_inputs(cfg)
     from pipeline import local_runner
     from pipeline.runs import DEFAULT_BEAM_ARGS
     summary = local_runner.run(cfg, args.home, args.beam_arg or list(DEFAULT_BEAM_ARGS),
@@ -82,7 +91,7 @@ def cmd_run(args) -> int:
         else:
             print(f"{'blessed':>22}: {ranker['validation_ok']}")
         print(f"{'pushed':>22}: {ranker['pushed']} -> {ranker.get('pushed_destination', '-')}")
-    _print_fallbacks(summary.get("fallbacks", {}))
+    _print_fallbacks(summary.get("fallbacks", {}), dropped=summary.get("dropped"))
     print(f"{'wall time':>22}: {summary['wall_s']} s")
     print(f"{'peak memory':>22}: {summary['peak_rss_mb']} MB")
     if args.json_out:
@@ -91,19 +100,25 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _print_fallbacks(fallbacks: dict, file=None) -> None:
-    """One line per feature that fell back to "unknown" for some items (DATASET.json)."""
+def _print_fallbacks(fallbacks: dict, file=None, dropped: Optional[dict] = None) -> None:
+    """One line per feature that fell back to "unknown" for some items, and per kind of bad row
+    dropped at ingestion (DATASET.json)."""
     for name, fb in fallbacks.items():
         if fb.get("count"):
             print(f"{'fallbacks':>22}: {name} {fb['count']:,} of {fb['of']:,} items", file=file)
+    for name, n in (dropped or {}).items():
+        print(f"{'dropped rows':>22}: {n:,} ({name})", file=file)
 
 
 def cmd_data(args) -> int:
     cfg = _config(args)
+    _check_inputs(cfg)
     from components.data.events import read_dataset_manifest
     from components.data.sources import prepare_dataset
-    path = prepare_dataset(cfg.data, args.out)
-    _print_fallbacks(read_dataset_manifest(path).get("fallbacks", {}), file=sys.stderr)
+    path = prepare_dataset(cfg.data, args.out, drop_invalid=cfg.examples.drop_invalid_events)
+    manifest = read_dataset_manifest(path)
+    _print_fallbacks(manifest.get("fallbacks", {}), file=sys.stderr,
+                     dropped=manifest.get("counts", {}).get("dropped"))
     print(path)
     return 0
 

@@ -62,6 +62,21 @@ class DataConfig:
         if not 0.0 <= self.max_fallback_share <= 1.0:
             raise ValueError(f"data.max_fallback_share must be in [0, 1], "
                              f"got {self.max_fallback_share}")
+        # The synthetic world's knobs (checked for every source: they are cheap to get right).
+        for name in ("num_users", "num_items", "num_interests", "events_per_user", "content_dim",
+                     "horizon_days"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_items < self.num_interests:
+            raise ValueError(f"data.num_items ({self.num_items}) must be >= data.num_interests "
+                             f"({self.num_interests}) so that every interest has items")
+        for name in ("release_fraction_at_start", "evergreen_fraction",
+                     "interest_drift_per_session"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("popularity_half_life_days", "user_active_days"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"data.{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,7 +59,8 @@ def _data_key(cfg: PipelineConfig) -> str:
 def build(cfg: PipelineConfig, paths: RunPaths, beam_args: Optional[List[str]] = None,
           enable_cache: bool = True) -> tfx.dsl.Pipeline:
     """Prepares the data set (idempotent) and returns the pipeline for any runner."""
-    dataset_dir = prepare_dataset(cfg.data, paths.data_dir)
+    dataset_dir = prepare_dataset(cfg.data, paths.data_dir,
+                                  drop_invalid=cfg.examples.drop_invalid_events)
     return create_pipeline(
         cfg, pipeline_root=paths.pipeline_root, dataset_dir=dataset_dir,
         dataset_fingerprint=read_dataset_manifest(dataset_dir)["fingerprint"], serving_dir=paths.serving_dir,
@@ -130,6 +131,8 @@ def summarize(paths: RunPaths) -> Dict:
                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     out["peak_rss_mb"] = round(usage / 1024, 1)
     # Items whose content features fell back to "unknown" (only non-zero counts).
-    fallbacks = (read_dataset_manifest(paths.data_dir) or {}).get("fallbacks", {})
-    out["fallbacks"] = {k: v for k, v in fallbacks.items() if v.get("count")}
+    manifest = read_dataset_manifest(paths.data_dir) or {}
+    out["fallbacks"] = {k: v for k, v in manifest.get("fallbacks", {}).items() if v.get("count")}
+    # Rows dropped at ingestion (only with examples.drop_invalid_events=true), per problem.
+    out["dropped"] = manifest.get("counts", {}).get("dropped", {})
     return out

@@ -75,13 +75,18 @@ PROBLEMS = {
     "unknown_surface": "unknown surface",
     "missing_timestamp": "missing or non-numeric timestamp",
     "negative_timestamp": "negative timestamp",
+    "timestamp_out_of_range": "timestamp after 9999-12-31 (seconds expected)",
     "missing_duration": "missing or NaN duration",
     "negative_duration": "negative duration",
     "infinite_duration": "infinite duration",
     "missing_item_id": "missing or non-numeric item id",
     "unknown_item": "item id not in the item table",
 }
-_SHOW_VALUES = {"unknown_action", "unknown_surface", "negative_timestamp", "negative_duration",
+# Unix seconds of 9999-12-31T23:59:59Z: anything later is not a time in seconds (and may not
+# even fit int64).
+MAX_TIMESTAMP_S = 253402300799
+_SHOW_VALUES = {"unknown_action", "unknown_surface", "negative_timestamp", "timestamp_out_of_range",
+                "negative_duration",
                 "infinite_duration", "unknown_item"}
 MAX_EXAMPLES = 3
 
@@ -223,6 +228,8 @@ def check_events(df: pd.DataFrame, known_item_ids, report: ProblemReport) -> np.
     add("missing_timestamp", ts_missing)
     with np.errstate(invalid="ignore"):
         add("negative_timestamp", (ts < 0).to_numpy(dtype=bool, na_value=False), ts)
+        add("timestamp_out_of_range", (ts > MAX_TIMESTAMP_S).to_numpy(dtype=bool, na_value=False),
+            df["timestamp"])
 
     dur = pd.to_numeric(df["duration"], errors="coerce").to_numpy(dtype=np.float64,
                                                                   na_value=np.nan)

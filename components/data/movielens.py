@@ -407,6 +407,9 @@ def _convert(movies: pd.DataFrame, movies_where: str, rating_chunks: Iterable[pd
                     ts_max = hi if ts_max is None else max(ts_max, hi)
             if not drop_invalid:
                 report.raise_if_any(E.DROP_HINT)
+            if n_events == 0:
+                raise E.DatasetFormatError(f"{ratings_where}: no valid ratings (the file has "
+                                           f"{'no data rows' if not report.any else 'only invalid rows'})")
     except BaseException:
         E.clear_dataset(out_dir)  # never leave a half-written dataset behind
         raise

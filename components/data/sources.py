@@ -14,7 +14,7 @@ import os
 from components.data import events as E
 from components.data import movielens, synthetic
 from pipeline.artifacts import sha256_file
-from pipeline.config import DataConfig
+from pipeline.config import ConfigError, DataConfig
 
 SOURCES = ("synthetic", "movielens", "path")
 SYNTHETIC_FIELDS = ("num_users", "num_items", "num_interests", "events_per_user", "content_dim",
@@ -23,9 +23,10 @@ SYNTHETIC_FIELDS = ("num_users", "num_items", "num_interests", "events_per_user"
                     "interest_drift_per_session")
 
 
-def _path_inputs(cfg: DataConfig):
+def path_inputs(cfg: DataConfig):
+    """(ratings.csv, movies.csv) of data.path; checked before anything heavy is imported."""
     if not cfg.path:
-        raise ValueError("data.source='path' needs data.path: a directory with ratings.csv "
+        raise ConfigError("data.source='path' needs data.path: a directory with ratings.csv "
                          "(userId,movieId,rating,timestamp) and movies.csv (movieId,title,genres)")
     ratings = os.path.join(cfg.path, "ratings.csv")
     movies = os.path.join(cfg.path, "movies.csv")
@@ -47,7 +48,7 @@ def dataset_fingerprint(cfg: DataConfig, *, with_impressions: bool = True,
         key = {"source": "movielens", "version": movielens.CONVERSION_VERSION,
                "wheel_sha256": movielens.RECBOLE_WHEEL_SHA256, "drop_invalid": drop_invalid}
     elif cfg.source == "path":
-        ratings, movies = _path_inputs(cfg)
+        ratings, movies = path_inputs(cfg)
         key = {"source": "path", "version": movielens.CONVERSION_VERSION,
                "drop_invalid": drop_invalid, "ratings_sha256": sha256_file(ratings),
                "movies_sha256": sha256_file(movies)}
@@ -87,7 +88,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: str, *, drop_invalid: bool = False
             src = movielens.fetch_movielens_100k(cfg.cache_dir)
             movielens.convert_movielens_100k(src, out_dir, drop_invalid=drop_invalid)
         else:
-            ratings, movies = _path_inputs(cfg)
+            ratings, movies = path_inputs(cfg)
             movielens.convert_movielens_csv(ratings, movies, out_dir, drop_invalid=drop_invalid)
         manifest = E.read_dataset_manifest(out_dir) or {}
         manifest.pop("format_version", None)
@@ -102,5 +103,5 @@ def prepare_dataset(cfg: DataConfig, out_dir: str, *, drop_invalid: bool = False
 def _items_file(cfg: DataConfig) -> str:
     """The file the item features were read from (named in fallback errors)."""
     if cfg.source == "path":
-        return _path_inputs(cfg)[1]
+        return path_inputs(cfg)[1]
     return os.path.join(movielens.cache_root(cfg.cache_dir), movielens.ML100K_DIR, "ml-100k.item")

@@ -466,23 +466,7 @@ def generate(out_dir: str, cfg: DataConfig, with_impressions: bool = True, *,
              progress: Optional[Callable[[dict], None]] = None) -> dict:
     """Simulate the world described in the module docstring into `out_dir` (previous dataset
     files there are removed) and return a summary (also stored in DATASET.json)."""
-    if cfg.num_users < 1 or cfg.num_items < 1 or cfg.num_interests < 1:
-        raise ValueError("num_users, num_items and num_interests must be >= 1")
-    if cfg.num_items < cfg.num_interests:
-        raise ValueError(f"num_items ({cfg.num_items}) must be >= num_interests "
-                         f"({cfg.num_interests}) so that every interest has items")
-    if cfg.events_per_user < 1 or cfg.content_dim < 1:
-        raise ValueError("events_per_user and content_dim must be >= 1")
-    if cfg.temporal_dynamics:
-        if cfg.horizon_days < 1:
-            raise ValueError(f"horizon_days must be >= 1, got {cfg.horizon_days}")
-        for name in ("release_fraction_at_start", "evergreen_fraction",
-                     "interest_drift_per_session"):
-            if not 0.0 <= getattr(cfg, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
-        for name in ("popularity_half_life_days", "user_active_days"):
-            if not getattr(cfg, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    # The sizes and the dynamics' knobs were checked when the DataConfig was built.
     t_begin = time.time()
     os.makedirs(out_dir, exist_ok=True)
     E.clear_dataset(out_dir)

@@ -147,6 +147,9 @@ class PinnerFormerConfig:
     action_emb_dim: int = 8
     surface_emb_dim: int = 8
     item_id_embedding_dim: int = 0  # > 0: learned id embedding beside the frozen one (deviation)
+    # Skip from the frozen item vectors to both outputs: user = head + mean of its history's item
+    # vectors, item = tower + its vector (deviation; models/pinnerformer/model.py).
+    history_mean_skip: bool = False
     objective: str = "dense_all_action"
     label_window_days: int = 28  # K for all_action / dense_all_action
     num_sampled_positions: int = 16  # dense all action positions per sequence

@@ -109,8 +109,10 @@ class OutputHead(keras.layers.Layer):
         self.fc1 = keras.layers.Dense(ffn_mult * hidden, activation=_gelu, name="fc1")
         self.fc2 = keras.layers.Dense(output_dim, name="fc2")
 
-    def call(self, x):
-        return tf.math.l2_normalize(self.fc2(self.fc1(self.ln(x))), axis=-1)
+    def call(self, x, skip=None):
+        """`skip` (same shape as the output, optional) is added before the normalisation."""
+        y = self.fc2(self.fc1(self.ln(x)))
+        return tf.math.l2_normalize(y if skip is None else y + skip, axis=-1)
 
 
 class ItemTower(keras.layers.Layer):
@@ -123,5 +125,15 @@ class ItemTower(keras.layers.Layer):
         self.fc1 = keras.layers.Dense(ffn_mult * hidden, activation=_gelu, name="fc1")
         self.fc2 = keras.layers.Dense(output_dim, name="fc2")
 
-    def call(self, x):
-        return tf.math.l2_normalize(self.fc2(self.fc1(x)), axis=-1)
+    def call(self, x, skip=None):
+        """`skip` (same shape as the output, optional) is added before the normalisation."""
+        y = self.fc2(self.fc1(x))
+        return tf.math.l2_normalize(y if skip is None else y + skip, axis=-1)
+
+
+def history_mean(item_vec, weight):
+    """Per newest-first position s, the weighted mean of the item vectors at positions >= s
+    (s itself and every older action): [B, M, Din], [B, M] -> [B, M, Din] (0 where no weight)."""
+    num = tf.cumsum(weight[..., None] * item_vec, axis=1, reverse=True)
+    den = tf.cumsum(weight, axis=1, reverse=True)[..., None]
+    return tf.math.divide_no_nan(num, den)

@@ -22,7 +22,7 @@ from pipeline import features as F
 from pipeline.config import PinnerFormerConfig
 
 from . import inputs, losses, objectives
-from .layers import ActionFeatures, ItemTower, OutputHead, TransformerBlock, attention_mask
+from .layers import ActionFeatures, ItemTower, OutputHead, TransformerBlock, attention_mask, history_mean
 from .sketch import CountMinSketch
 
 # The model has no tensor-dependent Python control flow; skipping AutoGraph's source conversion of this code
@@ -52,6 +52,7 @@ class PinnerFormer(keras.Model):
             raise ValueError("item_ids must be unique")
         self.cfg = cfg
         self.num_items = int(item_ids.size)
+        self.num_actions = int(num_actions)
         self.item_input_dim = int(item_embeddings.shape[1])
         self._seed = int(seed)
         self.item_table = tf.lookup.StaticHashTable(
@@ -81,6 +82,21 @@ class PinnerFormer(keras.Model):
                        for i in range(cfg.num_layers)]
         self.output_head = OutputHead(cfg.hidden, cfg.ffn_mult, cfg.output_dim, name="output_head")
         self.item_tower = ItemTower(cfg.hidden, cfg.ffn_mult, cfg.output_dim, name="item_tower")
+        # Optional skip from the frozen inputs to both outputs (deviation, off in the paper): the
+        # user side adds a learned-action-weighted mean of its history's item vectors, the item
+        # side its own vector, through one shared projection (identity at init). At init the
+        # dot product is the no-training "mean of the history" retriever, and training learns
+        # corrections to it; on small data the towers alone fall below that retriever.
+        self.skip_projection = None
+        if cfg.history_mean_skip:
+            in_dim = self.item_input_dim + cfg.item_id_embedding_dim
+            self.skip_projection = keras.layers.Dense(
+                cfg.output_dim, use_bias=False, kernel_initializer=keras.initializers.Identity(),
+                name="skip_projection")
+            self.skip_projection.build((None, in_dim))
+            self.skip_action_weight = self.add_weight(  # softplus -> 1.0 for every action at init
+                name="skip_action_weight", shape=(num_actions,), dtype=tf.float32,
+                initializer=keras.initializers.Constant(math.log(math.e - 1.0)), trainable=True)
         self.log_temperature = self.add_weight(
             name="log_temperature", shape=(), dtype=tf.float32,
             initializer=keras.initializers.Constant(math.log(cfg.init_temperature)), trainable=True)
@@ -106,7 +122,8 @@ class PinnerFormer(keras.Model):
         return tf.concat([x, tf.gather(self.item_id_embedding, rows) * known], axis=-1)
 
     def item_embedding_from_rows(self, rows):
-        return self.item_tower(self.item_inputs(rows))
+        x = self.item_inputs(rows)
+        return self.item_tower(x, None if self.skip_projection is None else self.skip_projection(x))
 
     def item_embedding(self, item_ids):
         """Pin tower: item ids [N] -> [N, D] unit vectors (unknown ids share the zero-input embedding)."""
@@ -121,9 +138,11 @@ class PinnerFormer(keras.Model):
         if isinstance(m, int) and m > self.cfg.seq_len:
             raise ValueError(f"history width {m} exceeds seq_len {self.cfg.seq_len}")
         seq_len = inputs.length(features, F.SEQ_LEN_XF, m)
+        item_vec = self.item_inputs(self.item_rows(hist_item))
+        action = inputs.sequence(features, F.HIST_ACTION, tf.int32)
         x = self.action_features(
-            self.item_inputs(self.item_rows(hist_item)),
-            inputs.sequence(features, F.HIST_ACTION, tf.int32),
+            item_vec,
+            action,
             inputs.sequence(features, F.HIST_SURFACE, tf.int32),
             inputs.sequence(features, F.HIST_TS, tf.int64),
             inputs.sequence(features, F.HIST_DURATION, tf.float32),
@@ -132,7 +151,14 @@ class PinnerFormer(keras.Model):
         mask = attention_mask(seq_len, tf.shape(hist_item)[1])
         for block in self.blocks:
             x = block(x, mask, training=training)
-        out = self.output_head(x)  # [B, M, D]
+        skip = None
+        if self.skip_projection is not None:
+            real = tf.cast(tf.sequence_mask(seq_len, tf.shape(hist_item)[1]), tf.float32)
+            weight = tf.nn.softplus(tf.gather(self.skip_action_weight,
+                                              tf.clip_by_value(action, 0, self.num_actions - 1)))
+            weight *= real * tf.cast(action > 0, tf.float32)  # padding (index 0) weighs nothing
+            skip = self.skip_projection(history_mean(item_vec, weight))
+        out = self.output_head(x, skip)  # [B, M, D]
         return out if return_sequence else out[:, 0, :]
 
     def encode(self, features, training=False):

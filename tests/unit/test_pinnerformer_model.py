@@ -177,3 +177,27 @@ def test_fit_reduces_loss_then_export_round_trip(tmp_path):
     q = tf.constant(np.r_[ITEM_IDS[::7], [-1, 123]])  # unknown ids go through the restored lookup table
     np.testing.assert_allclose(loaded.signatures["item_embedding"](item_id=q)["embedding"].numpy(),
                                m.item_embedding(q).numpy(), atol=1e-6)
+
+
+def test_history_mean_skip_matches_numpy_when_the_towers_are_silent():
+    """With the towers' last layers zeroed, the user embedding at position s is the normalised
+    mean of the frozen vectors at s and older (padding excluded), and an item's embedding is
+    its normalised frozen vector: the no-training retriever the skip starts from (output_dim
+    = DIN so the identity projection is square)."""
+    cfg = dataclasses.replace(CFG, output_dim=DIN, history_mean_skip=True)
+    m = _model(cfg)
+    feats = _batch(np.random.default_rng(5), 4)
+    _encode(m, feats), m.item_embedding(tf.constant(ITEM_IDS[:1]))  # builds both towers
+    for layer in (m.output_head.fc2, m.item_tower.fc2):
+        layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    seq = _encode(m, feats)
+    emb = np.random.default_rng(0).normal(size=(N_ITEMS, DIN)).astype(np.float32)
+    for b in range(4):
+        n = int(feats[F.SEQ_LEN_XF][b])
+        rows = feats[F.xf(F.HIST_ITEM)][b] - ITEM_IDS[0]
+        for s in range(n):
+            ref = emb[rows[s:n]].mean(0)
+            np.testing.assert_allclose(seq[b, s], ref / np.linalg.norm(ref), atol=1e-5)
+    got = m.item_embedding(tf.constant(ITEM_IDS[:3])).numpy()
+    np.testing.assert_allclose(got, emb[:3] / np.linalg.norm(emb[:3], axis=1, keepdims=True),
+                               atol=1e-5)

@@ -59,7 +59,7 @@ def cmd_run(args) -> None:
             start = time.time()
             summary = local_runner.run(cfg, os.path.join(args.home, args.protocol))
             ev = summary["evaluation"]
-            row = {"variant": name, "seed": seed, "overrides": overrides,
+            row = {"variant": name, "seed": seed, "overrides": overrides, "set": args.set,
                    "source": args.source, "protocol": args.protocol, "preset": args.preset,
                    "wall_s": round(time.time() - start, 1), "methods": ev["methods"],
                    "comparison": ev["comparison"], "gate": ev["gate"]}

@@ -33,5 +33,12 @@ test-fast: env
 e2e: env
 	$(VENV)/bin/python -m pytest -q -m e2e $(ARGS)
 
+# Quality benchmark: PinnerFormer vs the non-learned baselines on ML-100K validation users,
+# three seeds, then the HTML report (benchmarks/quality.py; ~40 min on 2 cores).
+bench: env
+	$(VENV)/bin/python benchmarks/quality.py run --source movielens --protocol validation --seeds 0 1 2
+	$(VENV)/bin/python benchmarks/quality.py report runs/quality/movielens-validation.json \
+		--out runs/quality/index.html
+
 clean:
 	rm -rf runs build .pytest_cache

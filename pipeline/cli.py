@@ -91,7 +91,7 @@ def cmd_run(args) -> int:
         else:
             print(f"{'blessed':>22}: {ranker['validation_ok']}")
         print(f"{'pushed':>22}: {ranker['pushed']} -> {ranker.get('pushed_destination', '-')}")
-    _print_fallbacks(summary.get("fallbacks", {}), dropped=summary.get("dropped"))
+    _print_data_counts(summary.get("fallbacks", {}), dropped=summary.get("dropped"))
     print(f"{'wall time':>22}: {summary['wall_s']} s")
     print(f"{'peak memory':>22}: {summary['peak_rss_mb']} MB")
     if args.json_out:
@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _print_fallbacks(fallbacks: dict, file=None, dropped: Optional[dict] = None) -> None:
+def _print_data_counts(fallbacks: dict, file=None, dropped: Optional[dict] = None) -> None:
     """One line per feature that fell back to "unknown" for some items, and per kind of bad row
     dropped at ingestion (DATASET.json)."""
     for name, fb in fallbacks.items():
@@ -111,13 +111,12 @@ def _print_fallbacks(fallbacks: dict, file=None, dropped: Optional[dict] = None)
 
 
 def cmd_data(args) -> int:
-    cfg = _config(args)
-    _check_inputs(cfg)
+    cfg = _config(args)  # prepare_dataset checks the input files itself (no TensorFlow here)
     from components.data.events import read_dataset_manifest
     from components.data.sources import prepare_dataset
     path = prepare_dataset(cfg.data, args.out, drop_invalid=cfg.examples.drop_invalid_events)
     manifest = read_dataset_manifest(path)
-    _print_fallbacks(manifest.get("fallbacks", {}), file=sys.stderr,
+    _print_data_counts(manifest.get("fallbacks", {}), file=sys.stderr,
                      dropped=manifest.get("counts", {}).get("dropped"))
     print(path)
     return 0

@@ -86,8 +86,7 @@ PROBLEMS = {
 # even fit int64).
 MAX_TIMESTAMP_S = 253402300799
 _SHOW_VALUES = {"unknown_action", "unknown_surface", "negative_timestamp", "timestamp_out_of_range",
-                "negative_duration",
-                "infinite_duration", "unknown_item"}
+                "negative_duration", "infinite_duration", "unknown_item"}
 MAX_EXAMPLES = 3
 
 

@@ -53,6 +53,8 @@ def read_requests(examples_uri: str, split: str = "eval") -> Dict[str, Any]:
     if not rows:
         raise ValueError(f"no {split} examples under {examples_uri}/Split-{split}")
     feats = [tf.train.Example.FromString(r).features.feature for r in rows]
+    labels = np.array([[f[F.label_key(h)].int64_list.value[0] for h in F.HEADS] for f in feats],
+                      np.int64)
     return {
         "serialized": rows,
         "request_id": np.array([f[F.REQUEST_ID].bytes_list.value[0] for f in feats], object),
@@ -60,9 +62,8 @@ def read_requests(examples_uri: str, split: str = "eval") -> Dict[str, Any]:
         "cand_item": np.array([f[F.CAND_ITEM].int64_list.value[0] for f in feats], np.int64),
         "pf_embedding": np.array([list(f[F.PF_EMBEDDING].float_list.value) for f in feats],
                                  np.float32),
-        "label": np.array([f[F.label_key(HEAD)].int64_list.value[0] for f in feats], np.int64),
-        "labels": np.array([[f[F.label_key(h)].int64_list.value[0] for h in F.HEADS]
-                            for f in feats], np.int64),  # [N, len(HEADS)]
+        "labels": labels,  # [N, len(HEADS)]
+        "label": labels[:, F.HEADS.index(HEAD)],
     }
 
 

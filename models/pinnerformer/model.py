@@ -89,11 +89,9 @@ class PinnerFormer(keras.Model):
         # corrections to it; on small data the towers alone fall below that retriever.
         self.skip_projection = None
         if cfg.history_mean_skip:
-            in_dim = self.item_input_dim + cfg.item_id_embedding_dim
             self.skip_projection = keras.layers.Dense(
                 cfg.output_dim, use_bias=False, kernel_initializer=keras.initializers.Identity(),
                 name="skip_projection")
-            self.skip_projection.build((None, in_dim))
             self.skip_action_weight = self.add_weight(  # softplus -> 1.0 for every action at init
                 name="skip_action_weight", shape=(num_actions,), dtype=tf.float32,
                 initializer=keras.initializers.Constant(math.log(math.e - 1.0)), trainable=True)

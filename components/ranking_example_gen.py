@@ -90,6 +90,7 @@ from tfx.utils import path_utils
 
 from components.data import beam_io
 from components.data import events as ev
+from components.data import ranking_features as rf
 from pipeline import features as F
 from pipeline.config import DAY_S, PipelineConfig, RankingConfig
 from serving import constants as C
@@ -99,14 +100,11 @@ STATS_FILE = "ranking_example_gen.json"
 SOURCE_IMPRESSIONS = "impressions"
 SOURCE_SESSIONS = "derived_sessions"
 EMBED_BATCH = 256  # (user, day) rows per embed_raw call
-_HIST = (F.HIST_ITEM, F.HIST_ACTION, F.HIST_SURFACE, F.HIST_TS, F.HIST_DURATION)
-_HIST_SRC = {F.HIST_ITEM: "item_id", F.HIST_ACTION: "action", F.HIST_SURFACE: "surface",
-             F.HIST_TS: "timestamp", F.HIST_DURATION: "duration"}
+_HIST = rf.HIST_FEATURES
 _HEAD_INDEX = {h: i for i, h in enumerate(F.HEADS)}
 _PADS = {F.HIST_ITEM: C.PAD_ITEM, F.HIST_ACTION: C.PAD_STRING, F.HIST_SURFACE: C.PAD_STRING,
          F.HIST_TS: C.PAD_INT, F.HIST_DURATION: C.PAD_FLOAT}
-_DTYPES = {F.HIST_ITEM: np.int64, F.HIST_ACTION: object, F.HIST_SURFACE: object,
-           F.HIST_TS: np.int64, F.HIST_DURATION: np.float32}
+_DTYPES = rf.HIST_DTYPES
 
 assert set(F.HEADS) == set(F.IMPRESSION_LABELS) == set(F.ACTIONS)
 
@@ -224,19 +222,8 @@ def sample_negatives(catalog: np.ndarray, exclude: np.ndarray, k: int,
     return np.asarray(chosen, np.int64)
 
 
-def _sorted_events(events: Optional[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-    if events is None or not len(events["timestamp"]):
-        return {"item_id": np.zeros(0, np.int64), "action": np.zeros(0, object),
-                "timestamp": np.zeros(0, np.int64), "duration": np.zeros(0, np.float64),
-                "surface": np.zeros(0, object)}
-    order = np.lexsort((events["item_id"], events["timestamp"]))  # time, ties by item id
-    return {k: np.asarray(events[k])[order] for k in ("item_id", "action", "timestamp",
-                                                      "duration", "surface")}
-
-
-def _history(r: Dict[str, np.ndarray], end: int, max_history: int) -> Dict[str, np.ndarray]:
-    lo = max(0, end - max_history)
-    return {name: r[src][lo:end].astype(_DTYPES[name]) for name, src in _HIST_SRC.items()}
+_sorted_events = rf.sort_events
+_history = rf.history_slice
 
 
 def _impression_requests(imps: Dict[str, np.ndarray], user_id: str, drop_invalid: bool
@@ -488,21 +475,19 @@ def _bytes(f, key, values):
 
 def request_examples(user_id: str, req: dict, embedding: np.ndarray, present: int
                      ) -> List[tf.train.Example]:
-    """One request -> one Example per candidate (features.py "Ranking examples")."""
+    """One request -> one Example per candidate (features.py "Ranking examples"); the request
+    features come from ranking_features.request_features, as the online service's do."""
+    feats = rf.request_features(user_id, req["request_id"], req["request_ts"], req["surface"],
+                                req["hist"], embedding, present)
     base = tf.train.Example()
     f = base.features.feature
-    _bytes(f, F.REQUEST_ID, [req["request_id"]])
-    _bytes(f, F.USER_ID, [user_id])
-    _ints(f, F.REQUEST_TS, [req["request_ts"]])
-    _bytes(f, F.SURFACE, [req["surface"]])
-    h = req["hist"]
-    _ints(f, F.HIST_ITEM, h[F.HIST_ITEM])
-    _bytes(f, F.HIST_ACTION, h[F.HIST_ACTION])
-    _ints(f, F.HIST_TS, h[F.HIST_TS])
-    _bytes(f, F.HIST_SURFACE, h[F.HIST_SURFACE])
-    _floats(f, F.HIST_DURATION, h[F.HIST_DURATION])
-    _floats(f, F.PF_EMBEDDING, embedding)
-    _ints(f, F.PF_PRESENT, [present])
+    for key, values in feats.items():
+        if values.dtype == object:
+            _bytes(f, key, values)
+        elif values.dtype == np.float32:
+            _floats(f, key, values)
+        else:
+            _ints(f, key, values)
     out = []
     for item, labels in zip(req["cand_item"].tolist(), req["labels"].tolist()):
         ex = tf.train.Example()

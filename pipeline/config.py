@@ -538,6 +538,42 @@ def ranker_preset(name: str) -> RankerConfig:
     return RANKER_PRESETS[name]()
 
 
+ONLINE_ON_STORE_DOWN = ("error", "batch_only")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """The online request path (serving/service.py: `pinrank serve-recs`, `recommend`, `ingest`).
+    The history a request sends the ranker is `ranking.max_history` actions, as in training."""
+    store: str = "sqlite:///runs/online/actions.db"  # realtime action store: sqlite:///F, redis://H:P/D
+    snapshot_store: str = ""  # where the daily user-embedding snapshots are read; "" = `store`
+    k: int = 10  # items answered
+    num_candidates: int = 500  # items retrieved and ranked
+    rank_weights: Tuple[float, ...] = (1.0, 1.0, 1.0, -1.0)  # utility weight per head, F.HEADS order
+    # Action store unreachable: "error" answers 503; "batch_only" answers from the snapshot
+    # store alone (no realtime history; marked degraded) when that is a different store.
+    on_store_down: str = "error"
+    cold_start_window_days: int = 28  # unknown users get the most engaged items of this window
+    surface: str = "homefeed"  # request surface when the caller names none
+
+    def __post_init__(self):
+        from pipeline import features as F  # no imports of its own
+
+        for name in ("k", "num_candidates", "cold_start_window_days"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"online.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_candidates < self.k:
+            raise ValueError(f"online.num_candidates={self.num_candidates} < online.k={self.k}")
+        if len(self.rank_weights) != len(F.HEADS):
+            raise ValueError(f"online.rank_weights needs one weight per head {F.HEADS}, "
+                             f"got {list(self.rank_weights)}")
+        if self.on_store_down not in ONLINE_ON_STORE_DOWN:
+            raise ValueError(f"online.on_store_down must be one of {ONLINE_ON_STORE_DOWN}, "
+                             f"got {self.on_store_down!r}")
+        if self.surface not in F.SURFACES:
+            raise ValueError(f"online.surface must be one of {F.SURFACES}, got {self.surface!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     name: str = "pinrank"
@@ -553,6 +589,7 @@ class PipelineConfig:
         default_factory=lambda: ranker_cpu().replace(learning_rate=5e-4, batch_size=128))
     ranker_train: RankerTrainConfig = RankerTrainConfig()
     ranker_eval: RankerEvalConfig = RankerEvalConfig()
+    online: OnlineConfig = OnlineConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

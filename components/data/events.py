@@ -41,6 +41,7 @@ EVENTS_DIR = "events"
 IMPRESSIONS_DIR = "impressions"
 ITEMS_FILE = "items.parquet"
 INTERESTS_FILE = "interests.json"
+TITLES_FILE = "titles.parquet"  # optional: item_id -> display title (MovieLens has them)
 MANIFEST_FILE = "DATASET.json"
 SHARD_PATTERN = "part-{:05d}.parquet"
 FORMAT_VERSION = 1
@@ -355,6 +356,26 @@ def write_items(dir: str, item_ids, embeddings, interests, interest_names: Seque
     return path
 
 
+def write_titles(dir: str, item_ids: Sequence[int], titles: Sequence[str]) -> str:
+    """titles.parquet (item_id int64, title string): what the recommendation service shows."""
+    table = pa.table({"item_id": pa.array(np.asarray(item_ids, np.int64), pa.int64()),
+                      "title": pa.array([str(t) for t in titles], pa.string())})
+    path = os.path.join(dir, TITLES_FILE)
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return path
+
+
+def read_titles(dir: str) -> Dict[int, str]:
+    """item_id -> title, or {} when the dataset has no titles (synthetic data)."""
+    path = os.path.join(dir, TITLES_FILE)
+    if not os.path.exists(path):
+        return {}
+    table = _read_parquet(path)
+    if "item_id" not in table.column_names or "title" not in table.column_names:
+        raise DatasetFormatError(f"{path}: need columns item_id, title; found {table.column_names}")
+    return dict(zip(table.column("item_id").to_pylist(), table.column("title").to_pylist()))
+
+
 def _read_items_table(dir: str) -> pa.Table:
     path = os.path.join(dir, ITEMS_FILE)
     table = _read_parquet(path)
@@ -649,7 +670,7 @@ def clear_dataset(dir: str) -> None:
     """Remove the files this module's layout defines from `dir` (and nothing else), so that a
     regenerated dataset never mixes with stale shards. DATASET.json goes first."""
     import shutil
-    for name in (MANIFEST_FILE, ITEMS_FILE, INTERESTS_FILE):
+    for name in (MANIFEST_FILE, ITEMS_FILE, INTERESTS_FILE, TITLES_FILE):
         p = os.path.join(dir, name)
         if os.path.exists(p):
             os.remove(p)

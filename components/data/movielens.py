@@ -44,7 +44,7 @@ from pipeline import pinned_wheel
 from pipeline.artifacts import sha256_file
 
 # Bump whenever the conversion's output for the same inputs changes (invalidates caches).
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2
 RECBOLE_VERSION = "1.2.1"
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
@@ -209,10 +209,14 @@ def _movies_from_100k(path: str) -> pd.DataFrame:
         if col not in items.columns:
             raise E.DatasetFormatError(f"{path}: missing column {col!r} "
                                        f"(found {list(items.columns)})")
+    years = pd.to_numeric(items["release_year"], errors="coerce")  # "unkonwn" -> NaN
+    titles = (items["movie_title"].astype(str) if "movie_title" in items.columns
+              else "movie " + items["item_id"].astype(str))
     return pd.DataFrame({
         "movieId": items["item_id"],
+        "title": [t if np.isnan(y) else f"{t} ({int(y)})" for t, y in zip(titles, years)],
         "genres": [[g for g in s.split(" ") if g] for s in items["class"]],
-        "year": pd.to_numeric(items["release_year"], errors="coerce"),  # "unkonwn" -> NaN
+        "year": years,
     })
 
 
@@ -230,6 +234,7 @@ def _movies_from_csv(path: str) -> pd.DataFrame:
                                    f"movieId,title,genres, found {list(movies.columns)}")
     return pd.DataFrame({
         "movieId": movies["movieId"],
+        "title": movies["title"],
         "genres": [[g for g in s.split("|") if g and g != NO_GENRES] for s in movies["genres"]],
         "year": _csv_years(movies, path),
     })
@@ -367,6 +372,7 @@ def _convert(movies: pd.DataFrame, movies_where: str, rating_chunks: Iterable[pd
     os.makedirs(out_dir, exist_ok=True)
     E.clear_dataset(out_dir)
     E.write_items(out_dir, item_ids, emb, interests, genre_names)
+    E.write_titles(out_dir, item_ids, movies["title"].astype(str).str.strip().tolist())
     known = pd.Index(item_ids)
     report = E.ProblemReport(ratings_where)
     users: set = set()

@@ -91,6 +91,7 @@ def test_convert_csv(tmp_path):
                             "Crime", "Thriller", "Horror", "Sci-Fi"])
     items = E.read_items(out).set_index("item_id")
     assert items.index.tolist() == [1, 2, 5, 7, 10]  # unrated movie 7 is still an item
+    assert sorted(E.read_titles(out)) == [1, 2, 5, 7, 10]
     assert [names[i] for i in items.loc[2, "interests"]] == ["Action", "Crime", "Thriller"]
     assert items.loc[7, "interests"].tolist() == []
     g = len(names)
@@ -194,6 +195,8 @@ def test_convert_100k_atomic_files(tmp_path):
                                           "unknown"]
     assert (s["counts"]["users"], s["counts"]["items"], s["counts"]["positives"]) == (3, 3, 1)
     assert s["inputs"]["wheel"]["sha256"] == M.RECBOLE_WHEEL_SHA256
+    assert E.read_titles(out) == {242: "Kolya (1996)", 302: 'L.A. "Confidential" (1997)',
+                                  5: "Lost"}
     # Movie 5: release year "unkonwn", genre "unknown" (a genre, but counted as none).
     assert s["fallbacks"] == {"release_year_missing": {"count": 1, "of": 3},
                               "genres_missing": {"count": 1, "of": 3}}

@@ -170,6 +170,74 @@ class ServingClient:
                           for e in serialized_examples], dtype=object)
         return self.predict(model, signature, {input_name: batch}, version)
 
+    def retrieve_versioned(self, k: int, *, history: Optional[Mapping[str, Any]] = None,
+                           embedding: Optional[Any] = None,
+                           exclude: Optional[Sequence[Any]] = None, model: str = C.PINNERFORMER,
+                           version: Optional[int] = None,
+                           exclude_width: Optional[int] = C.RETRIEVE_EXCLUDE_WIDTH
+                           ) -> Tuple[Dict[str, np.ndarray], int]:
+        """Top-k catalogue items per user from the index inside the served PinnerFormer: one
+        Predict on `retrieve` (history: embed_raw inputs [B, L], e.g. embed_request_from_events)
+        or `retrieve_embedding` (embedding [B, D]); pass exactly one.
+
+        exclude: None or one id list per row; those ids are never returned (pads and ids
+        outside the catalogue are ignored). exclude_items is sent padded to `exclude_width`,
+        so that concurrent requests can share a batch on a batching server; a row with more
+        distinct ids sends that many and asks for k + the rest, which are then dropped here,
+        so the result stays exact. exclude_width=None: the width of the longest list.
+        Returns ({item_ids int64 [B, k], scores float32 [B, k], and embedding [B, D] with
+        history}, served version); where fewer than k items are eligible the tail is
+        C.PAD_ITEM with score -inf."""
+        if (history is None) == (embedding is None):
+            raise ValueError("retrieve: pass exactly one of history or embedding")
+        if k < 1:
+            raise ValueError(f"retrieve: k must be >= 1, got {k}")
+        if history is not None:
+            missing = [n for n in C.EMBED_RAW_INPUTS if n not in history]
+            if missing:
+                raise ValueError(f"retrieve: history is missing embed_raw inputs {missing}")
+            signature, inputs = C.RETRIEVE, {n: history[n] for n in C.EMBED_RAW_INPUTS}
+            batch = len(np.asarray(history[C.HIST_LEN]).reshape(-1))
+        else:
+            emb = np.asarray(embedding, np.float32)
+            emb = emb[None, :] if emb.ndim == 1 else emb
+            signature, inputs, batch = C.RETRIEVE_EMBEDDING, {C.EMBEDDING: emb}, emb.shape[0]
+        if exclude is not None and len(exclude) != batch:
+            raise ValueError(f"retrieve: exclude has {len(exclude)} id lists for {batch} users")
+        rows = [np.zeros(0, np.int64) if exclude is None or exclude[r] is None else
+                np.unique(np.asarray(exclude[r], np.int64).reshape(-1)) for r in range(batch)]
+        rows = [x[x != C.PAD_ITEM] for x in rows]
+        width = max([len(x) for x in rows] + [0]) if exclude_width is None else int(exclude_width)
+        sent = np.full((batch, width), C.PAD_ITEM, np.int64)
+        for r, x in enumerate(rows):
+            sent[r, :min(len(x), width)] = x[:width]
+        rest = [x[width:] for x in rows]
+        inputs[C.EXCLUDE_ITEMS] = sent
+        inputs[C.K] = np.array([k + len(x) for x in rest], np.int32)
+        out, served = self.predict_versioned(model, signature, inputs, version)
+        ids = np.full((batch, k), C.PAD_ITEM, np.int64)
+        scores = np.full((batch, k), -np.inf, np.float32)
+        # The server's width is max(k) of the rows it ran together (other requests' included).
+        for r in range(batch):
+            keep = ~np.isin(out[C.ITEM_IDS][r], rest[r])
+            got_ids, got_scores = out[C.ITEM_IDS][r][keep][:k], out[C.SCORES][r][keep][:k]
+            ids[r, :len(got_ids)], scores[r, :len(got_ids)] = got_ids, got_scores
+        result: Dict[str, np.ndarray] = {C.ITEM_IDS: ids, C.SCORES: scores}
+        if C.EMBEDDING in out:
+            result[C.EMBEDDING] = out[C.EMBEDDING]
+        return result, served
+
+    def retrieve(self, k: int, *, history: Optional[Mapping[str, Any]] = None,
+                 embedding: Optional[Any] = None, exclude: Optional[Sequence[Any]] = None,
+                 model: str = C.PINNERFORMER, version: Optional[int] = None,
+                 exclude_width: Optional[int] = C.RETRIEVE_EXCLUDE_WIDTH
+                 ) -> Tuple[np.ndarray, np.ndarray, int]:
+        """retrieve_versioned -> (item_ids int64 [B, k], scores float32 [B, k], version)."""
+        out, served = self.retrieve_versioned(k, history=history, embedding=embedding,
+                                              exclude=exclude, model=model, version=version,
+                                              exclude_width=exclude_width)
+        return out[C.ITEM_IDS], out[C.SCORES], served
+
     def metadata(self, model: str, version: Optional[int] = None) -> Dict[str, Any]:
         """Signature name -> tensorflow.SignatureDef (as TF Serving lists them, including
         `__saved_model_init_op`)."""

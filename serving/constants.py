@@ -20,6 +20,8 @@ MODEL_NAMES = (PINNERFORMER, RANKER)
 SERVING_DEFAULT = "serving_default"
 EMBED_RAW = "embed_raw"
 ITEM_EMBEDDING = "item_embedding"
+RETRIEVE = "retrieve"  # embed_raw inputs + exclusions + k -> top-k catalogue items
+RETRIEVE_EMBEDDING = "retrieve_embedding"  # user embedding + exclusions + k -> top-k items
 RANK = "rank"
 
 # Tensor names of the pinnerformer signatures.
@@ -31,6 +33,20 @@ HIST_LEN = "hist_len"  # DT_INT64 [-1]: real actions per row; rows are padded af
 EMBED_RAW_SEQUENCE_INPUTS = (F.HIST_ITEM, F.HIST_ACTION, F.HIST_SURFACE, F.HIST_TS,
                              F.HIST_DURATION)
 EMBED_RAW_INPUTS = EMBED_RAW_SEQUENCE_INPUTS + (HIST_LEN,)
+# retrieve / retrieve_embedding (models/pinnerformer/retrieval.py): exact inner-product top-k over
+# the catalogue embedded at export. Inputs: EMBED_RAW_INPUTS (retrieve) or EMBEDDING [-1, D]
+# (retrieve_embedding), plus EXCLUDE_ITEMS and K; outputs ITEM_IDS and SCORES [-1, K'] with K' =
+# max(k) of the rows run together (row b: its k[b] best, then PAD_ITEM / -inf), plus EMBEDDING
+# from retrieve. Every input has dim 0 = B because TF Serving's batching session (the
+# pinnerformer is batched) refuses scalars; clients slice to their own k.
+EXCLUDE_ITEMS = "exclude_items"  # DT_INT64 [-1, X]: ids never returned, padded with PAD_ITEM
+K = "k"  # DT_INT32 [-1]: results wanted per row, >= 1
+ITEM_IDS = "item_ids"  # DT_INT64 [-1, K']: best first, ties by ascending id
+SCORES = "scores"  # DT_FLOAT [-1, K']: inner product <user, item>, descending
+# Width clients pad exclude_items to: batched requests must agree on every inner dimension
+# (pad_variable_length_inputs is off), so one fixed width lets any two requests share a batch.
+# serving.client.ServingClient.retrieve keeps longer lists exact by over-fetching.
+RETRIEVE_EXCLUDE_WIDTH = 1024
 # Ranker per-head outputs (one score per candidate, [-1]).
 RANK_HEADS = F.ACTIONS
 

@@ -1,11 +1,13 @@
 """`pinrank recommend --user U`: retrieve with PinnerFormer over gRPC, then rank if a ranker is
 served.
 
-1. The user's events strictly before `now` -> `embed_raw` request
-   (client.embed_request_from_events), Predict on `pinnerformer`, pinned to one version.
-2. Top-N items by inner product with the pin-tower embeddings of the catalog (ItemIndex, built
-   over gRPC from the *same* model version, or loaded from --index when its version matches),
-   excluding every item in the user's history.
+1.+2. The user's events strictly before `now` (client.embed_request_from_events) and every item
+   in that history as exclusions -> ONE Predict on the `retrieve` signature of `pinnerformer`
+   (client.retrieve_versioned): the user embedding and the exact top-N of the catalogue index
+   the export saved inside the model. Models exported before that signature existed fall back,
+   with a warning, to `embed_raw` + a client-side ItemIndex built over gRPC from the *same*
+   model version (or loaded from --index when its version matches): ~28 s per call on
+   MovieLens, which is why the index moved into the SavedModel.
 3. If a `ranker` model with a `rank` signature is AVAILABLE (GetModelStatus + metadata), its
    per-head scores re-order the N candidates by a weighted utility and the top k are returned
    (mode "ranked"). Otherwise the top k retrieved items are returned as they are and the result
@@ -33,6 +35,8 @@ RETRIEVAL_ONLY_NOTE = "retrieval-only (no ranker served)"
 # (Homefeed-style: engagement heads add, `hide` subtracts). Heads the ranker lacks are skipped.
 DEFAULT_RANK_WEIGHTS = {"repin": 1.0, "closeup": 1.0, "click": 1.0, "hide": -1.0}
 DEFAULT_MAX_LEN = 512
+NO_RETRIEVE_WARNING = ("%s v%s has no %r signature (exported before the catalogue index moved "
+                       "into the SavedModel): building the item index client-side over gRPC")
 
 
 @dataclasses.dataclass
@@ -121,8 +125,10 @@ def recommend(client, user_id: str, events, *, k: int = 10, num_candidates: Opti
     """Recommendations for one user (see the module docstring).
 
     client: serving.client.ServingClient. events: the canonical event rows (at least this
-    user's). index: an ItemIndex (its model_version must be served) or None to build one over
-    gRPC from `item_ids`. num_candidates: items retrieved (and ranked); default k."""
+    user's). index: None to retrieve with the served model's `retrieve` signature (one RPC;
+    for models exported without it, an ItemIndex is built over gRPC from `item_ids`), or an
+    ItemIndex to search client-side (its model_version must be served). num_candidates: items
+    retrieved (and ranked); default k."""
     from serving.client import embed_request_from_events, rank_request_inputs
     from serving.item_index import PAD_ID, ItemIndex
 
@@ -142,19 +148,27 @@ def recommend(client, user_id: str, events, *, k: int = 10, num_candidates: Opti
         version = available_version(client, model)
         if version is None:
             raise RuntimeError(f"no AVAILABLE version of {model!r} on {client.target}")
-    sig = client.metadata(model, version).get(C.EMBED_RAW)
+    sigs = client.metadata(model, version)
+    sig = sigs.get(C.EMBED_RAW)
     if sig is None:
         raise RuntimeError(f"{model} v{version} has no {C.EMBED_RAW!r} signature")
     req = embed_request_from_events(mine, [user_id], _width(sig, max_len, len(mine)), now)
-    out, served = client.predict_versioned(model, C.EMBED_RAW, _cast(req, sig), version)
-    user_emb = np.asarray(out[C.EMBEDDING], np.float32)
-
-    if index is None:
-        if item_ids is None:
-            raise ValueError("pass an ItemIndex or the catalog's item_ids")
-        index = ItemIndex.build(client, item_ids, model=model, version=served)
     history_items = np.unique(mine["item_id"].to_numpy(np.int64))
-    ids, scores = index.search(user_emb, n_cand, exclude=[history_items])
+    if index is None and C.RETRIEVE in sigs:  # the model's own index: one RPC
+        out, served = client.retrieve_versioned(n_cand, history=_cast(req, sig),
+                                                exclude=[history_items], model=model,
+                                                version=version)
+        user_emb = np.asarray(out[C.EMBEDDING], np.float32)
+        ids, scores = out[C.ITEM_IDS], out[C.SCORES]
+    else:
+        out, served = client.predict_versioned(model, C.EMBED_RAW, _cast(req, sig), version)
+        user_emb = np.asarray(out[C.EMBEDDING], np.float32)
+        if index is None:
+            if item_ids is None:
+                raise ValueError("pass an ItemIndex or the catalog's item_ids")
+            log.warning(NO_RETRIEVE_WARNING, model, served, C.RETRIEVE)
+            index = ItemIndex.build(client, item_ids, model=model, version=served)
+        ids, scores = index.search(user_emb, n_cand, exclude=[history_items])
     keep = ids[0] != PAD_ID
     cand, cand_scores = ids[0][keep], scores[0][keep]
 
@@ -195,9 +209,9 @@ def recommend_from_dataset(target: str, user_id: str, dataset_dir: str, *, k: in
                            num_candidates: Optional[int] = None, now_ts: Optional[int] = None,
                            max_len: Optional[int] = None, index_path: Optional[str] = None,
                            timeout_s: float = 10.0, retries: int = 3) -> Recommendation:
-    """recommend() with events and catalog read from a canonical dataset dir. index_path: an
-    .npz ItemIndex, reused when built from the served model version, else (re)built and saved
-    there."""
+    """recommend() with events and catalog read from a canonical dataset dir. index_path (used
+    only when the served model has no `retrieve` signature): an .npz ItemIndex, reused when
+    built from the served model version, else (re)built and saved there."""
     from components.data import events as ev
     from serving.client import ServingClient
     from serving.item_index import ItemIndex
@@ -205,8 +219,14 @@ def recommend_from_dataset(target: str, user_id: str, dataset_dir: str, *, k: in
     events = user_events(dataset_dir, user_id)
     with ServingClient(target, timeout_s=timeout_s, retries=retries) as client:
         index = None
+        version = available_version(client, C.PINNERFORMER)
+        if version is not None and C.RETRIEVE in client.metadata(C.PINNERFORMER, version):
+            # The served model retrieves from its own index: no catalogue, no --index file.
+            return recommend(client, user_id, events, k=k, num_candidates=num_candidates,
+                             now_ts=now_ts, max_len=max_len)
         if index_path:
-            version = available_version(client, C.PINNERFORMER)
+            if version is not None:
+                log.warning(NO_RETRIEVE_WARNING, C.PINNERFORMER, version, C.RETRIEVE)
             if os.path.exists(index_path):
                 index = ItemIndex.load(index_path)
                 if index.model_version != (None if version is None else str(version)):

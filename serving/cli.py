@@ -2,6 +2,7 @@
 
   pinrank serve --model_base_path runs/<pipeline>/serving --port 8500
   pinrank query status --model pinnerformer --require-available
+  pinrank query status --model ranker --max-age-hours 48     # staleness monitor (exit 1)
   pinrank query metadata --model pinnerformer
   pinrank query embed --events DATASET_DIR --user-id u1 --user-id u2
   pinrank query rank --events DATASET_DIR --user-id u1 --candidates 11,12,13
@@ -46,6 +47,9 @@ def add_subcommands(subparsers) -> None:
     common(sp, C.PINNERFORMER)
     sp.add_argument("--require-available", action="store_true",
                     help="exit 1 unless a version is AVAILABLE (for scripts/probes)")
+    sp.add_argument("--max-age-hours", type=float, metavar="H",
+                    help="staleness monitor: exit 1 unless the newest AVAILABLE version was "
+                         "pushed within H hours (versions are the Pusher's unix seconds)")
     sp.set_defaults(func=cmd_query_status)
 
     sp = qs.add_parser("metadata", help="GetModelMetadata: signatures, input/output dtypes+shapes")
@@ -123,11 +127,32 @@ def cmd_serve(args) -> int:
     return serve_from_args(args)
 
 
+def staleness_error(model: str, statuses, max_age_hours: float,
+                    now: Optional[float] = None) -> Optional[str]:
+    """Why `model` is too stale to serve, or None. The Pusher names versions by push time (unix
+    seconds), so a version's age is now - version; a hand-numbered version (1, 2, ...) reads
+    as decades old and fails, on purpose: its age is unknown."""
+    now = time.time() if now is None else now
+    available = [s.version for s in statuses if s.state == "AVAILABLE"]
+    if not available:
+        return f"model {model} has no AVAILABLE version"
+    age_h = (now - max(available)) / 3600
+    if age_h > max_age_hours:
+        return (f"model {model}: newest AVAILABLE version {max(available)} was pushed "
+                f"{age_h:.1f} h ago (> --max-age-hours {max_age_hours:g})")
+    return None
+
+
 def cmd_query_status(args) -> int:
     def run(args):
         with _client(args) as c:
             st = c.status(args.model, args.version)
         _print([dataclasses.asdict(s) for s in st])
+        if args.max_age_hours is not None:
+            err = staleness_error(args.model, st, args.max_age_hours)
+            if err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
         return 1 if args.require_available and not any(s.state == "AVAILABLE" for s in st) else 0
 
     return _run(run, args)

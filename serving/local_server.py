@@ -23,7 +23,8 @@ max_batch_size, equal inner shapes within a batch, a full queue answers UNAVAILA
 --enable_per_model_batching_parameters only versions carrying their own batching_params.pbtxt are
 batched (the pinnerformer export does; the ranker does not), as in the production deployment.
 
-Not a production server: Python, one process, no REST API, no config reload.
+Not a production server: Python, one process, no REST API, no config reload. It binds 127.0.0.1
+(loopback) unless --host says otherwise, and has no TLS or authentication.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
@@ -571,9 +573,12 @@ def _guard(method):
     return wrapper
 
 
-def _model_spec_version(spec) -> Tuple[Optional[int], Optional[str]]:
-    if not spec.name:
+def _model_spec_version(request) -> Tuple[Optional[int], Optional[str]]:
+    # As TF Serving: only an absent model_spec is INVALID_ARGUMENT; an empty name is looked up
+    # like any other and answers NOT_FOUND.
+    if not request.HasField("model_spec"):
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    spec = request.model_spec
     version = spec.version.value if spec.HasField("version") else None
     return version, (spec.version_label or None)
 
@@ -607,7 +612,7 @@ def _make_servicers(manager: ModelManager, scheduler: Optional[BatchScheduler]):
             import tensorflow as tf
 
             spec = request.model_spec
-            version, label = _model_spec_version(spec)
+            version, label = _model_spec_version(request)
             signature = spec.signature_name or C.SERVING_DEFAULT
             with manager.acquire(spec.name, version, label) as servable:
                 sig_def = servable.signature_defs.get(signature)
@@ -635,7 +640,7 @@ def _make_servicers(manager: ModelManager, scheduler: Optional[BatchScheduler]):
         @_guard
         def GetModelMetadata(self, request, context):
             spec = request.model_spec
-            version, label = _model_spec_version(spec)
+            version, label = _model_spec_version(request)
             if not request.metadata_field:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    "GetModelMetadataRequest must specify at least one "
@@ -659,7 +664,7 @@ def _make_servicers(manager: ModelManager, scheduler: Optional[BatchScheduler]):
 
         @_guard
         def GetModelStatus(self, request, context):
-            version, label = _model_spec_version(request.model_spec)
+            version, label = _model_spec_version(request)
             if label:
                 version = manager.version_for_label(request.model_spec.name, label)
             resp = get_model_status_pb2.GetModelStatusResponse()
@@ -768,8 +773,9 @@ def serve(model_base_path: Optional[str] = None, model_config_file: Optional[str
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
     manager.start(file_system_poll_wait_seconds)
-    log.info("serving %s on %s:%d (batching %s)", manager.model_names(), host, bound,
-             ("per model" if per_model_batching else "on") if scheduler else "off")
+    log.info("serving %s on %s:%d (batching %s); %s", manager.model_names(), host, bound,
+             ("per model" if per_model_batching else "on") if scheduler else "off",
+             exposure(host))
     return ServerHandle(host, bound, manager, server)
 
 
@@ -784,7 +790,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base_path_prefix", "--base-path-prefix", metavar="DIR",
                    help=f"with --model_config_file: replace the {C.CONTAINER_MODEL_ROOT} prefix "
                         "of base paths by this local directory")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1: loopback only). Any other address "
+                        "exposes plaintext gRPC without authentication; see serving/deploy/"
+                        "README.md, 'What is exposed'")
     p.add_argument("--port", type=int, default=C.GRPC_PORT,
                    help=f"gRPC port (default {C.GRPC_PORT}; 0 picks a free one)")
     p.add_argument("--file_system_poll_wait_seconds", "--file-system-poll-wait-seconds",
@@ -810,6 +819,23 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc_max_threads", "--grpc-max-threads", type=int, default=32,
                    help="RPC worker threads (with batching, >= 2x max_batch_size for full "
                         "batches)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure(host: str) -> str:
+    """One line on who can reach the server: the stand-in has no TLS and no auth."""
+    if is_loopback(host):
+        return "loopback only (--host to change)"
+    return (f"WARNING: bound to {host}, reachable from the network without TLS or "
+            "authentication")
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
@@ -840,7 +866,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
                    per_model_batching=args.enable_per_model_batching_parameters,
                    max_workers=args.grpc_max_threads)
     print(f"local TF-Serving stand-in listening on {handle.target} "
-          f"(models: {', '.join(handle.manager.model_names()) or 'none yet'})", flush=True)
+          f"(models: {', '.join(handle.manager.model_names()) or 'none yet'}); "
+          f"{exposure(args.host)}", flush=True)
     stopped = threading.Event()
 
     def on_signal(signum, frame):

@@ -3,12 +3,17 @@ local demos of the serving stack without running the pipeline.
 
 The toy models are deterministic functions of their inputs scaled by a per-version `scale`, so a
 test can tell which version answered and compare server results with an in-process call.
+`run_load` drives a server with concurrent embed and rank clients (tests and
+benchmarks/serving_load.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
-from typing import Dict
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,8 +60,17 @@ def _raw_specs(tf):
             tf.TensorSpec([None], tf.int64, C.HIST_LEN)]
 
 
-def save_toy_pinnerformer(path: str, scale: float) -> str:
-    """SavedModel with serving_default (examples), embed_raw and item_embedding."""
+def _newest(tf, x, hist_len, pad):
+    """[B, W] rows padded after hist_len -> their SEQ_LEN newest entries [B, SEQ_LEN]."""
+    x = tf.concat([x, tf.fill([tf.shape(x)[0], SEQ_LEN], tf.constant(pad, x.dtype))], axis=1)
+    start = tf.maximum(hist_len - SEQ_LEN, 0)
+    return tf.gather(x, start[:, None] + tf.range(SEQ_LEN, dtype=tf.int64)[None, :], batch_dims=1)
+
+
+def save_toy_pinnerformer(path: str, scale: float, catalog=None) -> str:
+    """SavedModel with serving_default (examples), embed_raw and item_embedding; with
+    `catalog` (item ids) also retrieve / retrieve_embedding over those items (the export's
+    contract, models/pinnerformer/retrieval.py), taking histories of any width."""
     tf = _tf()
     proj = tf.constant(np.arange(6 * DIM, dtype=np.float32).reshape(6, DIM) / 10.0 - 1.0)
 
@@ -96,9 +110,36 @@ def save_toy_pinnerformer(path: str, scale: float) -> str:
                                          * self.scale / 1000.0)}
 
     m = ToyPinnerFormer()
-    tf.saved_model.save(m, path, signatures={C.SERVING_DEFAULT: m.serving_default,
-                                             C.EMBED_RAW: m.embed_raw,
-                                             C.ITEM_EMBEDDING: m.item_embedding})
+    signatures = {C.SERVING_DEFAULT: m.serving_default, C.EMBED_RAW: m.embed_raw,
+                  C.ITEM_EMBEDDING: m.item_embedding}
+    if catalog is not None:
+        from models.pinnerformer.retrieval import CatalogIndex
+
+        ids = np.asarray(catalog, np.int64)
+        m.index = CatalogIndex(ids, m.item_embedding(tf.constant(ids))[C.EMBEDDING].numpy())
+        query = [tf.TensorSpec([None, None], tf.int64, C.EXCLUDE_ITEMS),
+                 tf.TensorSpec([None], tf.int32, C.K)]
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, None], s.dtype, s.name) for s in _raw_specs(tf)[:-1]]
+            + [_raw_specs(tf)[-1]] + query)
+        def retrieve(hist_item, hist_action, hist_surface, hist_ts, hist_duration, hist_len,
+                     exclude_items, k):
+            pads = (C.PAD_ITEM, C.PAD_STRING, C.PAD_STRING, C.PAD_INT, C.PAD_FLOAT)
+            rows = [_newest(tf, x, hist_len, p) for x, p in zip(
+                (hist_item, hist_action, hist_surface, hist_ts, hist_duration), pads)]
+            emb = _embed(tf, m.scale, proj, *rows, tf.minimum(hist_len, SEQ_LEN))
+            ids, scores = m.index.top_k(emb, exclude_items, k, C.PAD_ITEM)
+            return {C.ITEM_IDS: ids, C.SCORES: scores, C.EMBEDDING: emb}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, DIM], tf.float32, C.EMBEDDING)]
+                     + query)
+        def retrieve_embedding(embedding, exclude_items, k):
+            ids, scores = m.index.top_k(embedding, exclude_items, k, C.PAD_ITEM)
+            return {C.ITEM_IDS: ids, C.SCORES: scores}
+
+        signatures.update({C.RETRIEVE: retrieve, C.RETRIEVE_EMBEDDING: retrieve_embedding})
+    tf.saved_model.save(m, path, signatures=signatures)
     return path
 
 
@@ -174,3 +215,124 @@ def toy_history(batch: int, seed: int = 0) -> Dict[str, np.ndarray]:
                                   ).astype(np.float32),
         C.HIST_LEN: lens,
     }
+
+
+# ----------------------------------------------------------------------------- load
+
+
+@dataclasses.dataclass
+class LoadResult:
+    """What `run_load` saw: one record per request, `(kind, start_s, end_s, version or None,
+    error or None)` with times relative to the start, plus when each event finished."""
+    records: List[Tuple[str, float, float, Optional[int], Optional[str]]]
+    event_done_s: List[float]
+    wall_s: float
+
+    @property
+    def failures(self) -> List[str]:
+        return [f"{k}: {e}" for k, _, _, _, e in self.records if e is not None]
+
+    def latencies_ms(self, kind: Optional[str] = None) -> np.ndarray:
+        return np.array([(t1 - t0) * 1e3 for k, t0, t1, _, e in self.records
+                         if e is None and kind in (None, k)])
+
+    def versions_started_after(self, t: float, kind: str) -> List[Optional[int]]:
+        return [v for k, t0, _, v, _ in self.records if k == kind and t0 >= t]
+
+    def summary(self) -> str:
+        lines = []
+        for kind in sorted({r[0] for r in self.records}) + [None]:
+            lat = self.latencies_ms(kind)
+            n = sum(1 for r in self.records if kind in (None, r[0]))
+            failed = sum(1 for r in self.records if kind in (None, r[0]) and r[4] is not None)
+            p50, p99 = (np.percentile(lat, 50), np.percentile(lat, 99)) if len(lat) else (
+                float("nan"), float("nan"))
+            lines.append(f"{kind or 'all':>6}: {n} requests, {failed} failed, p50 {p50:.1f} ms, "
+                         f"p99 {p99:.1f} ms")
+        lines.append(f"  wall: {self.wall_s:.1f} s, {len(self.records) / self.wall_s:.0f} req/s")
+        return "\n".join(lines)
+
+
+def rank_inputs(candidates: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Valid `rank` inputs for the toy ranker: one request's context + `candidates` items."""
+    h = toy_history(1, seed)
+    rng = np.random.default_rng(seed)
+    return {F.HIST_ITEM: h[F.HIST_ITEM], F.HIST_ACTION: h[F.HIST_ACTION],
+            F.HIST_TS: h[F.HIST_TS], C.HIST_LEN: h[C.HIST_LEN],
+            F.REQUEST_TS: np.array([1_700_000_000], np.int64),
+            F.SURFACE: np.array([b"homefeed"], object),
+            F.PF_EMBEDDING: rng.normal(size=(1, DIM)).astype(np.float32),
+            F.PF_PRESENT: np.array([1], np.int64),
+            F.CAND_ITEM: rng.integers(0, 1000, candidates).astype(np.int64)}
+
+
+def run_load(target: str, clients: int, requests: int,
+             events: Sequence[Tuple[float, Callable[[], None]]] = (),
+             embed_batch: int = 8, rank_candidates: int = 50,
+             timeout_s: float = 30.0) -> LoadResult:
+    """`clients` threads, each with its own channel, send `requests` Predict calls each,
+    alternating `embed` (pinnerformer embed_raw, `embed_batch` users) and `rank` (ranker rank,
+    `rank_candidates` candidates), with no retries, so every non-OK status counts as a failure.
+    `events`: (fraction of all requests done, action) run in order on the calling thread while
+    the clients keep going, e.g. pushing a new version and removing the old one."""
+    from serving.client import ServingClient, ServingError  # TF import only when used
+
+    embed_in, rank_in = toy_history(embed_batch, seed=1), rank_inputs(rank_candidates, seed=2)
+    total = clients * requests
+    records: List[Tuple[str, float, float, Optional[int], Optional[str]]] = []
+    lock = threading.Lock()
+    t_start = time.monotonic()
+
+    def worker(i: int) -> None:
+        with ServingClient(target, timeout_s=timeout_s, retries=0) as client:
+            for j in range(requests):
+                kind = ("embed", "rank")[(i + j) % 2]
+                t0 = time.monotonic()
+                version, err = None, None
+                try:
+                    if kind == "embed":
+                        out, version = client.predict_versioned(C.PINNERFORMER, C.EMBED_RAW,
+                                                                embed_in)
+                        ok = out[C.EMBEDDING].shape == (embed_batch, DIM)
+                    else:
+                        out, version = client.predict_versioned(C.RANKER, C.RANK, rank_in)
+                        ok = all(out[h].shape == (rank_candidates,) for h in C.RANK_HEADS)
+                    if not ok:
+                        err = f"wrong output shapes {({k: v.shape for k, v in out.items()})}"
+                except ServingError as e:
+                    err = f"{e.code.name}: {e.details}"
+                t1 = time.monotonic()
+                with lock:
+                    records.append((kind, t0 - t_start, t1 - t_start, version, err))
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    event_done = []
+    for fraction, action in events:
+        while len(records) < fraction * total and any(t.is_alive() for t in threads):
+            time.sleep(0.002)
+        action()
+        event_done.append(time.monotonic() - t_start)
+    for t in threads:
+        t.join()
+    return LoadResult(records, event_done, time.monotonic() - t_start)
+
+
+def wait_for_versions(target: str, model: str, available: Sequence[int],
+                      gone: Sequence[int] = (), timeout_s: float = 60.0) -> None:
+    """Blocks until every version in `available` is AVAILABLE and every one in `gone` has left
+    the server (END or no longer listed)."""
+    from serving.client import ServingClient
+
+    deadline = time.monotonic() + timeout_s
+    with ServingClient(target) as client:
+        while True:
+            states = {s.version: s.state for s in client.status(model)}
+            if (all(states.get(v) == "AVAILABLE" for v in available)
+                    and all(states.get(v, "END") == "END" for v in gone)):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{model}: want {list(available)} AVAILABLE and "
+                                   f"{list(gone)} gone, have {states}")
+            time.sleep(0.02)

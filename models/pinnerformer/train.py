@@ -26,6 +26,43 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup_steps": self.warmup, "total_steps": self.total}
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class FailOnNonFinite(keras.callbacks.Callback):
+    """Fails the fit at the first NaN/Inf training or validation loss. Keras' TerminateOnNaN only
+    stops fitting, after which run_fn would export the broken model and hand it to the gates;
+    raising fails the Trainer, so the run stops there and names the step."""
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f"epoch {self._epoch + 1}, batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"end of epoch {epoch + 1}")
+
+    @staticmethod
+    def _check(logs, where: str) -> None:
+        for name, value in (logs or {}).items():
+            if name.endswith("loss") and not math.isfinite(float(value)):
+                raise NonFiniteLossError(f"{name} is {float(value)} at {where}: training "
+                                         "diverged (lower the learning rate or check the "
+                                         "inputs for NaN/Inf)")
+
+
+def callbacks(log_dir: str, update_freq="epoch") -> list:
+    """What every fit in this repository runs with: TensorBoard logs and the NaN/Inf guard."""
+    return [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=update_freq),
+            FailOnNonFinite()]
+
+
 def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
     t = cfg.train
     opt = keras.optimizers.AdamW(
@@ -39,15 +76,15 @@ def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
 def fit(model: keras.Model, cfg: PipelineConfig, train_ds: tf.data.Dataset,
         eval_ds: tf.data.Dataset, log_dir: str, verbose: int = 2):
     """model.fit in `train_steps / steps_per_epoch` epochs with TensorBoard logs in log_dir,
-    stopping early on the validation loss when configured."""
+    stopping early on the validation loss when configured, failing on a NaN/Inf loss."""
     t = cfg.train
     steps_per_epoch = max(1, min(t.steps_per_epoch, t.train_steps))
     epochs = max(1, math.ceil(t.train_steps / steps_per_epoch))
-    callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=max(1, steps_per_epoch // 4))]
+    cbs = callbacks(log_dir, update_freq=max(1, steps_per_epoch // 4))
     if t.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(
+        cbs.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=t.early_stopping_patience, restore_best_weights=True,
             verbose=1))
     return model.fit(train_ds, steps_per_epoch=steps_per_epoch, epochs=epochs,
                      validation_data=eval_ds, validation_steps=t.eval_steps,
-                     callbacks=callbacks, verbose=verbose)
+                     callbacks=cbs, verbose=verbose)

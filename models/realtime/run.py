@@ -8,6 +8,7 @@ import tf_keras as keras  # noqa: E402
 from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
+from models.pinnerformer import train  # noqa: E402
 from models.pinnerformer.run import make_dataset  # noqa: E402
 from models.realtime import ranker as R  # noqa: E402
 from models.realtime import serving_model as S  # noqa: E402
@@ -75,6 +76,6 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                  rcfg.use_pinnerformer, steps)
     model.fit(train_ds, steps_per_epoch=per_epoch, epochs=max(1, steps // per_epoch),
               validation_data=eval_ds, validation_steps=fn_args.eval_steps, verbose=2,
-              callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir)])
+              callbacks=train.callbacks(fn_args.model_run_dir))
     model.save(fn_args.serving_model_dir, save_format="tf",
                signatures=S.signatures(model, featurizer, tft_out))

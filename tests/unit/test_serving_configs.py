@@ -251,6 +251,23 @@ def test_k8s_deployment_probes_gpu_volumes_service():
     assert any(p["port"] == C.GRPC_PORT for s in kinds["Service"] for p in s["spec"]["ports"])
 
 
+def test_k8s_network_policy_admits_only_the_recommender_and_prometheus():
+    kinds = _k8s()
+    (policy,) = kinds["NetworkPolicy"]
+    labels = kinds["Deployment"][0]["spec"]["template"]["metadata"]["labels"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    assert spec["policyTypes"] == ["Ingress"]  # selecting the pods denies everything else
+    rules = {tuple(p["port"] for p in r["ports"]): r["from"] for r in spec["ingress"]}
+    assert set(rules) == {(C.GRPC_PORT,), (C.REST_PORT,)}
+    assert rules[(C.GRPC_PORT,)] == [{"podSelector": {"matchLabels": {
+        "app": "pinrank-recommend"}}}]
+    (prometheus,) = rules[(C.REST_PORT,)]
+    assert set(prometheus) == {"namespaceSelector", "podSelector"}  # both: one peer, not two
+    # nothing reachable from outside the cluster
+    assert all(svc["spec"].get("type", "ClusterIP") == "ClusterIP" for svc in kinds["Service"])
+
+
 def test_kustomize_configmap_carries_every_referenced_config():
     with open(_path("kustomization.yaml")) as fh:
         kust = yaml.safe_load(fh)

@@ -40,5 +40,11 @@ bench: env
 	$(VENV)/bin/python benchmarks/quality.py report runs/quality/movielens-validation.json \
 		--out runs/quality/index.html
 
+# A local Redis for the action store (redis://127.0.0.1:6379/0), loopback only, no persistence;
+# idempotent (serving/deploy/redis-local.sh). Tests start their own servers.
+.PHONY: redis
+redis:
+	serving/deploy/redis-local.sh
+
 clean:
 	rm -rf runs build .pytest_cache

@@ -176,7 +176,8 @@ def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
 
 
 def build_parser(serving: bool = True) -> argparse.ArgumentParser:
-    """serving=False leaves out the serve/query/embed-users/recommend sub-commands (faster)."""
+    """serving=False leaves out the serve/query/embed-users/recommend/ingest sub-commands
+    (faster)."""
     parser = _Parser(prog="pinrank", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
@@ -214,10 +215,11 @@ def build_parser(serving: bool = True) -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_config_show)
 
     if serving:
-        from serving import batch_cli
+        from serving import batch_cli, ingest_cli
         from serving import cli as serving_cli
         serving_cli.add_subcommands(sub)
         batch_cli.add_subcommands(sub)
+        ingest_cli.add_subcommands(sub)
     _add_debug_flag(parser)
     return parser
 

@@ -1,7 +1,7 @@
 """`embed-users` and `recommend` sub-commands (wired into the `pinrank` CLI via add_subcommands).
 
   pinrank embed-users --model runs/.../serving --data DATASET_DIR --out SNAPSHOT_ROOT \
-      --as-of 1700000000 [--since TS] [--max-len M] [--kv-sqlite users.db]
+      --as-of 1700000000 [--since TS] [--max-len M] [--kv-sqlite users.db] [--store URL]
   pinrank recommend --user u000001 --data DATASET_DIR [--target 127.0.0.1:8500] [--k 10]
 
 Heavy imports (TensorFlow, Beam) happen inside the commands so that building the `pinrank`
@@ -39,6 +39,9 @@ def add_subcommands(subparsers) -> None:
                    help="rebuild a snapshot that already exists for --as-of")
     p.add_argument("--kv-sqlite", metavar="FILE",
                    help="afterwards, load the snapshot into this sqlite key-value store")
+    p.add_argument("--store", metavar="URL",
+                   help="afterwards, load the snapshot into this action store as version "
+                        "--as-of (sqlite:///PATH.db or redis://HOST:PORT/DB; checked first)")
     p.add_argument("--beam-arg", action="append", dest="beam_args", metavar="ARG",
                    help="Beam pipeline option (repeat); default: in-memory DirectRunner")
     p.set_defaults(func=cmd_embed_users)
@@ -73,6 +76,24 @@ def cmd_embed_users(args) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger(B.log.name).setLevel(logging.INFO)  # Beam's INFO chatter stays off
+    store = None
+    if args.store:  # checked before the job: an unreachable store fails in a second, not after
+        from serving import action_store as S
+        try:
+            store = S.open_store(args.store)
+        except S.StoreUnavailableError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except S.StoreError as e:  # a malformed URL: usage
+            raise SystemExit(str(e)) from None
+    try:
+        return _embed_users(args, B, store)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _embed_users(args, B, store) -> int:
     path = B.run_daily_embeddings(args.model, args.data, args.out, args.as_of,
                                   since_ts=args.since, max_len=args.max_len,
                                   beam_args=args.beam_args, batch_size=args.batch_size,
@@ -84,6 +105,15 @@ def cmd_embed_users(args) -> int:
         with B.SqliteKV(args.kv_sqlite) as kv:
             out["kv_loaded"] = B.load_into_kv(path, kv)
             out["kv"] = os.path.abspath(args.kv_sqlite)
+    if store is not None:
+        from serving.action_store import StoreUnavailableError
+        try:
+            out["store_loaded"] = B.load_snapshot_into_store(path, store)
+        except StoreUnavailableError as e:
+            print(f"error: {e} (snapshot {path} written, not loaded)", file=sys.stderr)
+            return 1
+        out["store"] = store.url
+        out["store_versions"] = store.snapshot_versions()
     json.dump(out, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0

@@ -65,6 +65,9 @@ by implementing the same two methods, `put_many(items)` and `get(key)`:
             row = self.table.read_row(key.encode())
             return None if row is None else row.cells["e"][b"v"][0].value
 
+The realtime action store (serving/action_store.py, SQLite or Redis) holds snapshots too, versioned
+by as_of: `load_snapshot_into_store(snapshot, store)` (`pinrank embed-users --store URL`).
+
 At production scale the load is itself a Beam step (one `put_many` per bundle, e.g. Dataflow's
 BigtableIO.WriteToBigTable) and readers switch snapshots by reading the meta key, so a half-loaded
 snapshot never serves.
@@ -762,6 +765,22 @@ def load_into_kv(snapshot: Union[str, Snapshot], kv, *, prefix: str = KV_PREFIX,
         _put_many(kv, batch)
     _put_many(kv, [(kv_meta_key(prefix), str(snap.as_of).encode())])
     return len(snap)
+
+
+def load_snapshot_into_store(snapshot: Union[str, Snapshot], store) -> int:
+    """Loads a snapshot into the realtime action store (serving/action_store.py) as version
+    `as_of`, atomically (readers see the previous versions until it is complete); returns the
+    number of users. The request path then reads it through
+    `store.snapshot_for_request(user, request_ts)`: the newest version <= the request's day
+    start."""
+    snap = snapshot if isinstance(snapshot, Snapshot) else load_snapshot(snapshot)
+    m = snap.manifest
+    meta = {"snapshot": os.path.abspath(snap.path), "model_version": m.get("model_version"),
+            "model_fingerprint": m.get("model_fingerprint"), "max_len": m.get("max_len"),
+            "counts": m.get("counts")}
+    embeddings = snap.embeddings if len(snap) else np.zeros((0, m.get("embedding_dim") or 0),
+                                                             np.float32)
+    return store.put_snapshot(snap.as_of, snap.user_ids, embeddings, meta)
 
 
 def kv_embedding(kv, user_id: str, prefix: str = KV_PREFIX) -> Optional[np.ndarray]:

@@ -38,6 +38,17 @@ USAGE = {
     "embed-users-bad-as-of": (["embed-users", "--model", "m", "--out", "{o}", "--as-of", "2020-01-01"],
                               "argument --as-of: invalid int value", 2),
     "recommend-missing-args": (["recommend"], "required: --user, --data", 2),
+    "ingest-missing-source": (["ingest", "--store", "sqlite:///{o}.db"],
+                              "one of the arguments --file --redis-stream is required", 2),
+    "ingest-stream-without-name": (["ingest", "--store", "sqlite:///{o}.db", "--redis-stream",
+                                    "redis://127.0.0.1:1/0"],
+                                   "--redis-stream needs --stream NAME", 2),
+    "ingest-bad-store-url": (["ingest", "--store", "mysql://x", "--file", "{d}/e.jsonl"],
+                             "action store URL 'mysql://x': expected sqlite:///PATH or redis://", 2),
+    "ingest-store-down": (["ingest", "--store", "redis://127.0.0.1:1/0", "--file", "{d}/e.jsonl"],
+                          "action store redis://127.0.0.1:1/0 unavailable: ", 1),
+    "ingest-missing-file": (["ingest", "--store", "sqlite:///{o}.db", "--file",
+                             "{d}/nowhere.jsonl"], "nowhere.jsonl: no such event file", 1),
 }
 
 # id -> (ratings.csv text, movies.csv bytes, expected fragment, dropped problem or None)

@@ -278,3 +278,49 @@ def test_cli_embed_users_with_sqlite_kv(world, tmp_path, capsys):
     assert out["kv_loaded"] == 4
     with B.SqliteKV(db) as kv:
         assert B.kv_embedding(kv, "u2") is not None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_load_snapshot_into_the_action_store(two_runs, tmp_path, backend, request):
+    from serving import action_store as S
+
+    _, s1, s2 = two_runs
+    url = (f"sqlite:///{tmp_path}/store.db" if backend == "sqlite"
+           else request.getfixturevalue("redis_url"))
+    snaps = {T1: B.load_snapshot(s1), T2: B.load_snapshot(s2)}
+    with S.open_store(url, keep_snapshots=2) as store:
+        assert B.load_snapshot_into_store(s2, store) == len(snaps[T2])
+        assert B.load_snapshot_into_store(snaps[T1], store) == len(snaps[T1])  # order is free
+        assert store.snapshot_versions() == [T1, T2]
+        assert store.snapshot_meta(T2)["model_version"] == snaps[T2].manifest["model_version"]
+        for as_of, version in ((T2, T2), (T2 - 1, T1), (T1, T1)):
+            for u in snaps[version].user_ids.tolist():
+                vec, got = store.snapshot_embedding(u, as_of)
+                assert got == version
+                np.testing.assert_array_equal(vec, snaps[version].get(u))  # bit for bit
+        assert store.snapshot_embedding("u1", T1 - 1) is None
+        assert store.snapshot_embedding("nobody", T2) is None
+
+
+def test_cli_embed_users_loads_the_store_and_checks_it_first(world, tmp_path, capsys):
+    from pipeline import cli as pinrank_cli
+    from serving import action_store as S
+
+    root, url = str(tmp_path / "snaps"), f"sqlite:///{tmp_path}/store.db"
+    argv = ["embed-users", "--model", world["pf1"], "--data", world["data"], "--out", root,
+            "--as-of", str(T1)]
+    assert pinrank_cli.main(argv + ["--store", url]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["store_loaded"] == 4 and out["store_versions"] == [T1]
+    with S.open_store(url) as store:
+        # A request on a later day uses the newest version as of its day start.
+        vec, version = store.snapshot_for_request("u2", S.day_start(T1) + 86400 + 5)
+        assert version == T1
+        np.testing.assert_array_equal(vec, B.load_snapshot(out["snapshot"]).get("u2"))
+    # An unreachable store fails in a second, before the job writes anything.
+    other = str(tmp_path / "other")
+    rc = pinrank_cli.main(argv[:6] + [other] + argv[7:] + ["--store",
+                                                           "redis://127.0.0.1:1/0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "action store redis://127.0.0.1:1/0 unavailable" in err, err
+    assert not os.path.exists(other)

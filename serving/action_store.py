@@ -337,6 +337,8 @@ class SqliteActionStore(ActionStore):
                     db.execute("COMMIT")
                     return out
                 return fn(db)
+            except sqlite3.IntegrityError:  # a bug, not the back end going away
+                raise
             except (sqlite3.OperationalError, sqlite3.DatabaseError, sqlite3.ProgrammingError) as e:
                 raise self._unavailable(e) from None
 

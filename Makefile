@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: env demo test test-fast e2e lint bench clean
+.PHONY: env demo test test-fast e2e lint bench bench-train clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	$(PY310) -m uv --version >/dev/null 2>&1 || $(PY310) -m pip install -q "uv==$(UV_VERSION)"
@@ -16,8 +16,10 @@ $(VENV)/.synced: pyproject.toml uv.lock
 
 env: $(VENV)/.synced
 
+# The pipeline, then one request through the online path on the pushed models (top 10 titles).
 demo: env
 	$(VENV)/bin/pinrank run --preset cpu --source movielens $(ARGS)
+	$(VENV)/bin/pinrank online-demo --preset cpu --source movielens
 
 test: env
 	$(VENV)/bin/python -m pytest -q $(ARGS)
@@ -39,6 +41,11 @@ bench: env
 	$(VENV)/bin/python benchmarks/quality.py run --source movielens --protocol validation --seeds 0 1 2
 	$(VENV)/bin/python benchmarks/quality.py report runs/quality/movielens-validation.json \
 		--out runs/quality/index.html
+
+# Training throughput: tokens/s, model GFLOP/s and % of the honest fp32 peak (benchmarks/peak.py)
+# at the two comparison dims, synthetic inputs (benchmarks/train_throughput.py; ~MIN min on 2 cores).
+bench-train: env
+	$(VENV)/bin/python benchmarks/train_throughput.py $(ARGS)
 
 # A local Redis for the action store (redis://127.0.0.1:6379/0), loopback only, no persistence;
 # idempotent (serving/deploy/redis-local.sh). Tests start their own servers.

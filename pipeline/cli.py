@@ -16,31 +16,16 @@ import json
 import sys
 from typing import Optional
 
+from pipeline import config_args
+
 DIST_NAME = "pinrank"  # [project] name in pyproject.toml
 # Commands that need nothing from serving/: their parser is built without it (no grpc/numpy
 # import), so a config error is reported in well under 2 s.
 CORE_COMMANDS = ("run", "data", "compile", "config")
 
 
-def _config(args):
-    """--preset, --source, --data-path and every --set, resolved and checked (ConfigError)."""
-    from pipeline.config import apply_overrides, check_consistency, preset
-    cfg = preset(args.preset, args.source)
-    if getattr(args, "data_path", None):
-        cfg = cfg.replace(data={"path": args.data_path})
-    return check_consistency(apply_overrides(cfg, args.set))
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "paper"])
-    p.add_argument("--source", choices=["movielens", "synthetic", "path"],
-                   help="data source (default: the preset's; cpu/paper use movielens)")
-    p.add_argument("--data-path", help="directory with ratings.csv + movies.csv (--source path)")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override any config field by its dotted path, e.g. "
-                        "--set model.objective=next_action --set ranker.realtime.seq_len=20 "
-                        "--set ranker.mlp_dims='[256,128]' (lists/dicts as JSON; bools "
-                        "true/false); `pinrank config show` prints every path")
+_config = config_args.config_from_args
+_add_config_args = config_args.add_config_args
 
 
 def _check_inputs(cfg) -> None:
@@ -122,6 +107,21 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_online_demo(args) -> int:
+    cfg = _config(args)
+    import logging
+
+    from pipeline import online_demo
+    from serving.recs_cli import format_recommendations
+    from serving.service import Recommendations
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = online_demo.run(cfg, args.home, user=args.user, k=args.k)
+    print("\n== online: store -> snapshot -> retrieve -> rank ==")
+    print(format_recommendations(Recommendations(**out["recommendations"])))
+    return 0
+
+
 def cmd_compile(args) -> int:
     cfg = _config(args)
     from pipeline.kubeflow_v2_runner import compile_pipeline
@@ -197,6 +197,15 @@ def build_parser(serving: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data)
 
+    p = sub.add_parser("online-demo", help="one request through the online path on the run's "
+                                           "pushed models (the end of `make demo`)")
+    _add_config_args(p)
+    p.add_argument("--home", default=os.environ.get("PINRANK_HOME", "runs"),
+                   help="the `pinrank run` home whose pushed models and data to use")
+    p.add_argument("--user", help="user id (default: the first user of the data)")
+    p.add_argument("--k", type=int, default=10, help="items to print")
+    p.set_defaults(func=cmd_online_demo)
+
     p = sub.add_parser("compile", help="compile for Kubeflow Pipelines v2 / Vertex AI")
     _add_config_args(p)
     p.add_argument("--pipeline-root", required=True)
@@ -215,11 +224,12 @@ def build_parser(serving: bool = True) -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_config_show)
 
     if serving:
-        from serving import batch_cli, ingest_cli
+        from serving import batch_cli, ingest_cli, recs_cli
         from serving import cli as serving_cli
         serving_cli.add_subcommands(sub)
         batch_cli.add_subcommands(sub)
         ingest_cli.add_subcommands(sub)
+        recs_cli.add_subcommands(sub)
     _add_debug_flag(parser)
     return parser
 

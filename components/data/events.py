@@ -356,7 +356,7 @@ def write_items(dir: str, item_ids, embeddings, interests, interest_names: Seque
     return path
 
 
-def write_titles(dir: str, item_ids: Sequence[int], titles: Sequence[str]) -> str:
+def write_titles(dir: str, item_ids, titles: Sequence[str]) -> str:
     """titles.parquet (item_id int64, title string): what the recommendation service shows."""
     table = pa.table({"item_id": pa.array(np.asarray(item_ids, np.int64), pa.int64()),
                       "title": pa.array([str(t) for t in titles], pa.string())})

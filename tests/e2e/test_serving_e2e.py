@@ -1,6 +1,7 @@
 """Pipeline push -> local TF-Serving stand-in -> gRPC, on the tiny pipeline's pushed model:
 Predict (embed_raw and serving_default) equals the in-process SavedModel, the daily embedding job
-reproduces the in-process embeddings, and `pinrank recommend` returns k unseen items."""
+reproduces the in-process embeddings, and the online path (`pinrank online-demo`) returns k
+unseen items."""
 import os
 
 import numpy as np
@@ -142,42 +143,46 @@ def test_daily_job_matches_in_process_embeddings(pushed, in_process, cohort, tmp
         np.testing.assert_array_equal(snap2.get(u), snap.get(u))
 
 
-def test_recommend_returns_k_unseen_items(pushed, server, in_process, cohort, tmp_path, capsys):
+def test_online_path_on_the_pushed_models(pushed, in_process, tmp_path, capsys):
+    """`pinrank online-demo` on the tiny run: ingest -> daily snapshot -> retrieve (the
+    SavedModel's own index) -> rank, over gRPC; the answer is k unseen items, the retrieval
+    agrees with an exact in-process search and the ranker answered."""
     import tensorflow as tf
 
     from components.data import events as evm
     from pipeline import cli as pinrank_cli
+    from pipeline import online_demo
     from serving import constants as C
-    from serving import recommend as R
     from serving.client import embed_request_from_events
     from serving.item_index import ItemIndex
 
-    users, as_of = cohort
+    cfg = pushed["cfg"].replace(online={"store": f"sqlite:///{tmp_path}/actions.db", "k": 10,
+                                        "num_candidates": 50})
+    home = os.path.dirname(os.path.dirname(os.path.dirname(pushed["serving_dir"])))
+    out = online_demo.run(cfg, home, log=lambda *_: None)
+    rec, t = out["recommendations"], out["request_ts"]
+    assert rec["mode"] == "ranked" and rec["degraded"] == []  # the tiny run pushes a ranker
+    assert rec["models"][C.PINNERFORMER] == pushed["version"] and rec["snapshot_as_of"] is not None
     ev = pushed["events"]
-    k = 10
+    user = rec["user_id"]
+    hist = set(ev[(ev["user_id"] == user) & (ev["timestamp"] < t)]["item_id"].tolist())
+    ids = [i["item_id"] for i in rec["items"]]
+    assert len(ids) == 10 == len(set(ids)) and not set(ids) & hist
+    assert out["ingest"]["read"] == len(ev) and out["ingest"]["invalid"] == 0  # all before t
+    # The 50 candidates were the exact top 50 by inner product: the ranked 10 are among them.
     catalog = evm.item_arrays(pushed["data_dir"])[0]
     items = in_process[C.ITEM_EMBEDDING](item_id=tf.constant(catalog))[C.EMBEDDING].numpy()
-    ref_index = ItemIndex(catalog, items)
-    for u in users[:2]:
-        rec = R.recommend_from_dataset(server.target, u, pushed["data_dir"], k=k, now_ts=as_of,
-                                       index_path=str(tmp_path / "items.npz"))
-        assert rec.mode == R.RANKED  # the tiny pipeline pushes a blessed ranker
-        hist = set(ev[(ev["user_id"] == u) & (ev["timestamp"] < as_of)]["item_id"].tolist())
-        assert len(rec.item_ids) == k == len(set(rec.item_ids))
-        assert not set(rec.item_ids) & hist
-        assert rec.embedding_version == pushed["version"]
-        # Agrees with an exact in-process search (up to float noise at near-ties).
-        emb = _call(in_process[C.EMBED_RAW], embed_request_from_events(
-            ev, [u], pushed["cfg"].model.seq_len, as_of))[C.EMBEDDING]
-        ref_ids, ref_scores = ref_index.search(emb, k, exclude=[np.array(sorted(hist))])
-        # The ranker re-orders the retrieved top-k (num_candidates defaults to k).
-        assert set(rec.item_ids) == set(ref_ids[0].tolist())
-        np.testing.assert_allclose(sorted(rec.retrieval_scores), sorted(ref_scores[0]), atol=1e-5)
-        assert set(rec.rank_scores) == {"repin", "click", "closeup", "hide"}
-        assert all(len(v) == k and all(0 <= x <= 1 for x in v) for v in rec.rank_scores.values())
-        assert rec.utility == sorted(rec.utility, reverse=True)
-    rc = pinrank_cli.main(["recommend", "--user", users[0], "--data", pushed["data_dir"],
-                         "--target", server.target, "--k", "5", "--now-ts", str(as_of)])
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "ranked by ranker" in out
+    emb = _call(in_process[C.EMBED_RAW], embed_request_from_events(
+        ev, [user], max(cfg.model.seq_len, cfg.ranking.max_history), t))[C.EMBEDDING]
+    ref_ids, ref_scores = ItemIndex(catalog, items).search(emb, 50,
+                                                           exclude=[np.array(sorted(hist))])
+    assert set(ids) <= set(ref_ids[0].tolist())
+    got = {i["item_id"]: i["retrieval_score"] for i in rec["items"]}
+    ref = dict(zip(ref_ids[0].tolist(), ref_scores[0].tolist()))
+    np.testing.assert_allclose([got[i] for i in ids], [ref[i] for i in ids], atol=1e-4)
+    assert all(set(i["scores"]) == {"repin", "click", "closeup", "hide"} for i in rec["items"])
+    assert [i["utility"] for i in rec["items"]] == sorted((i["utility"] for i in rec["items"]),
+                                                          reverse=True)
+    assert pinrank_cli.main(["online-demo", "--preset", "tiny", "--home", home, "--set",
+                             f"online.store=sqlite:///{tmp_path}/actions.db"]) == 0
+    assert "ranked" in capsys.readouterr().out

@@ -6,7 +6,6 @@ import dataclasses
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -263,30 +262,5 @@ def test_client_retrieve_through_the_local_server(exported, tmp_path):
                                                                        [[]] * 4, [2] * 4)[0])
             with pytest.raises(ValueError, match="exactly one of history or embedding"):
                 c.retrieve(3)
-
-        # `pinrank recommend`: one `retrieve` call, no catalogue read (the dataset has no item
-        # table) and no --index file written; the numbers of an in-process numpy search.
-        from components.data import events as ev
-        from serving import recommend as R
-        from serving.client import embed_request_from_events
-
-        events = pd.DataFrame([dict(user_id="a", item_id=int(CATALOG[i % 6 * 3]), action=F.ACTIONS[i % 4],
-                                    timestamp=5_000 + 10 * i, duration=float(i), surface="homefeed")
-                               for i in range(9)])
-        data = str(tmp_path / "data")
-        with ev.EventShardWriter(data) as w:
-            w.write(events)
-        now = 5_000 + 10 * 8  # 8 actions before now, 6 distinct items
-        rec = R.recommend_from_dataset(h.target, "a", data, k=5, now_ts=now,
-                                       index_path=str(tmp_path / "idx.npz"))
-        assert not os.path.exists(tmp_path / "idx.npz")
-        req = embed_request_from_events(events, ["a"], 8, now)
-        user = sigs[C.EMBED_RAW](**_tensors(req))[C.EMBEDDING].numpy()
-        seen = np.unique(events.item_id[events.timestamp < now])
-        ref_ids, ref_sc = numpy_top_k(CATALOG, items, user, [seen], [5])
-        assert rec.mode == R.RETRIEVAL_ONLY and rec.embedding_version == 3
-        assert (rec.history_len, rec.excluded, rec.num_candidates) == (8, len(seen), 5) == (8, 6, 5)
-        assert rec.item_ids == ref_ids[0].tolist()
-        np.testing.assert_allclose(rec.retrieval_scores, ref_sc[0], rtol=1e-5, atol=1e-5)
     finally:
         h.stop(grace=None)

@@ -227,6 +227,7 @@ class LoadResult:
     records: List[Tuple[str, float, float, Optional[int], Optional[str]]]
     event_done_s: List[float]
     wall_s: float
+    held_s: float = 0.0  # client time spent waiting for the events (run_load's `tail`)
 
     @property
     def failures(self) -> List[str]:
@@ -249,7 +250,9 @@ class LoadResult:
                 float("nan"), float("nan"))
             lines.append(f"{kind or 'all':>6}: {n} requests, {failed} failed, p50 {p50:.1f} ms, "
                          f"p99 {p99:.1f} ms")
-        lines.append(f"  wall: {self.wall_s:.1f} s, {len(self.records) / self.wall_s:.0f} req/s")
+        lines.append(f"  wall: {self.wall_s:.1f} s, {len(self.records) / self.wall_s:.0f} req/s"
+                     + (f", clients held {self.held_s:.1f} s for the events"
+                        if self.held_s else ""))
         return "\n".join(lines)
 
 
@@ -269,23 +272,34 @@ def rank_inputs(candidates: int, seed: int = 0) -> Dict[str, np.ndarray]:
 def run_load(target: str, clients: int, requests: int,
              events: Sequence[Tuple[float, Callable[[], None]]] = (),
              embed_batch: int = 8, rank_candidates: int = 50,
-             timeout_s: float = 30.0) -> LoadResult:
+             timeout_s: float = 30.0, tail: float = 0.2) -> LoadResult:
     """`clients` threads, each with its own channel, send `requests` Predict calls each,
     alternating `embed` (pinnerformer embed_raw, `embed_batch` users) and `rank` (ranker rank,
     `rank_candidates` candidates), with no retries, so every non-OK status counts as a failure.
     `events`: (fraction of all requests done, action) run in order on the calling thread while
-    the clients keep going, e.g. pushing a new version and removing the old one."""
+    the clients keep going, e.g. pushing a new version and removing the old one. The last
+    `tail` of each client's requests waits until every event is done, so that however slowly
+    an event runs (a model load on a busy machine), requests follow it (`held_s` says how long
+    the clients waited)."""
     from serving.client import ServingClient, ServingError  # TF import only when used
 
     embed_in, rank_in = toy_history(embed_batch, seed=1), rank_inputs(rank_candidates, seed=2)
     total = clients * requests
     records: List[Tuple[str, float, float, Optional[int], Optional[str]]] = []
     lock = threading.Lock()
+    events_done = threading.Event()
+    hold_at = int(requests * (1 - tail)) if events else requests
+    held: List[float] = []
     t_start = time.monotonic()
 
     def worker(i: int) -> None:
         with ServingClient(target, timeout_s=timeout_s, retries=0) as client:
             for j in range(requests):
+                if j == hold_at and not events_done.is_set():
+                    t_hold = time.monotonic()
+                    events_done.wait()
+                    with lock:
+                        held.append(time.monotonic() - t_hold)
                 kind = ("embed", "rank")[(i + j) % 2]
                 t0 = time.monotonic()
                 version, err = None, None
@@ -309,14 +323,19 @@ def run_load(target: str, clients: int, requests: int,
     for t in threads:
         t.start()
     event_done = []
-    for fraction, action in events:
-        while len(records) < fraction * total and any(t.is_alive() for t in threads):
-            time.sleep(0.002)
-        action()
-        event_done.append(time.monotonic() - t_start)
+    try:
+        for fraction, action in events:
+            # never wait for more requests than the clients send before the hold
+            while len(records) < min(fraction * total, clients * hold_at) and any(
+                    t.is_alive() for t in threads):
+                time.sleep(0.002)
+            action()
+            event_done.append(time.monotonic() - t_start)
+    finally:
+        events_done.set()
     for t in threads:
         t.join()
-    return LoadResult(records, event_done, time.monotonic() - t_start)
+    return LoadResult(records, event_done, time.monotonic() - t_start, sum(held))
 
 
 def wait_for_versions(target: str, model: str, available: Sequence[int],

@@ -9,9 +9,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: env demo test test-fast e2e lint bench bench-train clean
 
+# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on our machines) nothing else writes
+# .pyc files, and every process would recompile TensorFlow's sources (~5 s CPU per import).
 $(VENV)/.synced: pyproject.toml uv.lock
 	$(PY310) -m uv --version >/dev/null 2>&1 || $(PY310) -m pip install -q "uv==$(UV_VERSION)"
-	$(PY310) -m uv sync --frozen --extra dev --python $(PY310)
+	$(PY310) -m uv sync --frozen --extra dev --compile-bytecode --python $(PY310)
 	touch $@
 
 env: $(VENV)/.synced

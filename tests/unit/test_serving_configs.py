@@ -3,6 +3,7 @@ kustomize / models.config agree with each other."""
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -271,7 +272,7 @@ def test_k8s_network_policy_admits_only_the_recommender_and_prometheus():
 def test_kustomize_configmap_carries_every_referenced_config():
     with open(_path("kustomization.yaml")) as fh:
         kust = yaml.safe_load(fh)
-    assert kust["resources"] == ["k8s.yaml"]
+    assert kust["resources"] == ["k8s.yaml", "online.yaml"]
     gen = kust["configMapGenerator"][0]
     dep = _k8s()["Deployment"][0]
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
@@ -283,6 +284,84 @@ def test_kustomize_configmap_carries_every_referenced_config():
     assert referenced == files == set(C.CONFIG_FILES) | {"ready.sh"}
     for f in files:
         assert os.path.isfile(_path(f)), f
+
+
+# ------------------------------------------------------------------ the online path
+
+
+def _online():
+    with open(_path("online.yaml")) as fh:
+        return [d for d in yaml.safe_load_all(fh) if d]
+
+
+def _pinrank_argv(container):
+    """The pinrank command line a container runs (sh -c 'exec pinrank ...' unwrapped)."""
+    import shlex
+
+    if container["command"] == ["pinrank"]:
+        return container["args"]
+    assert container["command"] == ["sh", "-c"], container["command"]
+    words = shlex.split(container["args"][0].split(";")[-1])  # after the variable set-up
+    assert words[:2] == ["exec", "pinrank"], words
+    return [w if not w.startswith("$") else "0" for w in words[2:]]
+
+
+def test_online_commands_parse_with_the_pinrank_cli():
+    """Every pinrank command in online.yaml and docker-compose.yml is accepted by the real
+    parser, and the stores and targets agree with the services that exist."""
+    from pipeline import cli as pinrank_cli
+
+    parser = pinrank_cli.build_parser()
+    docs = _online()
+    containers = {}
+    for d in docs:
+        spec = d["spec"]
+        pod = (spec.get("jobTemplate", {}).get("spec", spec) if d["kind"] == "CronJob"
+               else spec).get("template", {}).get("spec", {})
+        for c in pod.get("containers", []):
+            containers[d["metadata"]["name"]] = (d, c)
+    with open(_path("docker-compose.yml")) as fh:
+        compose = yaml.safe_load(fh)["services"]
+    argvs = {name: _pinrank_argv(c) for name, (_, c) in containers.items()
+             if c["image"] == "pinrank"}
+    argvs.update({f"compose:{n}": svc["command"][1:] for n, svc in compose.items()
+                  if svc["command"][:1] == ["pinrank"]})
+    assert {"pinrank-ingest", "pinrank-embed-users", "pinrank-recommend", "compose:ingest",
+            "compose:recommend"} <= set(argvs)
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for name, argv in argvs.items():
+        args = parser.parse_args(argv)  # SystemExit on an unknown flag
+        for url in [getattr(args, "store", None), getattr(args, "redis_stream", None)] + [
+                v.split("=", 1)[1] for v in getattr(args, "set", []) if v.startswith("online.store=")]:
+            if url:
+                host = url.split("//")[1].split(":")[0]
+                assert host in (services if not name.startswith("compose:") else compose), (name, url)
+    rec = parser.parse_args(argvs["pinrank-recommend"])
+    assert rec.target == f"pinrank-serving:{C.GRPC_PORT}" and rec.host == "0.0.0.0"
+
+
+def test_online_pods_match_the_network_policies():
+    docs = _online()
+    labels = {d["metadata"]["name"]: d["spec"].get("template", d["spec"].get("jobTemplate", {})
+                                                  .get("spec", {}).get("template", {}))
+              .get("metadata", {}).get("labels") for d in docs
+              if d["kind"] in ("Deployment", "StatefulSet", "CronJob")}
+    # k8s.yaml admits the recommendation service's pods to TF Serving's gRPC port.
+    (serving_policy,) = _k8s()["NetworkPolicy"]
+    admitted = serving_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert admitted.items() <= labels["pinrank-recommend"].items()
+    (redis_policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    allowed = [p["podSelector"]["matchLabels"] for p in redis_policy["spec"]["ingress"][0]["from"]]
+    for client in ("pinrank-ingest", "pinrank-embed-users", "pinrank-recommend"):
+        assert any(a.items() <= labels[client].items() for a in allowed), client
+    assert all(d["spec"].get("type", "ClusterIP") == "ClusterIP" for d in docs
+               if d["kind"] == "Service")
+    claims = {d["metadata"]["name"] for d in docs + _k8s()["PersistentVolumeClaim"]
+              if d["kind"] == "PersistentVolumeClaim"}
+    for d in docs:
+        text = yaml.safe_dump(d)
+        for claim in re.findall(r"claimName: (\S+)", text):
+            assert claim in claims, (d["metadata"]["name"], claim)
 
 
 # ------------------------------------------------------------------ readiness probe script

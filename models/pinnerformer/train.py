@@ -6,24 +6,8 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
+from models.schedules import WarmupCosine
 from pipeline.config import PipelineConfig
-
-
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup to `peak`, then cosine decay to 0 at `total_steps`."""
-
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
-        self.peak, self.warmup, self.total = float(peak), int(warmup_steps), int(total_steps)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warm = self.peak * (step + 1.0) / max(self.warmup, 1)
-        frac = tf.clip_by_value((step - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
-        cos = 0.5 * self.peak * (1.0 + tf.cos(math.pi * frac))
-        return tf.where(step < self.warmup, warm, cos)
-
-    def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup, "total_steps": self.total}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,7 +50,9 @@ def callbacks(log_dir: str, update_freq="epoch") -> list:
 def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
     t = cfg.train
     opt = keras.optimizers.AdamW(
-        learning_rate=WarmupCosine(t.learning_rate, t.warmup_steps, t.train_steps),
+        # Cosine to 0 at train_steps (at least one decay step).
+        learning_rate=WarmupCosine(t.learning_rate, t.warmup_steps,
+                                   max(t.train_steps - t.warmup_steps, 1)),
         weight_decay=t.weight_decay, clipnorm=1.0)
     # Decaying log(temperature) would pull tau towards 1 instead of letting it learn.
     opt.exclude_from_weight_decay(var_names=["log_temperature"])

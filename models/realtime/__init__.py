@@ -22,7 +22,6 @@ from .ranker import (
     RT_ACTION_TYPE,
     RT_ITEM_EMB,
     Ranker,
-    WarmupCosine,
     candidate_feature_keys,
     make_optimizer,
     user_feature_keys,
@@ -33,6 +32,6 @@ __all__ = [
     "FUSIONS", "DEFAULT_HEADS", "PRESETS", "RankerConfig", "RealtimeConfig", "cpu", "default_label_weights",
     "paper", "preset", "tiny", "CrossLayer", "CrossNetwork", "head_weights", "weighted_bce",
     "weighted_bce_from_logits", "auc", "hit_at_k", "CANDIDATE_EMB", "PINNERFORMER_EMB", "REQUEST_TS",
-    "RT_ACTION_TS", "RT_ACTION_TYPE", "RT_ITEM_EMB", "Ranker", "WarmupCosine", "candidate_feature_keys",
+    "RT_ACTION_TS", "RT_ACTION_TYPE", "RT_ITEM_EMB", "Ranker", "candidate_feature_keys",
     "make_optimizer", "user_feature_keys", "EncoderBlock", "TransAct",
 ]

@@ -83,17 +83,6 @@ def test_from_dict_rejects_unknown_fields():
         preset("huge")
 
 
-def test_warmup_cosine_schedule():
-    from models.realtime import WarmupCosine
-    s = WarmupCosine(peak=0.01, warmup=10, decay=20, floor=0.1)
-    def lr(step):
-        return float(s(step))
-    assert lr(0) == pytest.approx(0.001) and lr(9) == pytest.approx(0.01)
-    assert lr(10) == pytest.approx(0.01) and lr(20) == pytest.approx(0.01 * (0.1 + 0.9 * 0.5))
-    assert lr(30) == pytest.approx(0.001) and lr(1000) == pytest.approx(0.001)
-    assert float(WarmupCosine(0.02, 0, 0)(5)) == pytest.approx(0.02)
-
-
 class _FakeTransformOutput:
     """What models.realtime.run.ranker_config reads from tft.TFTransformOutput."""
 

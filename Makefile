@@ -55,5 +55,18 @@ bench-train: env
 redis:
 	serving/deploy/redis-local.sh
 
+# The pipeline's image (Dockerfile), tagged pinrank:<version> as `pinrank compile` expects by
+# default; IMAGE=REGION-docker.pkg.dev/PROJ/repo/pinrank:TAG for a registry. Needs a docker
+# engine, so CI never builds it: tests/unit/test_image.py checks its pins against uv.lock.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= pinrank:$(VERSION)
+.PHONY: image requirements
+image: requirements
+	docker build -t $(IMAGE) .
+
+# uv.lock's runtime pins with their hashes, for the image (a test fails when this is stale).
+requirements: env
+	$(PY310) -m uv export --frozen --no-dev --no-emit-project --no-annotate > requirements.lock.txt
+
 clean:
 	rm -rf runs build .pytest_cache

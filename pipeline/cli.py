@@ -124,11 +124,14 @@ def cmd_online_demo(args) -> int:
 
 def cmd_compile(args) -> int:
     cfg = _config(args)
-    from pipeline.kubeflow_v2_runner import compile_pipeline
-    out = compile_pipeline(cfg, pipeline_root=args.pipeline_root,
-                           dataset_dir=args.dataset_dir, serving_dir=args.serving_dir,
-                           output_path=args.output, image=args.image,
-                           schema_path=args.schema_path)
+    from pipeline import kubeflow_v2_runner as kfv2  # TensorFlow only inside compile_pipeline
+    fingerprint = kfv2.dataset_fingerprint_for(args.dataset_dir, args.dataset_fingerprint)
+    out = kfv2.compile_pipeline(cfg, pipeline_root=args.pipeline_root,
+                                dataset_dir=args.dataset_dir, dataset_fingerprint=fingerprint,
+                                serving_dir=args.serving_dir, output_path=args.output,
+                                image=args.image, schema_path=args.schema_path,
+                                ranker_schema_path=args.ranker_schema_path,
+                                site_packages=args.image_site_packages or kfv2.IMAGE_SITE_PACKAGES)
     print(out)
     return 0
 
@@ -212,8 +215,17 @@ def build_parser(serving: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--dataset-dir", required=True)
     p.add_argument("--serving-dir", required=True)
     p.add_argument("--output", default="build/pinrank_pipeline.json")
-    p.add_argument("--image", default="gcr.io/tfx-oss-public/tfx:1.16.0")
-    p.add_argument("--schema-path", help="curated schema as the image/GCS sees it")
+    p.add_argument("--dataset-fingerprint",
+                   help="DATASET.json's fingerprint, or the local dataset dir a remote "
+                        "--dataset-dir was uploaded from (required when it is remote)")
+    p.add_argument("--image", help="every task's image (default pinrank:<version>, what "
+                                   "`make image` builds; pass its registry name for Vertex)")
+    p.add_argument("--image-site-packages", help="site-packages of the image's Python, where "
+                                                 "the schemas are (default: the TFX image's)")
+    p.add_argument("--schema-path", help="PinnerFormer raw schema (default: the package's, "
+                                         "inside the image)")
+    p.add_argument("--ranker-schema-path", help="ranker raw schema (default: the package's, "
+                                                "inside the image)")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("config", help="inspect the configuration")

@@ -161,6 +161,9 @@ class PinnerFormerConfig:
     sketch_depth: int = 4
     init_temperature: float = 0.07
     min_temperature: float = 0.01
+    # GELU and LayerNorm with hand-written gradients (fewer elementwise passes per training step,
+    # benchmarks/train_throughput.py); the same values within float rounding. False: TF autodiff.
+    hand_gradients: bool = True
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -574,6 +577,42 @@ class OnlineConfig:
             raise ValueError(f"online.surface must be one of {F.SURFACES}, got {self.surface!r}")
 
 
+BEAM_RUNNERS = ("", "DataflowRunner", "DirectRunner")
+DATAFLOW_AUTOSCALING = ("THROUGHPUT_BASED", "NONE")
+
+
+@dataclasses.dataclass(frozen=True)
+class VertexConfig:
+    """`pinrank compile` (Vertex AI / Kubeflow v2): where the compiled job's Beam-based components
+    (example gens, StatisticsGen, Transform, Evaluator, ...) run. runner "": DataflowRunner when
+    `project` is set, else the DirectRunner inside each task's container with the local runner's
+    settings. Dataflow workers run the pipeline's image (`--sdk_container_image`), which holds
+    the user code they import by dotted path."""
+    runner: str = ""  # "" (by project), DataflowRunner or DirectRunner
+    project: str = ""  # GCP project of the Dataflow jobs
+    region: str = "us-central1"
+    temp_location: str = ""  # gs:// directory; "" = <pipeline root>/beam-temp
+    machine_type: str = "n1-standard-4"
+    max_num_workers: int = 8
+    autoscaling_algorithm: str = "THROUGHPUT_BASED"  # or NONE
+    extra_args: Tuple[str, ...] = ()  # more Beam args, e.g. ["--subnetwork=regions/R/subnetworks/S"]
+
+    def __post_init__(self):
+        if self.runner not in BEAM_RUNNERS:
+            raise ValueError(f"vertex.runner must be one of {BEAM_RUNNERS}, got {self.runner!r}")
+        if self.autoscaling_algorithm not in DATAFLOW_AUTOSCALING:
+            raise ValueError(f"vertex.autoscaling_algorithm must be one of {DATAFLOW_AUTOSCALING}, "
+                             f"got {self.autoscaling_algorithm!r}")
+        if self.max_num_workers < 1:
+            raise ValueError(f"vertex.max_num_workers must be >= 1, got {self.max_num_workers}")
+        # Dataflow workers cannot see the compiling machine's disk.
+        if self.temp_location and not self.temp_location.startswith("gs://"):
+            raise ValueError(f"vertex.temp_location must be a gs:// path, got {self.temp_location!r}")
+        bad = [a for a in self.extra_args if not a.startswith("--")]
+        if bad:
+            raise ValueError(f"vertex.extra_args must be --flag=value Beam args, got {bad}")
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     name: str = "pinrank"
@@ -590,6 +629,7 @@ class PipelineConfig:
     ranker_train: RankerTrainConfig = RankerTrainConfig()
     ranker_eval: RankerEvalConfig = RankerEvalConfig()
     online: OnlineConfig = OnlineConfig()
+    vertex: VertexConfig = VertexConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,33 +1,134 @@
-"""Compile the pipeline for Kubeflow Pipelines v2 / Vertex AI (offline: user code is referenced
-by dotted path inside the installed package, so nothing is uploaded at compile time).
+"""Compile the pipeline for Kubeflow Pipelines v2 / Vertex AI, offline: user code is referenced
+by dotted path inside the installed package, so nothing is uploaded at compile time.
 
-The image must be built FROM gcr.io/tfx-oss-public/tfx:1.16.0 with this package installed
-(`pip install .`) and TF_USE_LEGACY_KERAS=1 in its environment.
+Every task runs the project's image (`Dockerfile`: the TFX 1.16 image, uv.lock's pins, this
+package, TF_USE_LEGACY_KERAS=1). Every path in the compiled job is remote (gs://) or inside that
+image: the curated schemas are package data, named by where `pip install .` put them in the image
+(`IMAGE_SITE_PACKAGES`, which the Dockerfile's build checks). The dataset's fingerprint is
+DATASET.json's, as in the local runner, so the cache sees new data.
+
+TensorFlow/TFX are imported by `compile_pipeline` only: the CLI checks its inputs before that.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+import posixpath
+import re
+from importlib import metadata
+from typing import List, Optional
 
-from tfx import v1 as tfx
+from pipeline.config import ConfigError, PipelineConfig, VertexConfig
 
-from pipeline.config import PipelineConfig
-from pipeline.pipeline import PINNERFORMER_SCHEMA, create_pipeline
+DIST_NAME = "pinrank"  # [project] name in pyproject.toml; also the image's name
+# site-packages of the TFX 1.16 image's Python (/opt/conda, a Deep Learning VM base); the
+# Dockerfile's SITE_PACKAGES must be the same, and its build fails if pip installs elsewhere.
+IMAGE_SITE_PACKAGES = "/opt/conda/lib/python3.10/site-packages"
+# Where this checkout's (or installation's) top-level packages live: package files are named in
+# the image by their path relative to it.
+_PACKAGES_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
-DEFAULT_IMAGE = "gcr.io/tfx-oss-public/tfx:1.16.0"
+
+def project_image() -> str:
+    """`pinrank:<version>`, the tag `make image` builds (push it to a registry and pass that name
+    as --image for Vertex)."""
+    try:
+        return f"{DIST_NAME}:{metadata.version(DIST_NAME)}"
+    except metadata.PackageNotFoundError:
+        raise ConfigError("pinrank is not installed (pip install -e .), so the default image "
+                          "pinrank:<version> is unknown: pass --image") from None
+
+
+def is_remote(path: str) -> bool:
+    """gs://, s3://, ...: a URI the tasks read themselves (not the compiling machine's disk)."""
+    return "://" in path and not path.startswith("file:")
+
+
+def image_path(package_file: str, site_packages: str = IMAGE_SITE_PACKAGES) -> str:
+    """Where a file of this project's packages lies inside the image."""
+    rel = os.path.relpath(os.path.abspath(package_file), _PACKAGES_ROOT)
+    if rel.startswith(os.pardir) or not os.path.isfile(package_file):
+        raise ConfigError(f"{package_file} is not a file of the pinrank packages, so it is not "
+                          f"in the image")
+    return posixpath.join(site_packages, *rel.split(os.sep))
+
+
+def _manifest_fingerprint(path: str) -> str:
+    from components.data.events import MANIFEST_FILE, read_dataset_manifest
+    d = os.path.dirname(path) if os.path.basename(path) == MANIFEST_FILE else path
+    manifest = read_dataset_manifest(d)
+    if not manifest or not manifest.get("fingerprint"):
+        raise FileNotFoundError(f"{os.path.join(d, MANIFEST_FILE)} is missing or has no "
+                                f"fingerprint (write the dataset with `pinrank data --out {d}`)")
+    return manifest["fingerprint"]
+
+
+def dataset_fingerprint_for(dataset_dir: str, given: Optional[str] = None) -> str:
+    """The fingerprint the local runner passes (DATASET.json's), so that new data invalidates the
+    cache. A remote dataset_dir cannot be read offline: `given` is then required, either the
+    fingerprint itself or the local dataset dir (or its DATASET.json) that was uploaded there."""
+    if given:
+        if os.path.exists(given):
+            given = _manifest_fingerprint(given)
+        elif not _SHA256_HEX.fullmatch(given):
+            raise ConfigError(f"--dataset-fingerprint {given!r} is neither a sha256 hex digest "
+                              f"nor a local dataset dir with DATASET.json")
+    if is_remote(dataset_dir):
+        if not given:
+            raise ConfigError(f"--dataset-dir {dataset_dir} is remote and cannot be read offline: "
+                              f"pass --dataset-fingerprint (DATASET.json's fingerprint, or the "
+                              f"local dataset dir it was uploaded from)")
+        return given
+    own = _manifest_fingerprint(dataset_dir)
+    if given and given != own:
+        raise ConfigError(f"--dataset-fingerprint {given} differs from {dataset_dir}'s DATASET.json "
+                          f"fingerprint {own}")
+    return own
+
+
+def beam_args(vertex: VertexConfig, *, pipeline_root: str, image: str) -> List[str]:
+    """The compiled job's Beam args: Dataflow from the `vertex` section, or the local runner's
+    DirectRunner settings inside the task's container."""
+    runner = vertex.runner or ("DataflowRunner" if vertex.project else "DirectRunner")
+    if runner == "DirectRunner":
+        from pipeline.runs import DEFAULT_BEAM_ARGS
+        return ["--runner=DirectRunner", *DEFAULT_BEAM_ARGS, *vertex.extra_args]
+    if not vertex.project or not vertex.region:
+        raise ConfigError("vertex.runner=DataflowRunner needs vertex.project and vertex.region "
+                          "(--set vertex.project=PROJECT)")
+    temp = vertex.temp_location or posixpath.join(pipeline_root, "beam-temp")
+    if not temp.startswith("gs://"):
+        raise ConfigError(f"Dataflow needs a gs:// temp location: set vertex.temp_location or use "
+                          f"a gs:// --pipeline-root (got {temp})")
+    return ["--runner=DataflowRunner", f"--project={vertex.project}", f"--region={vertex.region}",
+            f"--temp_location={temp}", f"--machine_type={vertex.machine_type}",
+            f"--max_num_workers={vertex.max_num_workers}",
+            f"--autoscaling_algorithm={vertex.autoscaling_algorithm}",
+            # The workers import transform/model code by dotted path: they run our image.
+            f"--sdk_container_image={image}", *vertex.extra_args]
 
 
 def compile_pipeline(cfg: PipelineConfig, *, pipeline_root: str, dataset_dir: str,
-                     serving_dir: str, output_path: str, image: str = DEFAULT_IMAGE,
-                     dataset_fingerprint: Optional[str] = None,
-                     schema_path: Optional[str] = None) -> str:
+                     dataset_fingerprint: str, serving_dir: str, output_path: str,
+                     image: Optional[str] = None, schema_path: Optional[str] = None,
+                     ranker_schema_path: Optional[str] = None,
+                     site_packages: str = IMAGE_SITE_PACKAGES) -> str:
     """Writes the PipelineJob JSON; dataset_dir/serving_dir are gs:// paths on Vertex.
-    schema_path defaults to this checkout's schema file: build the image with the project at the
-    same path, or pass a gs:// copy."""
-    pipeline = create_pipeline(cfg, pipeline_root=pipeline_root, dataset_dir=dataset_dir,
-                               dataset_fingerprint=dataset_fingerprint or "unversioned",
-                               serving_dir=serving_dir, beam_pipeline_args=[],
-                               schema_path=schema_path or PINNERFORMER_SCHEMA)
+    dataset_fingerprint: from `dataset_fingerprint_for`. Schema paths default to the package's
+    files inside the image (site_packages: the image's); pass gs:// copies to override."""
+    if not dataset_fingerprint:
+        raise ConfigError("compile needs the dataset's fingerprint (dataset_fingerprint_for)")
+    image = image or project_image()
+    args = beam_args(cfg.vertex, pipeline_root=pipeline_root, image=image)
+
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import PINNERFORMER_SCHEMA, RANKER_SCHEMA, create_pipeline
+    pipeline = create_pipeline(
+        cfg, pipeline_root=pipeline_root, dataset_dir=dataset_dir,
+        dataset_fingerprint=dataset_fingerprint, serving_dir=serving_dir, beam_pipeline_args=args,
+        schema_path=schema_path or image_path(PINNERFORMER_SCHEMA, site_packages),
+        ranker_schema_path=ranker_schema_path or image_path(RANKER_SCHEMA, site_packages))
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(os.path.abspath(output_path)),

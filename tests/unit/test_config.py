@@ -59,7 +59,7 @@ def test_the_walk_sees_every_section_and_nested_leaf():
     paths = dict(CPU_LEAVES)
     assert "ranker.realtime.seq_len" in paths and "ranker.label_weights" in paths
     for section in ("data", "examples", "items", "model", "train", "eval", "ranking", "ranker",
-                    "ranker_train", "ranker_eval"):
+                    "ranker_train", "ranker_eval", "vertex"):
         assert any(p.startswith(section + ".") for p in paths), section
     assert leaf_paths(preset("cpu")) == paths
 

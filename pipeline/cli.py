@@ -255,6 +255,9 @@ def _user_error_code(e: BaseException):
     if events is not None and isinstance(e, (events.DatasetFormatError,
                                              events.EventValidationError)):
         return 1
+    pusher = sys.modules.get("components.atomic_pusher")  # a serving dir it cannot write
+    if pusher is not None and isinstance(e, pusher.PushError):
+        return 1
     if isinstance(e, (FileNotFoundError, NotADirectoryError)):
         return 1
     return None

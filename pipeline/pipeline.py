@@ -19,6 +19,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components.anomalies_gate import AnomaliesGate
+from components.atomic_pusher import AtomicPusher
 from components.event_example_gen import EventExampleGen
 from components.item_embedding_gen import ItemEmbeddingGen
 from components.ranker_eval.baseline_check import RankerBaselineCheck
@@ -112,11 +113,13 @@ def create_pipeline(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         item_embeddings=item_embedding_gen.outputs["item_embeddings"],
         baseline_model=baseline_resolver.outputs["model"], config_json=cfg.sections_json("eval"))
-    pusher = tfx.components.Pusher(
+    # AtomicPusher: a version dir appears complete or not at all (kill -9, full disk).
+    pusher = AtomicPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(serving_dir, PINNERFORMER_MODEL_NAME))))
+                base_directory=os.path.join(serving_dir, PINNERFORMER_MODEL_NAME))),
+    ).with_id("Pusher")
 
     components = [example_gen, *validation, item_embedding_gen, transform, trainer,
                   baseline_resolver, evaluator, pusher]
@@ -181,7 +184,7 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
         item_embeddings=item_embedding_gen.outputs["item_embeddings"], input_base=dataset_dir,
         input_fingerprint=dataset_fingerprint, config_json=cfg.sections_json("ranker_eval"),
         baseline_model=resolver.outputs["model"])
-    pusher = tfx.components.Pusher(
+    pusher = AtomicPusher(
         model=trainer.outputs["model"], model_blessing=check.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(

@@ -1,0 +1,126 @@
+"""AtomicPusher: the stock TFX Pusher, but a pushed version directory appears complete or not
+at all.
+
+The stock executor copies the model straight into `<base>/<version>/` (saved_model.pb last). A
+kill -9, a full disk or an I/O error mid-copy leaves that numeric directory behind half-written,
+and TF Serving's file-system source loads every numeric directory it finds. This executor copies
+into `<base>/.tmp-<version>-<pid>/` (not a number, so TF Serving and serving/local_server.py
+ignore it) and renames it to `<base>/<version>` (atomic within one local file system). A failed
+copy removes its temporary directory and raises PushError, one line naming the serving dir; a
+killed push leaves only a `.tmp-*` directory, removed by the next push. What serves before a
+failed push keeps serving: nothing under `<base>/<number>` is touched.
+
+Object stores (gs://, s3://) have no atomic directory rename: there the stock executor runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import Any, Dict, List
+
+from tfx import types
+from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils, proto_utils
+from tfx.v1.components import Pusher
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+
+
+class PushError(Exception):
+    """The model could not be written to the serving dir (read-only, full, not a directory).
+    `errno`: the OS error's."""
+
+    def __init__(self, message: str, errno: int = 0):
+        super().__init__(message)
+        self.errno = errno
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_stale(base_dir: str) -> None:
+    """Temporary dirs of killed pushes (their pid is gone); a live concurrent push keeps its."""
+    for name in os.listdir(base_dir):
+        if not name.startswith(TMP_PREFIX):
+            continue
+        pid = name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and _alive(int(pid))):
+            log.info("removing %s, left by an interrupted push", os.path.join(base_dir, name))
+            shutil.rmtree(os.path.join(base_dir, name), ignore_errors=True)
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """Like shutil.copytree, but the first error is raised as is (copytree collects them)."""
+    for root, dirs, files in os.walk(src):
+        out = os.path.join(dst, os.path.relpath(root, src))
+        os.makedirs(out, exist_ok=True)
+        for f in files:
+            shutil.copyfile(os.path.join(root, f), os.path.join(out, f))
+
+
+def publish(model_path: str, base_dir: str, version: str) -> str:
+    """Copies the SavedModel dir `model_path` to `<base_dir>/<version>` atomically and returns
+    that path. An existing version dir is kept as it is (the stock Pusher skips it too)."""
+    final = os.path.join(base_dir, version)
+    tmp = os.path.join(base_dir, f"{TMP_PREFIX}{version}-{os.getpid()}")
+    try:
+        os.makedirs(base_dir, exist_ok=True)
+        _remove_stale(base_dir)
+        if os.path.exists(final):
+            log.info("%s already exists, skipping the push", final)
+            return final
+        _copy_tree(model_path, tmp)
+        os.rename(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PushError(f"cannot push the model to serving dir {base_dir}: {e.strerror or e}",
+                        e.errno or 0) from e
+    return final
+
+
+class Executor(pusher_executor.Executor):
+    """The stock Pusher's Do with `publish` as the copy into the serving dir."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]],
+           output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        dest = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY],
+                                  dest)
+        base = dest.filesystem.base_directory if dest.WhichOneof("destination") == "filesystem" \
+            else ""
+        if not base or "://" in base:
+            return super().Do(input_dict, output_dict, exec_properties)
+        self._log_startup(input_dict, output_dict, exec_properties)
+        model_push = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(model_push)
+            return None
+        model_path = self.GetModelPath(input_dict)
+        version = str(int(time.time()))  # the stock Pusher's versioning (UNIX_TIMESTAMP)
+        serving_path = publish(model_path, base, version)
+        log.info("model written to serving path %s", serving_path)
+        io_utils.copy_dir(model_path, model_push.uri)  # the Pusher's archive copy
+        self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
+        return None
+
+
+class AtomicPusher(Pusher):
+    """tfx Pusher whose filesystem push never shows a partial version (see module doc)."""
+
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)

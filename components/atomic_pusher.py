@@ -4,11 +4,12 @@ at all.
 The stock executor copies the model straight into `<base>/<version>/` (saved_model.pb last). A
 kill -9, a full disk or an I/O error mid-copy leaves that numeric directory behind half-written,
 and TF Serving's file-system source loads every numeric directory it finds. This executor copies
-into `<base>/.tmp-<version>-<pid>/` (not a number, so TF Serving and serving/local_server.py
-ignore it) and renames it to `<base>/<version>` (atomic within one local file system). A failed
-copy removes its temporary directory and raises PushError, one line naming the serving dir; a
-killed push leaves only a `.tmp-*` directory, removed by the next push. What serves before a
-failed push keeps serving: nothing under `<base>/<number>` is touched.
+into `<base>/.tmp-<version>-<pid>/` (not a number: TF Serving's
+file_system_storage_path_source.cc skips such children, as does serving/local_server.py) and
+renames it to `<base>/<version>` (atomic within one local file system). A failed copy removes
+its temporary directory and raises PushError, one line naming the serving dir; a killed push
+leaves only a `.tmp-*` directory, removed by the next push. What serves before a failed push
+keeps serving: nothing under `<base>/<number>` is touched.
 
 Object stores (gs://, s3://) have no atomic directory rename: there the stock executor runs.
 """

@@ -285,7 +285,7 @@ def main(argv=None) -> int:
         from serving.client import rank_request_inputs
 
         rsigs = tf.saved_model.load(ranker_path).signatures
-        rdef = LS._signature_defs(ranker_path).get(C.RANK)
+        rdef = LS.signature_defs(ranker_path).get(C.RANK)
         if rdef is None:
             skipped_rank = f"rank: skipped ({ranker_path} has no {C.RANK!r} signature)"
         else:

@@ -100,11 +100,7 @@ STATS_FILE = "ranking_example_gen.json"
 SOURCE_IMPRESSIONS = "impressions"
 SOURCE_SESSIONS = "derived_sessions"
 EMBED_BATCH = 256  # (user, day) rows per embed_raw call
-_HIST = rf.HIST_FEATURES
 _HEAD_INDEX = {h: i for i, h in enumerate(F.HEADS)}
-_PADS = {F.HIST_ITEM: C.PAD_ITEM, F.HIST_ACTION: C.PAD_STRING, F.HIST_SURFACE: C.PAD_STRING,
-         F.HIST_TS: C.PAD_INT, F.HIST_DURATION: C.PAD_FLOAT}
-_DTYPES = rf.HIST_DTYPES
 
 assert set(F.HEADS) == set(F.IMPRESSION_LABELS) == set(F.ACTIONS)
 
@@ -341,28 +337,6 @@ def user_requests(user_id: str, events: Optional[Dict[str, np.ndarray]],
 # --------------------------------------------------------------------------------------------
 # Embeddings
 
-def pad_histories(hists: List[Dict[str, np.ndarray]], width: Optional[int] = None
-                  ) -> Dict[str, np.ndarray]:
-    """embed_raw inputs: chronological rows padded after hist_len. `width`: a signature's fixed
-    L (rows keep their L most recent actions), else the longest row (at least 1)."""
-    if width is not None:
-        hists = [{k: v[-width:] if width < len(v) else v for k, v in h.items()} for h in hists]
-    lens = np.array([len(h[F.HIST_TS]) for h in hists], np.int64)
-    if width is None:
-        width = max(1, int(lens.max()) if len(lens) else 1)
-    out = {}
-    for name in _HIST:
-        arr: np.ndarray = np.full((len(hists), width), _PADS[name], dtype=_DTYPES[name])
-        for i, h in enumerate(hists):
-            vals = list(h[name])
-            if name in (F.HIST_ACTION, F.HIST_SURFACE):
-                vals = [v.encode() if isinstance(v, str) else v for v in vals]
-            arr[i, :lens[i]] = vals
-        out[name] = arr
-    out[C.HIST_LEN] = lens
-    return out
-
-
 def embed_buckets(num_rows: int) -> int:
     """Buckets for `num_rows` (user, day) rows: EMBED_BATCH rows per bucket on average."""
     return max(1, -(-int(num_rows) // EMBED_BATCH))
@@ -411,7 +385,7 @@ class EmbedUserDays(beam.DoFn):
         self._width = spec.shape[1] if spec.shape.rank == 2 else None
 
     def _embed(self, hists: List[Dict[str, np.ndarray]]) -> np.ndarray:
-        x = pad_histories(hists, self._width)
+        x = rf.pad_histories(hists, self._width)
         out = self._fn(**{k: tf.constant(v, dtype=tf.string if v.dtype == object else None)
                           for k, v in x.items()})[C.EMBEDDING].numpy().astype(np.float32)
         if out.ndim != 2 or out.shape[0] != len(hists):

@@ -89,10 +89,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from components.data import events as ev
+from components.data import ranking_features as rf
 from pipeline import features as F
 from pipeline.artifacts import sha256_file
 from serving import constants as C
-from serving.client import empty_embed_inputs
 
 log = logging.getLogger("serving.batch_embeddings")
 
@@ -110,8 +110,9 @@ DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1"
 KV_PREFIX = "user_emb:"
 KV_META_PREFIX = "__meta__:"
 
-_ACTIONS_B = np.array([a.encode() for a in F.ACTIONS], dtype=object)
-_SURFACES_B = np.array([s.encode() for s in F.SURFACES], dtype=object)
+# numpy bytes ('S'): pad_histories copies them without a Python loop.
+_ACTIONS_B = np.array([a.encode() for a in F.ACTIONS], dtype=bytes)
+_SURFACES_B = np.array([s.encode() for s in F.SURFACES], dtype=bytes)
 
 
 class SnapshotError(RuntimeError):
@@ -171,18 +172,6 @@ def model_fingerprint(model_path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def signature_defs(model_path: str) -> Dict[str, Any]:
-    """SignatureDefs of the 'serve' MetaGraph, read from saved_model.pb without loading TF
-    functions."""
-    from tensorflow.python.saved_model import loader_impl
-
-    saved = loader_impl.parse_saved_model(model_path)
-    for mg in saved.meta_graphs:
-        if "serve" in mg.meta_info_def.tags:
-            return dict(mg.signature_def)
-    raise ValueError(f"{model_path}: no MetaGraph tagged 'serve'")
-
-
 def fixed_history_len(sig_def) -> Optional[int]:
     """The static L of a signature's hist_item input ([-1, L]), or None when it is dynamic."""
     info = sig_def.inputs.get(F.HIST_ITEM)
@@ -209,6 +198,8 @@ def model_seq_len(model_path: str) -> Optional[int]:
 def history_width(model_path: str, max_len: Optional[int]) -> int:
     """Width of the embed_raw rows: the signature's fixed L, else max_len, else the model's M,
     else DEFAULT_MAX_LEN."""
+    from serving.local_server import signature_defs
+
     sigs = signature_defs(model_path)
     if C.EMBED_RAW not in sigs:
         raise ValueError(f"{model_path}: no {C.EMBED_RAW!r} signature (has {sorted(sigs)})")
@@ -387,18 +378,11 @@ def merge_histories(a: Optional[tuple], b: Optional[tuple], m: int) -> Optional[
 def embed_inputs(histories: Sequence[tuple], width: int) -> Dict[str, np.ndarray]:
     """embed_raw inputs [B, width] from compact histories (chronological, padded after
     hist_len with the serving pad values)."""
-    b = len(histories)
-    out = empty_embed_inputs(b, width)
-    for row, h in enumerate(histories):
-        ts, item, act, surf, dur = (x[-width:] for x in h[:5])
-        n = len(ts)
-        out[F.HIST_ITEM][row, :n] = item
-        out[F.HIST_TS][row, :n] = ts
-        out[F.HIST_ACTION][row, :n] = _ACTIONS_B[act.astype(np.int64)]
-        out[F.HIST_SURFACE][row, :n] = _SURFACES_B[surf.astype(np.int64)]
-        out[F.HIST_DURATION][row, :n] = dur
-        out[C.HIST_LEN][row] = n
-    return out
+    return rf.pad_histories([{F.HIST_TS: ts, F.HIST_ITEM: item,
+                              F.HIST_ACTION: _ACTIONS_B[act.astype(np.int64)],
+                              F.HIST_SURFACE: _SURFACES_B[surf.astype(np.int64)],
+                              F.HIST_DURATION: dur}
+                             for ts, item, act, surf, dur in (h[:5] for h in histories)], width)
 
 
 def _beam():

@@ -24,6 +24,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from components.data import ranking_features as rf
 from pipeline import features as F
 from serving import constants as C
 
@@ -114,6 +115,11 @@ class ServingClient:
         self.close()
 
     def _call(self, method: str, rpc, request):
+        # Not gRPC's retryPolicy (service config + grpc.enable_retries): its deadline covers all
+        # attempts (timeout_s here is per attempt), maxAttempts is capped at 5, its backoff is
+        # U(0, b) (here b * U(0.5, 1)), a request over grpc.per_rpc_retry_buffer_size (256 KiB;
+        # Predict batches often are) is never retried, a passed-in channel would lack it, and
+        # ServingError could not report the attempts.
         attempt = 0
         while True:
             attempt += 1
@@ -287,18 +293,6 @@ class ServingClient:
             time.sleep(poll_s)
 
 
-def empty_embed_inputs(batch: int, width: int) -> Dict[str, np.ndarray]:
-    """`embed_raw` inputs [batch, width] filled with the serving pad values, hist_len 0."""
-    return {
-        F.HIST_ITEM: np.full((batch, width), C.PAD_ITEM, np.int64),
-        F.HIST_ACTION: np.full((batch, width), C.PAD_STRING, object),
-        F.HIST_SURFACE: np.full((batch, width), C.PAD_STRING, object),
-        F.HIST_TS: np.full((batch, width), C.PAD_INT, np.int64),
-        F.HIST_DURATION: np.full((batch, width), C.PAD_FLOAT, np.float32),
-        C.HIST_LEN: np.zeros((batch,), np.int64),
-    }
-
-
 def rank_request_inputs(history: Mapping[str, np.ndarray], candidates: Sequence[int], *,
                         request_ts: int, surface: str = "homefeed",
                         pf_embedding: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
@@ -333,27 +327,18 @@ def embed_request_from_events(events_df, user_id: Union[str, Sequence[str]], max
     if max_len < 1:
         raise ValueError("max_len must be >= 1")
     users = [user_id] if isinstance(user_id, (str, bytes)) else list(user_id)
-    b = len(users)
-    out = empty_embed_inputs(b, max_len)
     ts_all = events_df["timestamp"].to_numpy(np.int64)
     items_all = events_df["item_id"].to_numpy(np.int64)
     uid_col = events_df["user_id"].to_numpy()
+    actions, surfaces = events_df["action"].to_numpy(), events_df["surface"].to_numpy()
+    durations = events_df["duration"].to_numpy(np.float32)
     before = ts_all < int(now_ts)
-    for row, uid in enumerate(users):
+    hists = []
+    for uid in users:
         sel = np.flatnonzero(before & (uid_col == uid))
         # Chronological, ties by item id; keep the newest max_len.
         idx = sel[np.lexsort((items_all[sel], ts_all[sel]))][-max_len:]
-        n = len(idx)
-        if not n:
-            continue
-        out[F.HIST_ITEM][row, :n] = items_all[idx]
-        out[F.HIST_TS][row, :n] = ts_all[idx]
-        out[F.HIST_ACTION][row, :n] = [_bytes(a) for a in events_df["action"].to_numpy()[idx]]
-        out[F.HIST_SURFACE][row, :n] = [_bytes(s) for s in events_df["surface"].to_numpy()[idx]]
-        out[F.HIST_DURATION][row, :n] = events_df["duration"].to_numpy(np.float32)[idx]
-        out[C.HIST_LEN][row] = n
-    return out
-
-
-def _bytes(v: Any) -> bytes:
-    return v.encode("utf-8") if isinstance(v, str) else bytes(v)
+        hists.append({F.HIST_ITEM: items_all[idx], F.HIST_TS: ts_all[idx],
+                      F.HIST_ACTION: actions[idx], F.HIST_SURFACE: surfaces[idx],
+                      F.HIST_DURATION: durations[idx]})
+    return rf.pad_histories(hists, max_len)

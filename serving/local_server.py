@@ -73,8 +73,9 @@ _GRPC_BY_NUMBER = {sc.value[0]: sc for sc in grpc.StatusCode}
 # ------------------------------------------------------------------------------ servables
 
 
-def _signature_defs(path: str) -> Dict[str, Any]:
-    """SignatureDefs of the 'serve' MetaGraph, exactly as saved_model.pb lists them."""
+def signature_defs(path: str) -> Dict[str, Any]:
+    """SignatureDefs of the 'serve' MetaGraph, exactly as saved_model.pb lists them (read
+    without loading TF functions; also the daily job's and the benchmarks' reader)."""
     from tensorflow.python.saved_model import loader_impl
 
     saved = loader_impl.parse_saved_model(path)
@@ -97,7 +98,7 @@ class Servable:
         own = os.path.join(path, C.PER_MODEL_BATCHING_FILE)
         if per_model_batching and os.path.exists(own):
             self.batching = load_batching_parameters(own)
-        self.signature_defs = _signature_defs(path)
+        self.signature_defs = signature_defs(path)
         self._loaded = tf.saved_model.load(path, tags=["serve"])
         self.functions = dict(self._loaded.signatures)
 

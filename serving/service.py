@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -349,35 +349,14 @@ def _padded_history(events: Mapping[str, np.ndarray], limit: int) -> Dict[str, n
     width for every request, so that TF Serving's batching (on for the pinnerformer) can put
     any two requests in one batch; the Transform keeps the model's M newest."""
     hist = rf.history_before(events, np.iinfo(np.int64).max, limit)
-    return _pad_row(hist, C.EMBED_RAW_SEQUENCE_INPUTS, width=limit)
-
-
-def _pad_row(hist: Mapping[str, np.ndarray], names: Sequence[str], width: int = 0
-             ) -> Dict[str, np.ndarray]:
-    """[1, width] rows (width = max(1, n) when 0) padded after the n real actions."""
-    n = len(hist[F.HIST_TS])
-    width = max(1, n, width)
-    pads = {F.HIST_ITEM: C.PAD_ITEM, F.HIST_ACTION: C.PAD_STRING,
-            F.HIST_SURFACE: C.PAD_STRING, F.HIST_TS: C.PAD_INT, F.HIST_DURATION: C.PAD_FLOAT}
-    out: Dict[str, np.ndarray] = {}
-    for name in names:
-        values = hist[name]
-        if values.dtype == object:
-            row = np.full((1, width), pads[name], object)
-            row[0, :n] = [v.encode() if isinstance(v, str) else bytes(v) for v in values]
-        else:
-            row = np.full((1, width), pads[name], rf.HIST_DTYPES[name])
-            row[0, :n] = values
-        out[name] = row
-    out[C.HIST_LEN] = np.array([n], np.int64)
-    return out
+    return rf.pad_histories([hist], limit)
 
 
 def rank_inputs(feats: Mapping[str, np.ndarray], candidates: np.ndarray) -> Dict[str, np.ndarray]:
     """`rank` signature inputs (models/realtime/serving_model.py) for one request from its
     request features: the user side once ([1, ...]), the candidates [N]."""
     hist = {name: feats[name] for name in rf.HIST_FEATURES}
-    out = _pad_row(hist, rf.HIST_FEATURES)
+    out = rf.pad_histories([hist])
     out[F.REQUEST_TS] = np.asarray(feats[F.REQUEST_TS], np.int64)
     out[F.SURFACE] = np.array([str(feats[F.SURFACE][0]).encode()], object)
     out[F.PF_EMBEDDING] = np.asarray(feats[F.PF_EMBEDDING], np.float32).reshape(1, -1)

@@ -12,12 +12,13 @@ zeros when the user had no action before that day). numpy only: the service load
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
 from pipeline import features as F
 from pipeline.config import DAY_S
+from serving import constants as C
 
 # Order of the history features in examples and requests, and the event column each comes from.
 HIST_FEATURES = (F.HIST_ITEM, F.HIST_ACTION, F.HIST_SURFACE, F.HIST_TS, F.HIST_DURATION)
@@ -25,6 +26,8 @@ HIST_SOURCE = {F.HIST_ITEM: "item_id", F.HIST_ACTION: "action", F.HIST_SURFACE: 
                F.HIST_TS: "timestamp", F.HIST_DURATION: "duration"}
 HIST_DTYPES = {F.HIST_ITEM: np.int64, F.HIST_ACTION: object, F.HIST_SURFACE: object,
                F.HIST_TS: np.int64, F.HIST_DURATION: np.float32}
+HIST_PADS = {F.HIST_ITEM: C.PAD_ITEM, F.HIST_ACTION: C.PAD_STRING, F.HIST_SURFACE: C.PAD_STRING,
+             F.HIST_TS: C.PAD_INT, F.HIST_DURATION: C.PAD_FLOAT}
 _EVENT_FIELDS = ("item_id", "action", "timestamp", "duration", "surface")
 
 
@@ -76,3 +79,33 @@ def request_features(user_id: str, request_id: str, request_ts: int, surface: st
     out[F.PF_EMBEDDING] = np.asarray(embedding, np.float32).reshape(-1)
     out[F.PF_PRESENT] = np.array([int(present)], np.int64)
     return out
+
+
+def pad_histories(hists: Sequence[Mapping[str, Any]], width: Optional[int] = None
+                  ) -> Dict[str, np.ndarray]:
+    """The history inputs of `embed_raw` and `rank` (hist_* [B, width] and hist_len [B]), the
+    one builder offline (RankingExampleGen, the daily job) and online (client, service) use:
+    each row's actions chronological, padded after hist_len with the serving pad values,
+    strings as bytes. `width`: a fixed L (rows keep their L newest actions), else the longest
+    row (at least 1)."""
+    lens = np.array([len(h[F.HIST_TS]) for h in hists], np.int64)
+    if width is None:
+        width = max(1, int(lens.max()) if len(lens) else 1)
+    lens = np.minimum(lens, width)
+    out: Dict[str, np.ndarray] = {}
+    for name in HIST_FEATURES:
+        arr: np.ndarray = np.full((len(hists), width), HIST_PADS[name], HIST_DTYPES[name])
+        for i, h in enumerate(hists):
+            n = int(lens[i])
+            if n:
+                values = h[name][len(h[name]) - n:]
+                arr[i, :n] = _as_bytes(values) if arr.dtype == object else values
+        out[name] = arr
+    out[C.HIST_LEN] = lens
+    return out
+
+
+def _as_bytes(values):
+    if isinstance(values, np.ndarray) and values.dtype.kind == "S":
+        return values  # numpy stores them as bytes objects, without a Python loop
+    return [v.encode() if isinstance(v, str) else bytes(v) for v in values]

@@ -4,8 +4,8 @@
 The export embeds the whole catalogue with the pin tower once and stores it in the SavedModel as
 two non-trainable variables, ids int64 [N] (ascending) and embeddings float32 [N, D]. A query is
 brute force: scores = user [B, D] @ items^T [N, D] (the inner product the towers were trained
-with), excluded items set to -inf BEFORE top-k, then tf.math.top_k. These are the semantics of
-serving/item_index.py ItemIndex.search, exactly:
+with), excluded items set to -inf BEFORE top-k, then tf.math.top_k. Semantics (checked against a
+numpy full sort in tests/unit/test_pinnerformer_retrieval.py):
   * best first; equal scores by ascending item id (the ids are stored ascending, and top_k puts
     the lower index first on ties: documented, and kept by the GPU kernel too, whose heaps
     prefer lower indices and whose large-k path is a stable radix sort);
@@ -16,7 +16,11 @@ Why not tensorflow_recommenders' BruteForce layer: tensorflow-recommenders is no
 environment, and its BruteForce is this same matmul + top_k but with no exclusion mask (it would
 need over-fetching k + |exclude| and filtering, which is what exact masking avoids).
 Scale: one [B, N] float32 score matrix per request (B = 512, N = 10^6 is 2 GB); past ~10^6
-items an ANN index (ScaNN, see serving/item_index.py) replaces this function.
+items an ANN index replaces this function, built after each push like the daily user snapshot:
+ScaNN (tree + asymmetric hashing + reorder, dot product; it has TF ops, so it can live in this
+SavedModel) or HNSW (hnswlib / FAISS IndexHNSWFlat, inner product). ANN libraries filter
+poorly: over-fetch k + |exclude| and drop excluded ids afterwards; gate each rebuild on its
+recall@k against this exact top-k on a sample of users (e.g. >= 0.95).
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import pytest
 
 from components import ranking_example_gen as rg
 from components.data import events as ev
+from components.data import ranking_features as rf
 from pipeline import features as F
 from pipeline.config import DAY_S, PipelineConfig, RankingConfig
 
@@ -611,7 +612,7 @@ def test_embed_dofn_feeds_a_fixed_width_signature_the_newest_actions(tmp_path):
     newest = {k: v[-T.SEQ_LEN:] for k, v in h.items()}
     (_, (a, _)), (_, (b, _)) = list(fn.process([(("u", 1), h), (("v", 1), newest)]))
     np.testing.assert_array_equal(a, b)
-    x = rg.pad_histories([newest], T.SEQ_LEN)
+    x = rf.pad_histories([newest], T.SEQ_LEN)
     assert x[F.HIST_ITEM].shape == (1, T.SEQ_LEN) and x["hist_len"].tolist() == [T.SEQ_LEN]
 
 
@@ -640,7 +641,7 @@ def test_requests_of_a_user_day_come_out_sorted_and_serialized_deterministically
     def req(rid, ts):
         return {"request_id": rid, "request_ts": ts, "surface": "homefeed",
                 "cand_item": np.array([1, 2]), "labels": np.zeros((2, len(F.HEADS)), np.int64),
-                "hist": {name: np.zeros(0, rg._DTYPES[name]) for name in rg._HIST}}
+                "hist": {name: np.zeros(0, rf.HIST_DTYPES[name]) for name in rf.HIST_FEATURES}}
 
     reqs = [req("b", 20), req("a", 20), req("c", 10)]
     element = (("u", 0), {"pf": [(emb, 0)], "req": reqs})

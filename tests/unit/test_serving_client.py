@@ -183,6 +183,33 @@ def test_embed_request_batches_users_and_pads_after_len():
     assert req[F.HIST_TS][2].tolist() == [0] * 5
 
 
+def test_every_embed_raw_builder_gives_the_same_inputs():
+    """The daily job's compact histories (action/surface codes) and the online service's rows
+    go through the same padding as embed_request_from_events: equal arrays, equal dtypes."""
+    from components.data import ranking_features as rf
+    from serving.batch_embeddings import embed_inputs
+
+    req = embed_request_from_events(_events(), ["u2", "u1", "nobody"], max_len=4, now_ts=1000)
+    ev = _events().sort_values(["timestamp", "item_id"])
+    compact, rows = [], []
+    for u in ("u2", "u1", "nobody"):
+        e = ev[ev.user_id == u]
+        compact.append((e.timestamp.to_numpy(np.int64), e.item_id.to_numpy(np.int64),
+                        np.array([F.ACTIONS.index(a) for a in e.action], np.int8),
+                        np.array([F.SURFACES.index(s) for s in e.surface], np.int8),
+                        e.duration.to_numpy(np.float32), True))
+        rows.append({F.HIST_ITEM: e.item_id.to_numpy(), F.HIST_TS: e.timestamp.to_numpy(),
+                     F.HIST_ACTION: e.action.to_numpy(object),
+                     F.HIST_SURFACE: e.surface.to_numpy(object),
+                     F.HIST_DURATION: e.duration.to_numpy()})
+    for other in (embed_inputs(compact, 4), rf.pad_histories(rows, 4)):
+        assert set(other) == set(req)
+        for k in req:
+            assert other[k].dtype == req[k].dtype, k
+            np.testing.assert_array_equal(other[k], req[k], err_msg=k)
+            assert [type(v) for v in other[k].flat] == [type(v) for v in req[k].flat], k
+
+
 def test_embed_request_rejects_bad_input():
     with pytest.raises(ValueError, match="surface"):
         embed_request_from_events(_events().drop(columns=["surface"]), "u1", 3, 500)

@@ -45,7 +45,7 @@ bench: env
 		--out runs/quality/index.html
 
 # Training throughput: tokens/s, model GFLOP/s and % of the honest fp32 peak (benchmarks/peak.py)
-# at the two comparison dims, synthetic inputs (benchmarks/train_throughput.py; ~MIN min on 2 cores).
+# at the two comparison dims, synthetic inputs (benchmarks/train_throughput.py; ~5 min on 2 cores).
 bench-train: env
 	$(VENV)/bin/python benchmarks/train_throughput.py $(ARGS)
 

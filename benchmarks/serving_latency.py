@@ -22,8 +22,9 @@ MatMul / BatchMatMul / Einsum node (incl. _Mkl/_Fused variants) counts 2 x outpu
 contracted size. Elementwise ops, softmax, layer norm and lookups are not counted (so the
 fraction is a slight underestimate). The tf.compat.v1 profiler is not used because it has no
 FLOP rule for Einsum, which carries the attention projections. (Checked by hand on the tiny
-preset, M=16 H=32 L=1 D=32: 0.881 MFLOP per user, matching the count.) Peak = best of a few
-n x n fp32 tf.matmul (2 n^3 FLOP) in the same process.
+preset, M=16 H=32 L=1 D=32: 0.881 MFLOP per user, matching the count.) Peak = the honest peak
+of benchmarks/peak.py: the best n x n fp32 matmul of TensorFlow, numpy and torch (if installed),
+measured in the same process.
 
 The local server is Python (grpc + a thread pool), so its overhead is an upper bound of TF
 Serving's C++ server; on a 2-core machine shared with other jobs expect noisy p99s.
@@ -47,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import peak as peak_mod
 from pipeline import features as F
 from serving import constants as C
 
@@ -133,65 +135,7 @@ def graph_flops(model_path: str, signature: str, inputs: Dict[str, np.ndarray]
         sess.run(fetch, feed)  # warm (grappler + table init), then trace
         sess.run(fetch, feed, options=opts, run_metadata=meta)
         sess.close()
-    shapes: Dict[str, Dict[int, List[int]]] = {}
-    for dev in meta.step_stats.dev_stats:
-        for ns in dev.node_stats:
-            shapes[ns.node_name] = {o.slot: [d.size for d in o.tensor_description.shape.dim]
-                                    for o in ns.output}
-
-    def shape_of(ref: str) -> Optional[List[int]]:
-        name, _, slot = ref.lstrip("^").partition(":")
-        return shapes.get(name, {}).get(int(slot or 0))
-
-    total, by_op, missing = 0.0, {}, 0
-    graphs = list(meta.partition_graphs) + [pg for fg in meta.function_graphs
-                                            for pg in fg.partition_graphs]
-    for pg in graphs:
-        for node in pg.node:
-            op = node.op
-            if "MatMul" not in op and "Einsum" not in op:
-                continue
-            ins = [i for i in node.input if not i.startswith("^")]
-            out = shape_of(node.name)
-            a = shape_of(ins[0]) if ins else None
-            if out is None or a is None:
-                missing += 1
-                continue
-            if "Einsum" in op:
-                eq = node.attr["equation"].s.decode()
-                lhs, _, rhs = eq.replace(" ", "").partition("->")
-                operands = lhs.split(",")
-                dims = {}
-                for labels, ref in zip(operands, ins):
-                    shp = shape_of(ref)
-                    if shp is None or "." in labels:
-                        continue
-                    dims.update(zip(labels, shp))
-                contracted = set("".join(operands)) - set(rhs) - {"."}
-                k = float(np.prod([dims.get(c, 1) for c in contracted])) if contracted else 1.0
-            else:
-                ta = any(node.attr[x].b for x in ("transpose_a", "adj_x") if x in node.attr)
-                k = float(a[-2] if ta else a[-1])
-            flops = 2.0 * float(np.prod(out)) * k
-            total += flops
-            by_op[op] = by_op.get(op, 0.0) + flops
-    return total, by_op, missing
-
-
-def matmul_peak(n: int, repeats: int) -> float:
-    """Best fp32 FLOP/s of an n x n tf.matmul (eager CPU execution is synchronous)."""
-    import tensorflow as tf
-
-    a = tf.random.normal([n, n], dtype=tf.float32, seed=1)
-    b = tf.random.normal([n, n], dtype=tf.float32, seed=2)
-    tf.matmul(a, b).numpy()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        c = tf.matmul(a, b)
-        _ = c.shape
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n ** 3 / best
+    return peak_mod.count_matmul_flops(meta)
 
 
 # ------------------------------------------------------------------------------ timing
@@ -262,9 +206,9 @@ def main(argv=None) -> int:
     print(f"tf {tf.__version__}, {os.cpu_count()} CPUs, intra-op threads "
           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}")
 
-    peak = matmul_peak(args.peak_n, args.peak_repeats)
-    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s (best of {args.peak_repeats} "
-          f"{args.peak_n}x{args.peak_n} tf.matmul)")
+    measured = peak_mod.measure(args.peak_n, args.peak_repeats)
+    peak = measured.best
+    print(measured.describe())
 
     sigs = tf.saved_model.load(model_path).signatures
     scenarios = []

@@ -7,9 +7,72 @@ import tf_keras as keras
 
 from .time_encoding import PeriodicTimeEncoding, abs_periods, rel_periods
 
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
 
 def _gelu(x):
     return tf.nn.gelu(x, approximate=False)
+
+
+@tf.custom_gradient
+def _gelu_hand_grad(x):
+    """Exact GELU x * Phi(x) whose gradient reuses Phi(x): dy * (Phi(x) + x * phi(x)), a few
+    elementwise passes fewer than autodiff through erf (same values within float rounding)."""
+    cdf = 0.5 * (1.0 + tf.math.erf(x * _SQRT_HALF))
+
+    def grad(dy):
+        return dy * (cdf + x * (_INV_SQRT_2PI * tf.exp(-0.5 * tf.square(x))))
+
+    return x * cdf, grad
+
+
+def gelu_activation(hand_gradients: bool):
+    return _gelu_hand_grad if hand_gradients else _gelu
+
+
+def _layer_norm_hand_grad(x, gamma, beta, epsilon: float):
+    """LayerNorm over the last axis with the closed-form gradient
+    dx = r * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, r = 1 / sqrt(var + eps):
+    Keras' unfused path (taken because epsilon < 1e-5) differentiates moments and
+    batch_normalization op by op, with several more broadcast passes over [B, M, H]."""
+
+    @tf.custom_gradient
+    def ln(x, gamma, beta):
+        mean, var = tf.nn.moments(x, [-1], keepdims=True)
+        r = tf.math.rsqrt(var + epsilon)
+        xhat = (x - mean) * r
+
+        def grad(dy):
+            g = dy * gamma
+            dx = r * (g - tf.reduce_mean(g, -1, keepdims=True)
+                      - xhat * tf.reduce_mean(g * xhat, -1, keepdims=True))
+            width = tf.shape(x)[-1]
+            dgamma = tf.reduce_sum(tf.reshape(dy * xhat, [-1, width]), 0)
+            dbeta = tf.reduce_sum(tf.reshape(dy, [-1, width]), 0)
+            return dx, dgamma, dbeta
+
+        return xhat * gamma + beta, grad
+
+    return ln(x, gamma, beta)
+
+
+class LayerNorm(keras.layers.LayerNormalization):
+    """Keras LayerNormalization over the last axis (same weights and config), with the hand-written
+    gradient of `_layer_norm_hand_grad` when `hand_gradients` (model.hand_gradients)."""
+
+    def __init__(self, hand_gradients: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.hand_gradients = hand_gradients
+
+    def call(self, inputs):
+        if not self.hand_gradients or inputs.dtype != tf.float32 or self.axis != [inputs.shape.rank - 1]:
+            return super().call(inputs)
+        return _layer_norm_hand_grad(inputs, tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta),
+                                     self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "hand_gradients": self.hand_gradients}
 
 
 def attention_mask(seq_len, m):
@@ -82,14 +145,16 @@ class ActionFeatures(keras.layers.Layer):
 class TransformerBlock(keras.layers.Layer):
     """PreNorm block: x += Dropout(MHA(LN(x))); x += Dropout(FFN(LN(x))), FFN = Dense(mult*H, GELU) -> Dense(H)."""
 
-    def __init__(self, hidden: int, num_heads: int, ffn_mult: int, dropout: float, **kwargs):
+    def __init__(self, hidden: int, num_heads: int, ffn_mult: int, dropout: float,
+                 hand_gradients: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.ln_attn = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_attn")
+        self.ln_attn = LayerNorm(hand_gradients, epsilon=1e-6, name="ln_attn")
         self.attn = keras.layers.MultiHeadAttention(num_heads, key_dim=hidden // num_heads,
                                                     dropout=dropout, name="mha")
         self.drop_attn = keras.layers.Dropout(dropout)
-        self.ln_ffn = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_ffn")
-        self.ffn_in = keras.layers.Dense(ffn_mult * hidden, activation=_gelu, name="ffn_in")
+        self.ln_ffn = LayerNorm(hand_gradients, epsilon=1e-6, name="ln_ffn")
+        self.ffn_in = keras.layers.Dense(ffn_mult * hidden, activation=gelu_activation(hand_gradients),
+                                         name="ffn_in")
         self.ffn_out = keras.layers.Dense(hidden, name="ffn_out")
         self.drop_ffn = keras.layers.Dropout(dropout)
 
@@ -103,10 +168,10 @@ class TransformerBlock(keras.layers.Layer):
 class OutputHead(keras.layers.Layer):
     """Per-position head: LN -> Dense(mult*H) -> GELU -> Dense(D) -> L2 normalisation."""
 
-    def __init__(self, hidden: int, ffn_mult: int, output_dim: int, **kwargs):
+    def __init__(self, hidden: int, ffn_mult: int, output_dim: int, hand_gradients: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.ln = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_out")
-        self.fc1 = keras.layers.Dense(ffn_mult * hidden, activation=_gelu, name="fc1")
+        self.ln = LayerNorm(hand_gradients, epsilon=1e-6, name="ln_out")
+        self.fc1 = keras.layers.Dense(ffn_mult * hidden, activation=gelu_activation(hand_gradients), name="fc1")
         self.fc2 = keras.layers.Dense(output_dim, name="fc2")
 
     def call(self, x, skip=None):
@@ -120,9 +185,9 @@ class ItemTower(keras.layers.Layer):
     The paper leaves the depth open; we mirror the output head, without its LayerNorm
     (docs/models.md, "Transformer and output head")."""
 
-    def __init__(self, hidden: int, ffn_mult: int, output_dim: int, **kwargs):
+    def __init__(self, hidden: int, ffn_mult: int, output_dim: int, hand_gradients: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.fc1 = keras.layers.Dense(ffn_mult * hidden, activation=_gelu, name="fc1")
+        self.fc1 = keras.layers.Dense(ffn_mult * hidden, activation=gelu_activation(hand_gradients), name="fc1")
         self.fc2 = keras.layers.Dense(output_dim, name="fc2")
 
     def call(self, x, skip=None):

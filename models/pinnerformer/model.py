@@ -78,10 +78,11 @@ class PinnerFormer(keras.Model):
         self.positional_embedding = self.add_weight(
             name="positional_embedding", shape=(cfg.seq_len, cfg.hidden), dtype=tf.float32,
             initializer=keras.initializers.TruncatedNormal(stddev=0.02), trainable=True)
-        self.blocks = [TransformerBlock(cfg.hidden, cfg.num_heads, cfg.ffn_mult, cfg.dropout, name=f"block_{i}")
+        hand = cfg.hand_gradients
+        self.blocks = [TransformerBlock(cfg.hidden, cfg.num_heads, cfg.ffn_mult, cfg.dropout, hand, name=f"block_{i}")
                        for i in range(cfg.num_layers)]
-        self.output_head = OutputHead(cfg.hidden, cfg.ffn_mult, cfg.output_dim, name="output_head")
-        self.item_tower = ItemTower(cfg.hidden, cfg.ffn_mult, cfg.output_dim, name="item_tower")
+        self.output_head = OutputHead(cfg.hidden, cfg.ffn_mult, cfg.output_dim, hand, name="output_head")
+        self.item_tower = ItemTower(cfg.hidden, cfg.ffn_mult, cfg.output_dim, hand, name="item_tower")
         # Optional skip from the frozen inputs to both outputs (deviation, off in the paper): the
         # user side adds a learned-action-weighted mean of its history's item vectors, the item
         # side its own vector, through one shared projection (identity at init). At init the
@@ -131,6 +132,15 @@ class PinnerFormer(keras.Model):
     @_no_autograph
     def call(self, features, training=False, return_sequence=False):
         """User embedding [B, D] (position 0), or [B, M, D] for every position with return_sequence."""
+        x, skip_input = self._trunk(features, training)
+        if not return_sequence:
+            x = x[:, 0, :]
+            skip_input = None if skip_input is None else skip_input[:, 0, :]
+        return self._head(x, skip_input)
+
+    def _trunk(self, features, training):
+        """Transformer output [B, M, H] and the history-mean skip's input [B, M, Din] (None when off):
+        everything before the per-position output head."""
         hist_item = inputs.sequence(features, F.HIST_ITEM)
         m = inputs.width(hist_item)
         if isinstance(m, int) and m > self.cfg.seq_len:
@@ -149,15 +159,22 @@ class PinnerFormer(keras.Model):
         mask = attention_mask(seq_len, tf.shape(hist_item)[1])
         for block in self.blocks:
             x = block(x, mask, training=training)
-        skip = None
+        skip_input = None
         if self.skip_projection is not None:
             real = tf.cast(tf.sequence_mask(seq_len, tf.shape(hist_item)[1]), tf.float32)
             weight = tf.nn.softplus(tf.gather(self.skip_action_weight,
                                               tf.clip_by_value(action, 0, self.num_actions - 1)))
             weight *= real * tf.cast(action > 0, tf.float32)  # padding (index 0) weighs nothing
-            skip = self.skip_projection(history_mean(item_vec, weight))
-        out = self.output_head(x, skip)  # [B, M, D]
-        return out if return_sequence else out[:, 0, :]
+            skip_input = history_mean(item_vec, weight)
+        return x, skip_input
+
+    def _head(self, x, skip_input):
+        """Output head (+ skip) on trunk rows [B, S, H] or [N, H] -> unit vectors [.., D]; position-wise.
+        Rows [N, H] run as [N, 1, H]: Keras' LayerNormalization keeps the rank it was built with."""
+        if x.shape.rank == 2:
+            return self._head(x[:, None], None if skip_input is None else skip_input[:, None])[:, 0]
+        skip = None if skip_input is None else self.skip_projection(skip_input)
+        return self.output_head(x, skip)
 
     def encode(self, features, training=False):
         """Per-position embeddings [B, M, D] (e_1 .. e_M), unit norm."""
@@ -171,10 +188,16 @@ class PinnerFormer(keras.Model):
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
         tl = objectives.timeline_from_features(features, label_ok=lambda ids: self.item_rows(ids) > 0)
         position, label_item, valid = objectives.make_pairs(cfg.objective, tl, cfg, seeds[0])
-        seq = self.encode(features, training=training)  # [B, M, D]
-        b = tf.shape(seq)[0]
+        # The head is position-wise, so it runs on the P sampled positions only, not on all B x M
+        # (dense all action: 16 of M): the same embeddings as encode() at those positions.
+        x, skip_input = self._trunk(features, training)  # [B, M, H], [B, M, Din]
+        b = tf.shape(x)[0]
         users = tf.broadcast_to(tf.range(b)[:, None], tf.shape(position))
-        user_emb = tf.boolean_mask(tf.gather(seq, position, batch_dims=1), valid)  # [P, D]
+
+        def at_pairs(t):
+            return None if t is None else tf.boolean_mask(tf.gather(t, position, batch_dims=1), valid)
+
+        user_emb = self._head(at_pairs(x), at_pairs(skip_input))  # [P, D]
         pair_user = tf.boolean_mask(users, valid)
         label = tf.boolean_mask(label_item, valid)
         n_labels = tf.size(label)

@@ -2,7 +2,13 @@
 
 User errors are one line on stderr, `error: <what and where>`, without a traceback: a bad config
 or usage exits 2 (before TensorFlow is imported), bad data or a missing input file exits 1.
-`pinrank --debug ...` re-raises them with the traceback."""
+`pinrank --debug ...` re-raises them with the traceback.
+
+One flag per concept in every command: --user (repeatable where several are allowed), --data
+(canonical dataset dir; --data-path is the raw MovieLens-format input of --source path),
+--target (TF Serving host:port), --json (JSON on stdout), --json-out FILE, --out (what the
+command writes), --now-ts (the request's time: history strictly before it) and --as-of (the
+daily snapshot's cut-off, which also names it)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +20,7 @@ from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 import argparse
 import json
 import sys
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 from pipeline import config_args
 
@@ -22,6 +28,37 @@ DIST_NAME = "pinrank"  # [project] name in pyproject.toml
 # Commands that need nothing from serving/: their parser is built without it (no grpc/numpy
 # import), so a config error is reported in well under 2 s.
 CORE_COMMANDS = ("run", "data", "compile", "config")
+
+
+# Renamed flags: the old spelling still works, with a note on stderr, and is not in --help.
+# Rewritten before parsing, not a hidden second argparse option: argparse would then report a
+# required flag given by its old name as missing.
+RENAMED_FLAGS: Dict[Tuple[str, ...], Dict[str, str]] = {
+    ("query", "embed"): {"--events": "--data", "--user-id": "--user"},
+    ("query", "rank"): {"--events": "--data", "--user-id": "--user"},
+    ("compile",): {"--dataset-dir": "--data", "--output": "--out"}}
+
+
+def renamed_flags(argv: List[str]) -> List[str]:
+    """argv with the old spellings of RENAMED_FLAGS (`--old v`, `--old=v`) replaced."""
+    words: List[str] = []  # the sub-command path: the words before its first option
+    for a in argv:
+        if a.startswith("-"):
+            if words:
+                break
+        else:
+            words.append(a)
+    renames = RENAMED_FLAGS.get(tuple(words[:2]), RENAMED_FLAGS.get(tuple(words[:1]), {}))
+    out, noted = [], set()
+    for a in argv:
+        old, eq, value = a.partition("=")
+        if old in renames:
+            if old not in noted:
+                print(f"pinrank: {old} is deprecated, use {renames[old]}", file=sys.stderr)
+                noted.add(old)
+            a = renames[old] + eq + value
+        out.append(a)
+    return out
 
 
 _config = config_args.config_from_args
@@ -125,10 +162,10 @@ def cmd_online_demo(args) -> int:
 def cmd_compile(args) -> int:
     cfg = _config(args)
     from pipeline import kubeflow_v2_runner as kfv2  # TensorFlow only inside compile_pipeline
-    fingerprint = kfv2.dataset_fingerprint_for(args.dataset_dir, args.dataset_fingerprint)
+    fingerprint = kfv2.dataset_fingerprint_for(args.data, args.dataset_fingerprint)
     out = kfv2.compile_pipeline(cfg, pipeline_root=args.pipeline_root,
-                                dataset_dir=args.dataset_dir, dataset_fingerprint=fingerprint,
-                                serving_dir=args.serving_dir, output_path=args.output,
+                                dataset_dir=args.data, dataset_fingerprint=fingerprint,
+                                serving_dir=args.serving_dir, output_path=args.out,
                                 image=args.image, schema_path=args.schema_path,
                                 ranker_schema_path=args.ranker_schema_path,
                                 site_packages=args.image_site_packages or kfv2.IMAGE_SITE_PACKAGES)
@@ -212,12 +249,13 @@ def build_parser(serving: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile for Kubeflow Pipelines v2 / Vertex AI")
     _add_config_args(p)
     p.add_argument("--pipeline-root", required=True)
-    p.add_argument("--dataset-dir", required=True)
+    p.add_argument("--data", required=True, help="the canonical dataset dir as the job sees it "
+                                                 "(gs://...)")
     p.add_argument("--serving-dir", required=True)
-    p.add_argument("--output", default="build/pinrank_pipeline.json")
+    p.add_argument("--out", default="build/pinrank_pipeline.json", help="PipelineJob JSON")
     p.add_argument("--dataset-fingerprint",
                    help="DATASET.json's fingerprint, or the local dataset dir a remote "
-                        "--dataset-dir was uploaded from (required when it is remote)")
+                        "--data was uploaded from (required when it is remote)")
     p.add_argument("--image", help="every task's image (default pinrank:<version>, what "
                                    "`make image` builds; pass its registry name for Vertex)")
     p.add_argument("--image-site-packages", help="site-packages of the image's Python, where "
@@ -255,6 +293,12 @@ def _user_error_code(e: BaseException):
     if events is not None and isinstance(e, (events.DatasetFormatError,
                                              events.EventValidationError)):
         return 1
+    store = sys.modules.get("serving.action_store")  # an unreachable or unusable store
+    if store is not None and isinstance(e, store.StoreError):
+        return 1
+    service = sys.modules.get("serving.service")  # a request the service cannot answer
+    if service is not None and isinstance(e, service.ServiceError):
+        return 2 if e.status == 400 else 1
     pusher = sys.modules.get("components.atomic_pusher")  # a serving dir it cannot write
     if pusher is not None and isinstance(e, pusher.PushError):
         return 1
@@ -268,7 +312,7 @@ def _one_line(text: object) -> str:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = renamed_flags(list(sys.argv[1:] if argv is None else argv))
     command = next((a for a in argv if not a.startswith("-")), None)
     serving = (command not in CORE_COMMANDS if command is not None
                else any(a in ("-h", "--help") for a in argv))  # else: --version or an error

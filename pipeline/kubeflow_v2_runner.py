@@ -75,7 +75,7 @@ def dataset_fingerprint_for(dataset_dir: str, given: Optional[str] = None) -> st
                               f"nor a local dataset dir with DATASET.json")
     if is_remote(dataset_dir):
         if not given:
-            raise ConfigError(f"--dataset-dir {dataset_dir} is remote and cannot be read offline: "
+            raise ConfigError(f"--data {dataset_dir} is remote and cannot be read offline: "
                               f"pass --dataset-fingerprint (DATASET.json's fingerprint, or the "
                               f"local dataset dir it was uploaded from)")
         return given

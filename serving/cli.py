@@ -4,8 +4,8 @@
   pinrank query status --model pinnerformer --require-available
   pinrank query status --model ranker --max-age-hours 48     # staleness monitor (exit 1)
   pinrank query metadata --model pinnerformer
-  pinrank query embed --events DATASET_DIR --user-id u1 --user-id u2
-  pinrank query rank --events DATASET_DIR --user-id u1 --candidates 11,12,13
+  pinrank query embed --data DATASET_DIR --user u1 --user u2
+  pinrank query rank --data DATASET_DIR --user u1 --candidates 11,12,13
 
 `query` talks gRPC to TF Serving or the local stand-in alike. Heavy imports (TensorFlow) happen
 inside the commands so that building the `pinrank` parser stays fast.
@@ -57,11 +57,11 @@ def add_subcommands(subparsers) -> None:
     sp.set_defaults(func=cmd_query_metadata)
 
     def events_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--events", required=True,
+        sp.add_argument("--data", required=True,
                         help="dataset dir (<dir>/events/part-*.parquet), a .parquet or a .csv with "
                              "columns " + ",".join(F.EVENT_COLUMNS))
-        sp.add_argument("--user-id", action="append", required=True, dest="user_ids",
-                        metavar="USER_ID", help="repeat for several users (embed)")
+        sp.add_argument("--user", action="append", required=True, dest="user_ids",
+                        metavar="USER_ID", help="user id; repeat for several users (embed)")
         sp.add_argument("--now-ts", type=int, help="history strictly before this unix time "
                                                    "(default: now)")
         sp.add_argument("--max-len", type=int,
@@ -241,7 +241,7 @@ def _history_inputs(client, args):
 
     sig = _signature(client, args)
     now_ts = args.now_ts if args.now_ts is not None else int(time.time())
-    events = read_events(args.events, args.user_ids)
+    events = read_events(args.data, args.user_ids)
     return sig, embed_request_from_events(events, args.user_ids, _history_len(sig, args), now_ts)
 
 
@@ -269,14 +269,14 @@ def cmd_query_rank(args) -> int:
         import numpy as np
 
         if len(args.user_ids) != 1:
-            raise SystemExit("query rank takes exactly one --user-id")
+            raise SystemExit("query rank takes exactly one --user")
         candidates = [int(x) for x in args.candidates.split(",") if x.strip()]
         with _client(args) as c:
             from serving.client import embed_request_from_events, rank_request_inputs
 
             sig = _signature(client=c, args=args)
             now_ts = args.now_ts if args.now_ts is not None else int(time.time())
-            events = read_events(args.events, args.user_ids)
+            events = read_events(args.data, args.user_ids)
             pf_sig = c.metadata(args.pf_model).get(C.EMBED_RAW) if args.pf_model else None
             width = _history_len(pf_sig, args) if pf_sig is not None else (args.max_len or 512)
             history = embed_request_from_events(events, args.user_ids, width, now_ts)

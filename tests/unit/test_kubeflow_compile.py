@@ -80,8 +80,8 @@ def vertex_job(tmp_path_factory):
     local_data = prepare_dataset(preset("tiny").data, str(tmp / "data"))  # what was uploaded
     out = str(tmp / "job.json")
     code = cli.main(["compile", "--preset", "tiny", "--pipeline-root", "gs://b/root",
-                     "--dataset-dir", "gs://b/data", "--serving-dir", "gs://b/serving",
-                     "--dataset-fingerprint", local_data, "--output", out,
+                     "--data", "gs://b/data", "--serving-dir", "gs://b/serving",
+                     "--dataset-fingerprint", local_data, "--out", out,
                      "--set", "vertex.project=proj", "--set", "vertex.region=europe-west4",
                      "--set", "vertex.machine_type=n1-highmem-8",
                      "--set", "vertex.max_num_workers=20",
@@ -166,7 +166,7 @@ def test_beam_components_run_on_dataflow_in_the_projects_image(vertex_job):
 def _compile_error(capsys, *argv):
     from pipeline import cli
     code = cli.main(["compile", "--preset", "tiny", "--pipeline-root", "gs://b/root",
-                     "--serving-dir", "gs://b/serving", "--output", "/nonexistent/job.json",
+                     "--serving-dir", "gs://b/serving", "--out", "/nonexistent/job.json",
                      *argv])
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
@@ -174,9 +174,9 @@ def _compile_error(capsys, *argv):
 
 
 def test_a_remote_dataset_needs_its_fingerprint(capsys):
-    code, err = _compile_error(capsys, "--dataset-dir", "gs://b/data")
+    code, err = _compile_error(capsys, "--data", "gs://b/data")
     assert code == 2 and "--dataset-fingerprint" in err and "gs://b/data" in err
-    code, err = _compile_error(capsys, "--dataset-dir", "gs://b/data",
+    code, err = _compile_error(capsys, "--data", "gs://b/data",
                                "--dataset-fingerprint", "unversioned")
     assert code == 2 and "'unversioned'" in err
 
@@ -190,21 +190,21 @@ def test_a_local_dataset_gives_its_own_fingerprint(tmp_path, capsys):
     assert real == dataset_fingerprint_for(d, real)
     assert dataset_fingerprint_for("gs://b/data", d) == real
     assert dataset_fingerprint_for("gs://b/data", os.path.join(d, "DATASET.json")) == real
-    code, err = _compile_error(capsys, "--dataset-dir", d, "--dataset-fingerprint", "0" * 64)
+    code, err = _compile_error(capsys, "--data", d, "--dataset-fingerprint", "0" * 64)
     assert code == 2 and "differs" in err
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, err = _compile_error(capsys, "--dataset-dir", str(empty))
+    code, err = _compile_error(capsys, "--data", str(empty))
     assert code == 1 and "DATASET.json" in err and "pinrank data" in err
 
 
 def test_dataflow_needs_a_project_and_gcs_temp(capsys):
-    code, err = _compile_error(capsys, "--dataset-dir", "gs://b/data", "--dataset-fingerprint",
+    code, err = _compile_error(capsys, "--data", "gs://b/data", "--dataset-fingerprint",
                                "f" * 64, "--set", "vertex.runner=DataflowRunner")
     assert code == 2 and "vertex.project" in err
-    code, err = _compile_error(capsys, "--dataset-dir", "gs://b/data", "--dataset-fingerprint",
+    code, err = _compile_error(capsys, "--data", "gs://b/data", "--dataset-fingerprint",
                                "f" * 64, "--set", "vertex.temp_location=/tmp/beam")
     assert code == 2 and "gs://" in err
-    code, err = _compile_error(capsys, "--dataset-dir", "gs://b/data", "--dataset-fingerprint",
+    code, err = _compile_error(capsys, "--data", "gs://b/data", "--dataset-fingerprint",
                                "f" * 64, "--set", "vertex.runner=FlinkRunner")
     assert code == 2 and "vertex.runner" in err

@@ -478,8 +478,8 @@ def test_cli_query_commands(servers, serving_dir, tmp_path, reference):
     with open(events, "w") as fh:
         fh.write(",".join(F.EVENT_COLUMNS) + "\n")
         fh.writelines(",".join(map(str, r)) + "\n" for r in rows)
-    rc, out = _cli(["query", "embed", *target, "--events", str(events), "--user-id", "u1",
-                    "--user-id", "u2", "--now-ts", "2000"])
+    rc, out = _cli(["query", "embed", *target, "--data", str(events), "--user", "u1",
+                    "--user", "u2", "--now-ts", "2000"])
     doc = json.loads(out)
     assert rc == 0 and doc["version"] == V1 and doc["hist_len"] == {"u1": 5, "u2": 1}
     import pandas as pd
@@ -490,7 +490,7 @@ def test_cli_query_commands(servers, serving_dir, tmp_path, reference):
     np.testing.assert_allclose([doc["outputs"][C.EMBEDDING]["u1"],
                                 doc["outputs"][C.EMBEDDING]["u2"]], want, atol=1e-6)
 
-    rc, out = _cli(["query", "rank", *target, "--events", str(events), "--user-id", "u1",
+    rc, out = _cli(["query", "rank", *target, "--data", str(events), "--user", "u1",
                     "--candidates", "5,6,7", "--now-ts", "2000"])
     doc = json.loads(out)
     assert rc == 0 and doc["candidates"] == [5, 6, 7]

@@ -42,6 +42,8 @@ slot; `p` is the prefix, default "pinrank"):
     p:{u}:a       ZSET   score = timestamp, member = record (below); ZSET ties sort bytewise
     p:{u}:i       HASH   event id -> record (idempotency; trimmed with the ZSET)
     p:{u}:w       STRING watermark "<timestamp> <record>" of the newest trimmed action
+    p:{u}:s       ZSET   score = first timestamp, member = item prefix of the record: every item
+                  the user acted on, trimmed or not (`seen_items`, the retrieval exclusions)
     p:snap:versions      ZSET   as_of -> as_of (the versions index; flipped last)
     p:snap:<as_of>       HASH   user id -> float32 little-endian bytes
     p:snap:<as_of>:meta  STRING JSON {"as_of", "dim", "users", ...meta}
@@ -171,6 +173,14 @@ def _prepare(events: Union[pd.DataFrame, Sequence[Mapping[str, Any]]]) -> _Prepa
     return _Prepared(per_user)
 
 
+_ITEM_DIGITS = 20  # the fixed-width item id that starts every record (record_of)
+
+
+def _items_of(prefixes) -> np.ndarray:
+    """Record item prefixes (item id + 2**63, 20 digits) -> sorted int64 item ids."""
+    return np.sort(np.array([int(p) - _ITEM_OFFSET for p in prefixes], np.int64))
+
+
 def _mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
@@ -202,6 +212,12 @@ class ActionStore(abc.ABC):
         """The `limit` (default: all held) newest actions with timestamp < before_ts,
         chronological, ties by item id: item_id int64, action, surface (object str), duration
         float64, timestamp int64. Empty arrays for an unknown user."""
+
+    @abc.abstractmethod
+    def seen_items(self, user_id: str, before_ts: int) -> np.ndarray:
+        """Every item the user acted on before `before_ts`, trimmed actions included (int64,
+        ascending): what the request path excludes from retrieval, as the evaluation excludes
+        the whole history. Not bounded by `capacity`: at most one entry per distinct item."""
 
     # -- snapshots
     @abc.abstractmethod
@@ -288,6 +304,9 @@ CREATE TABLE IF NOT EXISTS actions (
     user_id TEXT NOT NULL, event_id TEXT NOT NULL, timestamp INTEGER NOT NULL, rec TEXT NOT NULL,
     PRIMARY KEY (user_id, event_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS actions_order ON actions (user_id, timestamp, rec);
+CREATE TABLE IF NOT EXISTS seen (
+    user_id TEXT NOT NULL, item TEXT NOT NULL, first_ts INTEGER NOT NULL,
+    PRIMARY KEY (user_id, item)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS watermarks (
     user_id TEXT PRIMARY KEY, timestamp INTEGER NOT NULL, rec TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshot_versions (as_of INTEGER PRIMARY KEY, meta TEXT NOT NULL);
@@ -309,12 +328,14 @@ class SqliteActionStore(ActionStore):
         self._lock = threading.Lock()
         self._db: Optional[sqlite3.Connection] = None
         try:
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)  # a new store's directory, like any output path
             db = sqlite3.connect(path, timeout=10.0, check_same_thread=False,
                                  isolation_level=None)  # explicit BEGIN/COMMIT below
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SQLITE_SCHEMA)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             raise self._unavailable(e) from None
         self._db = db
 
@@ -351,6 +372,10 @@ class SqliteActionStore(ActionStore):
             for user, rows in prepared.per_user.items():
                 wm = db.execute("SELECT timestamp, rec FROM watermarks WHERE user_id = ?",
                                 (user,)).fetchone()
+                db.executemany("INSERT INTO seen (user_id, item, first_ts) VALUES (?, ?, ?) "
+                               "ON CONFLICT (user_id, item) DO UPDATE SET first_ts = "
+                               "min(first_ts, excluded.first_ts)",
+                               [(user, rec[:_ITEM_DIGITS], ts) for _, ts, rec in rows])
                 for eid, ts, rec in rows:
                     if wm is not None and (ts, rec) <= (wm[0], wm[1]):
                         held = db.execute("SELECT 1 FROM actions WHERE user_id = ? AND "
@@ -387,6 +412,12 @@ class SqliteActionStore(ActionStore):
             "ORDER BY timestamp DESC, rec DESC LIMIT ?", (str(user_id), int(before_ts), n)
         ).fetchall())
         return _actions_from(rows[::-1])
+
+    def seen_items(self, user_id: str, before_ts: int) -> np.ndarray:
+        rows = self._run(lambda db: db.execute(
+            "SELECT item FROM seen WHERE user_id = ? AND first_ts < ?",
+            (str(user_id), int(before_ts))).fetchall())
+        return _items_of(r[0] for r in rows)
 
     def put_snapshot(self, as_of: int, user_ids, embeddings, meta=None) -> int:
         users, emb = _check_snapshot_args(as_of, user_ids, embeddings)
@@ -441,7 +472,7 @@ class SqliteActionStore(ActionStore):
 
 # ------------------------------------------------------------------------------------ Redis
 
-# KEYS: actions ZSET, ids HASH, watermark STRING. ARGV: capacity, then (event id, timestamp,
+# KEYS: actions ZSET, ids HASH, watermark STRING, seen ZSET. ARGV: capacity, then (event id, timestamp,
 # record) triples. Returns {added, duplicate, stale, trimmed}.
 _APPEND_LUA = """
 local zkey, hkey, wkey = KEYS[1], KEYS[2], KEYS[3]
@@ -464,6 +495,7 @@ end
 local added, dup, stale, trimmed = 0, 0, 0, 0
 for i = 2, #ARGV, 3 do
   local eid, ts, rec = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  redis.call('ZADD', KEYS[4], 'LT', ts, string.sub(rec, 1, 20))  -- first time the item was seen
   if redis.call('HEXISTS', hkey, eid) == 1 then
     dup = dup + 1
   elseif wts and (ts < wts or (ts == wts and le(rec, wrec))) then
@@ -551,7 +583,7 @@ class RedisActionStore(ActionStore):
 
     def _keys(self, user: str) -> List[str]:
         base = f"{self.prefix}:{{{user}}}"
-        return [f"{base}:a", f"{base}:i", f"{base}:w"]
+        return [f"{base}:a", f"{base}:i", f"{base}:w", f"{base}:s"]
 
     @property
     def _snap(self) -> str:
@@ -595,6 +627,11 @@ class RedisActionStore(ActionStore):
             self._keys(str(user_id))[0], f"({int(before_ts)}", "-inf", start=0, num=n,
             withscores=True))
         return _actions_from([(int(score), rec.decode("utf-8")) for rec, score in rows[::-1]])
+
+    def seen_items(self, user_id: str, before_ts: int) -> np.ndarray:
+        rows = self._call(lambda: self._r.zrangebyscore(
+            self._keys(str(user_id))[3], "-inf", f"({int(before_ts)}"))
+        return _items_of(r.decode("ascii") for r in rows)
 
     def put_snapshot(self, as_of: int, user_ids, embeddings, meta=None) -> int:
         users, emb = _check_snapshot_args(as_of, user_ids, embeddings)

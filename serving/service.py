@@ -10,7 +10,8 @@ through `Recommender.recommend`:
    (`store.snapshot_for_request`, written by `pinrank embed-users --store`); none ->
    pf_present = 0. Same rule as RankingExampleGen, so the ranker sees what it was trained on.
 3. retrieve: PinnerFormer's `retrieve` signature on TF Serving embeds the history and returns
-   the top `online.num_candidates` catalogue items, the history's items excluded; the index
+   the top `online.num_candidates` catalogue items, every item the user ever acted on before
+   the request excluded (`store.seen_items`, as the evaluation excludes the history); the index
    lives in the SavedModel, so no client builds one.
 4. rank: the ranker's `rank` signature scores the candidates from the request features of
    components/data/ranking_features.py (the functions RankingExampleGen builds its training
@@ -182,12 +183,13 @@ class Recommender:
         t = time.perf_counter()
         try:
             events = self.history(user_id, now)
+            seen = self.store.seen_items(user_id, now)
         except StoreUnavailableError as e:
             if online.on_store_down != "batch_only" or self.snapshot_store is self.store:
                 raise ServiceError(503, "store_unavailable", str(e)) from None
             log.warning("%s; answering from the daily snapshot only", e)
             degraded.append(f"action store unavailable: batch-only features ({e})")
-            events = rf.sort_events(None)
+            events, seen = rf.sort_events(None), np.zeros(0, np.int64)
         timings["store"] = _ms(t)
 
         t = time.perf_counter()
@@ -211,7 +213,8 @@ class Recommender:
 
         t = time.perf_counter()
         try:
-            cand, cand_scores, models[self.pf_model], pf_dim = self._retrieve(events, snapshot)
+            cand, cand_scores, models[self.pf_model], pf_dim = self._retrieve(events, snapshot,
+                                                                              seen)
         except _ModelUnavailable as e:
             log.warning("retrieval unavailable: %s; answering the cold-start list", e)
             degraded.append(f"retrieval unavailable: {e}")
@@ -248,11 +251,11 @@ class Recommender:
                 for j, i in enumerate(ids)]
 
     # -- model calls ----------------------------------------------------------------------
-    def _retrieve(self, events, snapshot):
-        """(candidate ids, scores, pinnerformer version, embedding dimension D): the history's
-        items excluded."""
+    def _retrieve(self, events, snapshot, seen):
+        """(candidate ids, scores, pinnerformer version, embedding dimension D): every item the
+        user acted on before the request excluded (`seen`, beyond the history's window too)."""
         n = self.cfg.online.num_candidates
-        exclude = [np.unique(events["item_id"]).astype(np.int64)]
+        exclude = [np.union1d(events["item_id"], seen).astype(np.int64)]
         try:
             if len(events["timestamp"]):
                 out, version = self.client.retrieve_versioned(

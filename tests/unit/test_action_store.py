@@ -115,6 +115,25 @@ def test_capacity_trims_the_oldest_and_late_old_events_are_stale(store_url):
             "added": 1, "duplicate": 0, "stale": 0, "trimmed": 1}
 
 
+def test_seen_items_outlive_the_window_and_keep_the_first_time(store_url):
+    """Every item acted on before a time, trimmed ones included, against a pandas reference."""
+    rng = np.random.default_rng(11)
+    events = random_events(rng, users=3, n=200)
+    with S.open_store(store_url, capacity=7) as store:
+        for chunk in np.array_split(events.sample(frac=1.0, random_state=3), 5):
+            store.append(chunk)
+        store.append(events.iloc[:20])  # duplicates change nothing
+        for user in ("u0", "u1", "u2"):
+            for t in (1_700_000_000, 1_700_300_000, 1_700_600_000, 1_800_000_000):
+                mine = events[(events.user_id == user) & (events.timestamp < t)]
+                want = np.unique(mine.item_id.to_numpy(np.int64))
+                got = store.seen_items(user, t)
+                assert got.dtype == np.int64
+                np.testing.assert_array_equal(got, want)
+        assert len(store.recent_actions("u0", 1_800_000_000)["item_id"]) == 7
+        assert store.seen_items("stranger", 1_800_000_000).tolist() == []
+
+
 def test_before_ts_is_strict_and_unknown_users_are_empty(store_url):
     ev = [{"user_id": "u", "item_id": i, "action": "click", "timestamp": t, "duration": 12.5,
            "surface": "related"} for i, t in ((3, 200), (1, 200), (2, 300))]
@@ -235,8 +254,10 @@ def test_unavailable_redis_is_one_line_naming_the_url(own_redis_server):
 
 
 def test_unavailable_or_bad_urls(tmp_path):
-    with pytest.raises(S.StoreUnavailableError, match="nowhere/x.db unavailable"):
-        S.open_store(f"sqlite:///{tmp_path}/nowhere/x.db")
+    (tmp_path / "file").write_text("")  # a new store's directory is created, but not in a file
+    with pytest.raises(S.StoreUnavailableError, match="file/x.db unavailable"):
+        S.open_store(f"sqlite:///{tmp_path}/file/x.db")
+    S.open_store(f"sqlite:///{tmp_path}/new/dir/x.db").close()
     with pytest.raises(S.StoreError, match="expected sqlite:///PATH or redis://"):
         S.open_store("postgres://localhost/x")
     with pytest.raises(S.StoreError, match="bad Redis URL"):

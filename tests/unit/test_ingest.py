@@ -226,8 +226,8 @@ def test_redis_stream_into_a_redis_store_with_a_second_consumer(redis_url, capsy
       "s", "--block-ms", "0"], "--block-ms must be >= 1, got 0", 2),
     (["ingest", "--store", "sqlite:///{t}/a.db", "--file", "{t}/e.txt"],
      "unknown event file type", 2),
-    (["ingest", "--store", "sqlite:///{t}/no/dir/a.db", "--file", "{t}/e.jsonl"],
-     "no/dir/a.db unavailable: unable to open database file", 1),
+    (["ingest", "--store", "sqlite:///{t}/e.txt/a.db", "--file", "{t}/e.jsonl"],
+     "e.txt/a.db unavailable", 1),  # the store's directory would be inside a file
     (["ingest", "--store", "sqlite:///{t}/a.db", "--redis-stream", "redis://127.0.0.1:{p}/0",
       "--stream", "s"], "event stream redis://127.0.0.1:{p}/0 stream s unavailable", 1),
     (["ingest", "--store", "sqlite:///{t}/a.db", "--file", "{t}/e.jsonl", "--items",

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from components.data import ranking_features as rf
 from pipeline import features as F
 from serving import constants as C
 
@@ -95,10 +96,8 @@ def save_toy_pinnerformer(path: str, scale: float, catalog=None) -> str:
             parsed = tf.io.parse_example(examples, spec)
             recent = {k: v[:, -SEQ_LEN:] for k, v in parsed.items()}  # newest L, oldest first
             lens = recent[F.HIST_ITEM].row_lengths()
-            pads = {F.HIST_ITEM: C.PAD_ITEM, F.HIST_ACTION: C.PAD_STRING,
-                    F.HIST_SURFACE: C.PAD_STRING, F.HIST_TS: C.PAD_INT,
-                    F.HIST_DURATION: C.PAD_FLOAT}
-            dense = {k: v.to_tensor(pads[k], shape=[None, SEQ_LEN]) for k, v in recent.items()}
+            dense = {k: v.to_tensor(rf.HIST_PADS[k], shape=[None, SEQ_LEN])
+                     for k, v in recent.items()}
             return {C.EMBEDDING: _embed(tf, self.scale, proj, dense[F.HIST_ITEM],
                                         dense[F.HIST_ACTION], dense[F.HIST_SURFACE],
                                         dense[F.HIST_TS], dense[F.HIST_DURATION], lens)}
@@ -125,9 +124,8 @@ def save_toy_pinnerformer(path: str, scale: float, catalog=None) -> str:
             + [_raw_specs(tf)[-1]] + query)
         def retrieve(hist_item, hist_action, hist_surface, hist_ts, hist_duration, hist_len,
                      exclude_items, k):
-            pads = (C.PAD_ITEM, C.PAD_STRING, C.PAD_STRING, C.PAD_INT, C.PAD_FLOAT)
-            rows = [_newest(tf, x, hist_len, p) for x, p in zip(
-                (hist_item, hist_action, hist_surface, hist_ts, hist_duration), pads)]
+            rows = [_newest(tf, x, hist_len, rf.HIST_PADS[n]) for x, n in zip(
+                (hist_item, hist_action, hist_surface, hist_ts, hist_duration), rf.HIST_FEATURES)]
             emb = _embed(tf, m.scale, proj, *rows, tf.minimum(hist_len, SEQ_LEN))
             ids, scores = m.index.top_k(emb, exclude_items, k, C.PAD_ITEM)
             return {C.ITEM_IDS: ids, C.SCORES: scores, C.EMBEDDING: emb}

@@ -157,8 +157,9 @@ class _Model:
 
 
 def _versions_on_disk(base_path: str) -> List[int]:
-    """Version dirs that hold a saved_model.pb(.txt): the Pusher copies it last, so its presence
-    marks a version whose other files are complete."""
+    """Numeric version dirs that hold a saved_model.pb(.txt). AtomicPusher renames a complete
+    copy into place (components/atomic_pusher.py); with another writer that copies in place, a
+    version may be seen early, and then fails to load and is retried (as in TF Serving)."""
     try:
         names = os.listdir(base_path)
     except OSError:

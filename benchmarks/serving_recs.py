@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     from serving import recs_http
     from serving.action_store import open_store
     from serving.client import ServingClient
-    from serving.ingest import ingest_file, known_item_ids
+    from serving.ingest import ingest_dataset
     from serving.service import ColdStart, Recommender, rank_inputs
 
     roots = [r for r in ("runs", os.environ.get("PINRANK_HOME", "")) if r]
@@ -128,9 +128,7 @@ def main(argv=None) -> int:
     httpd = None
     try:
         t = time.perf_counter()
-        known = known_item_ids(data_dir)
-        for shard in ev.event_shards(data_dir):
-            ingest_file(shard, store, known_items=known, until=t_end)
+        ingest_dataset(data_dir, store, until=t_end)
         print(f"ingested {len(events)} events into {store!r} in {time.perf_counter() - t:.1f} s")
         snap = B.run_daily_embeddings(serving_dir, data_dir, os.path.join(tmp, "snapshots"),
                                       rf.day_start(t_end))

@@ -30,7 +30,7 @@ def run(cfg: PipelineConfig, home: str, user: Optional[str] = None, k: int = 10,
     from serving import local_server as LS
     from serving.action_store import open_store
     from serving.client import ServingClient
-    from serving.ingest import ingest_file, known_item_ids
+    from serving.ingest import ingest_dataset
     from serving.service import ColdStart, Recommender
 
     paths = RunPaths.for_config(cfg, home)
@@ -45,14 +45,7 @@ def run(cfg: PipelineConfig, home: str, user: Optional[str] = None, k: int = 10,
         with open_store(cfg.online.store) as store, \
                 ServingClient(h.target, timeout_s=30) as client:
             t = time.perf_counter()
-            known = known_item_ids(paths.data_dir)
-            counts: Dict[str, int] = {}
-            for shard in ev.event_shards(paths.data_dir):
-                stats = ingest_file(shard, store, known_items=known, until=t_end).to_dict()
-                for key, v in stats.items():
-                    if isinstance(v, int) and not isinstance(v, bool):
-                        counts[key] = counts.get(key, 0) + v
-            out["ingest"] = counts
+            out["ingest"] = counts = ingest_dataset(paths.data_dir, store, until=t_end)
             log(f"online: ingested {paths.data_dir} into {store!r} ({counts}, "
                 f"{time.perf_counter() - t:.1f} s)")
             t = time.perf_counter()

@@ -76,7 +76,8 @@ import numpy as np
 import pandas as pd
 
 from components.data import events as ev
-from pipeline.config import DAY_S, PipelineConfig
+from components.data.ranking_features import day_start  # the snapshot a request uses
+from pipeline.config import PipelineConfig
 
 EVENT_ID = "event_id"
 DEFAULT_KEEP_SNAPSHOTS = 3
@@ -101,11 +102,6 @@ def default_capacity(cfg: Optional[PipelineConfig] = None) -> int:
     cfg = cfg or PipelineConfig()
     return max(int(cfg.model.seq_len), int(cfg.ranker.realtime.seq_len),
                int(cfg.ranking.max_history))
-
-
-def day_start(ts: int) -> int:
-    """Start of the UTC day of `ts`: the as-of of the snapshot a request at `ts` uses."""
-    return (int(ts) // DAY_S) * DAY_S
 
 
 def event_id_of(user_id: str, item_id: int, action: str, timestamp: int, surface: str,

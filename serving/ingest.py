@@ -277,6 +277,19 @@ def ingest_file(path: str, store: ActionStore, *, fmt: str = "auto",
     return ing.stats
 
 
+def ingest_dataset(data_dir: str, store: ActionStore, *, until: Optional[int] = None
+                   ) -> Dict[str, int]:
+    """Replays every event shard of a canonical dataset (items checked against its item
+    table) and returns the summed counts (IngestStats.to_dict's integers)."""
+    known = known_item_ids(data_dir)
+    counts: Dict[str, int] = {}
+    for shard in ev.event_shards(data_dir):
+        for key, v in ingest_file(shard, store, known_items=known, until=until).to_dict().items():
+            if isinstance(v, int) and not isinstance(v, bool):
+                counts[key] = counts.get(key, 0) + v
+    return counts
+
+
 # ------------------------------------------------------------------------------ Redis Stream
 
 

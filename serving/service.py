@@ -92,11 +92,10 @@ class ColdStart:
                  window_days: int):
         self.catalog = np.sort(np.asarray(catalog, np.int64))
         order = np.argsort(np.asarray(ts, np.int64), kind="stable")
-        self.ts = np.asarray(ts, np.int64)[order]
-        pos = np.searchsorted(self.catalog, np.asarray(item_ids, np.int64)[order])
-        pos = np.minimum(pos, max(len(self.catalog) - 1, 0))
-        known = self.catalog[pos] == np.asarray(item_ids, np.int64)[order]
-        self.pos, self.ts = pos[known], self.ts[known]
+        items, ts = np.asarray(item_ids, np.int64)[order], np.asarray(ts, np.int64)[order]
+        pos = np.minimum(np.searchsorted(self.catalog, items), max(len(self.catalog) - 1, 0))
+        known = self.catalog[pos] == items  # items outside the catalogue are not listed
+        self.pos, self.ts = pos[known], ts[known]
         self.window_s = int(window_days) * DAY_S
         self._cache: Dict[int, np.ndarray] = {}
 

@@ -130,7 +130,9 @@ def user_examples(user_id: str, rows: Dict[str, np.ndarray], cfg: ExampleGenConf
         return
     r = _sorted_rows(rows)
     counters_user = {}
-    if cut is not None and split == "train":
+    # Validation users are cut too: their loss picks the Trainer's best epoch (early stopping),
+    # so they must not see the eval period either.
+    if cut is not None and split in ("train", "valid"):
         after = r["timestamp"] >= cut
         counters_user["train_events_after_eval_cut"] = int(after.sum())
         r = {k: v[~after] for k, v in r.items()}

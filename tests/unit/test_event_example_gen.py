@@ -175,6 +175,12 @@ def test_out_of_time_cut_and_several_eval_anchors():
     for _, ex, _ in out:  # a training example never sees an event at or after the cut
         f = ex.features.feature
         assert max(list(f[F.HIST_TS].int64_list.value) + list(f[F.FUT_TS].int64_list.value)) < cut
+    valid_cfg = ExampleGenConfig(eval_user_percent=0, valid_user_percent=100, anchors_per_user=50)
+    out = list(eg.user_examples("u", _rows(events), valid_cfg, data_end=99 * d, cut=cut))
+    assert out[0][0] == "valid" and out[0][2]["train_events_after_eval_cut"] == 50
+    for _, ex, _ in out:  # nor does a validation example (early stopping reads them)
+        f = ex.features.feature
+        assert max(list(f[F.HIST_TS].int64_list.value) + list(f[F.FUT_TS].int64_list.value)) < cut
     assert eg.eval_cut(ExampleGenConfig(eval_after_time_quantile=0.25), 100, 500) == 200
     assert eg.eval_cut(ExampleGenConfig(), 100, 500) is None
 

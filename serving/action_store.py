@@ -7,6 +7,8 @@ interface with two back ends.
     store.recent_actions(user, before_ts, limit)       the ranker's / PinnerFormer's history
     store.put_snapshot(as_of, user_ids, embeddings, meta)
     store.snapshot_embedding(user, as_of)   -> (vector, snapshot_as_of) or None
+    store.forget_user(user)                 -> {"actions", "seen", "snapshot_rows"} removed
+    store.purge_before(cutoff_ts)           -> {"actions", "seen", "users"} removed (retention)
 
 Events are the canonical event format (components/data/events.py: user_id, item_id, action,
 timestamp, duration, surface) plus an optional `event_id` column. Without it the event id is
@@ -34,6 +36,15 @@ The request path asks for `day_start(request_ts)` (`snapshot_for_request`): the 
 actions before the request's day, exactly RankingExampleGen's "as of the previous day" rule;
 None means pf_present = 0.
 
+Privacy (docs/privacy.md): `forget_user` deletes everything held under one user id (actions,
+event ids, watermark, seen items, and the user's row in every snapshot version, including one
+being loaded) in one transaction / one Lua script; calling it again removes nothing.
+`purge_before(cutoff)` is the retention rule (`online.retention_days`, `pinrank purge`): actions
+with timestamp < cutoff are deleted; seen items keep only those first seen at or after the
+cutoff or named by a held action (their first time then becomes that action's); a user with no
+action left loses every key; a user with actions left gets the watermark (cutoff, ""), so an
+expired event sent again is counted "stale" and never stored.
+
 Every back-end failure to connect, a lost connection or a closed store raises
 StoreUnavailableError with one line naming the store's URL (password masked).
 
@@ -48,6 +59,7 @@ slot; `p` is the prefix, default "pinrank"):
     p:snap:<as_of>       HASH   user id -> float32 little-endian bytes
     p:snap:<as_of>:meta  STRING JSON {"as_of", "dim", "users", ...meta}
     p:snap:load:<uuid>   HASH   a version being written (renamed into place by the flip)
+    p:snap:loading       SET    the staging keys being written (forget_user clears them too)
 A record is "<item_id + 2**63 as 20 digits>|<action>|<surface>|<repr(duration)>|<event id>":
 the fixed-width item id makes bytewise order numeric. One Lua script per user does dedupe,
 watermark, insert and trim atomically; another resolves a snapshot version and reads the vector
@@ -235,6 +247,17 @@ class ActionStore(abc.ABC):
     @abc.abstractmethod
     def snapshot_meta(self, as_of: int) -> Optional[Dict[str, Any]]:
         """The meta of a held version ({"as_of", "dim", "users", ...}), or None."""
+
+    # -- privacy
+    @abc.abstractmethod
+    def forget_user(self, user_id: str) -> Dict[str, int]:
+        """Delete everything held under `user_id`, atomically; returns what was removed:
+        {"actions", "seen", "snapshot_rows"} (rows over all snapshot versions). Idempotent."""
+
+    @abc.abstractmethod
+    def purge_before(self, cutoff_ts: int) -> Dict[str, int]:
+        """Retention: delete actions with timestamp < cutoff_ts (module docstring); returns
+        {"actions", "seen", "users"} removed ("users": users left with nothing)."""
 
     # -- lifecycle
     @abc.abstractmethod
@@ -456,6 +479,49 @@ class SqliteActionStore(ActionStore):
             "SELECT meta FROM snapshot_versions WHERE as_of = ?", (int(as_of),)).fetchone())
         return None if row is None else json.loads(row[0])
 
+    def forget_user(self, user_id: str) -> Dict[str, int]:
+        user = str(user_id)
+
+        def write(db: sqlite3.Connection) -> Dict[str, int]:
+            out = {"actions": db.execute("DELETE FROM actions WHERE user_id = ?",
+                                         (user,)).rowcount,
+                   "seen": db.execute("DELETE FROM seen WHERE user_id = ?", (user,)).rowcount,
+                   "snapshot_rows": db.execute("DELETE FROM snapshot_embeddings WHERE "
+                                               "user_id = ?", (user,)).rowcount}
+            db.execute("DELETE FROM watermarks WHERE user_id = ?", (user,))
+            return out
+
+        return self._run(write, write=True)
+
+    def purge_before(self, cutoff_ts: int) -> Dict[str, int]:
+        cutoff = int(cutoff_ts)
+
+        def write(db: sqlite3.Connection) -> Dict[str, int]:
+            users_before = db.execute("SELECT COUNT(*) FROM (SELECT user_id FROM actions UNION "
+                                      "SELECT user_id FROM seen)").fetchone()[0]
+            seen_before = db.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
+            actions = db.execute("DELETE FROM actions WHERE timestamp < ?", (cutoff,)).rowcount
+            db.execute("DELETE FROM seen WHERE first_ts < ?", (cutoff,))
+            # Items of held actions stay seen, first seen at their oldest held action.
+            db.execute("INSERT INTO seen (user_id, item, first_ts) SELECT user_id, "
+                       "substr(rec, 1, ?), MIN(timestamp) FROM actions WHERE true GROUP BY "
+                       "user_id, substr(rec, 1, ?) ON CONFLICT (user_id, item) DO UPDATE SET "
+                       "first_ts = min(first_ts, excluded.first_ts)",
+                       (_ITEM_DIGITS, _ITEM_DIGITS))
+            db.execute("DELETE FROM seen WHERE user_id NOT IN (SELECT user_id FROM actions)")
+            db.execute("DELETE FROM watermarks WHERE user_id NOT IN "
+                       "(SELECT user_id FROM actions)")
+            db.execute("INSERT INTO watermarks (user_id, timestamp, rec) SELECT DISTINCT "
+                       "user_id, ?, '' FROM actions WHERE true ON CONFLICT (user_id) DO UPDATE "
+                       "SET timestamp = excluded.timestamp, rec = '' WHERE timestamp < ?",
+                       (cutoff, cutoff))
+            seen_after = db.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
+            users_after = db.execute("SELECT COUNT(DISTINCT user_id) FROM actions").fetchone()[0]
+            return {"actions": actions, "seen": seen_before - seen_after,
+                    "users": users_before - users_after}
+
+        return self._run(write, write=True)
+
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone())
 
@@ -526,9 +592,11 @@ if not blob then return {} end
 return {v[1], blob}
 """
 
-# KEYS: versions ZSET, staging HASH, version HASH, version meta. ARGV: as_of, meta JSON, keep,
-# key prefix. Renames the staged version into place, flips the index, drops old versions.
+# KEYS: versions ZSET, staging HASH, version HASH, version meta, loading SET. ARGV: as_of, meta
+# JSON, keep, key prefix. Renames the staged version into place, flips the index, drops old
+# versions.
 _SNAPSHOT_FLIP_LUA = """
+redis.call('SREM', KEYS[5], KEYS[2])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('RENAME', KEYS[2], KEYS[3])
 else
@@ -546,6 +614,50 @@ if n > keep then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - keep - 1)
 end
 return n
+"""
+
+# KEYS: actions ZSET, ids HASH, watermark STRING, seen ZSET, versions ZSET, loading SET.
+# ARGV: user id, snapshot key prefix. Returns {actions, seen, snapshot rows} removed.
+_FORGET_LUA = """
+local actions = redis.call('ZCARD', KEYS[1])
+local seen = redis.call('ZCARD', KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local rows = 0
+for _, v in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
+  rows = rows + redis.call('HDEL', ARGV[2] .. v, ARGV[1])
+end
+for _, k in ipairs(redis.call('SMEMBERS', KEYS[6])) do  -- versions being loaded
+  rows = rows + redis.call('HDEL', k, ARGV[1])
+end
+return {actions, seen, rows}
+"""
+
+# KEYS: actions ZSET, ids HASH, watermark STRING, seen ZSET. ARGV: cutoff. Returns {actions
+# removed, seen removed, 1 if the user has nothing left}.
+_PURGE_LUA = """
+local cutoff = tonumber(ARGV[1])
+local seen0 = redis.call('ZCARD', KEYS[4])
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+for _, rec in ipairs(old) do
+  local p = 0
+  for _ = 1, 4 do p = string.find(rec, '|', p + 1, true) end
+  redis.call('HDEL', KEYS[2], string.sub(rec, p + 1))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1])
+local left = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+if #left == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+  return {#old, seen0, 1}
+end
+for j = 1, #left, 2 do  -- items of held actions stay seen
+  redis.call('ZADD', KEYS[4], 'LT', left[j + 1], string.sub(left[j], 1, 20))
+end
+local w = redis.call('GET', KEYS[3])
+if not w or tonumber(string.sub(w, 1, string.find(w, ' ', 1, true) - 1)) < cutoff then
+  redis.call('SET', KEYS[3], ARGV[1] .. ' ')
+end
+return {#old, seen0 - redis.call('ZCARD', KEYS[4]), 0}
 """
 
 
@@ -575,6 +687,8 @@ class RedisActionStore(ActionStore):
         self._append = self._r.register_script(_APPEND_LUA)
         self._snap_get = self._r.register_script(_SNAPSHOT_GET_LUA)
         self._snap_flip = self._r.register_script(_SNAPSHOT_FLIP_LUA)
+        self._forget = self._r.register_script(_FORGET_LUA)
+        self._purge = self._r.register_script(_PURGE_LUA)
         self._closed = False
 
     def _keys(self, user: str) -> List[str]:
@@ -637,16 +751,20 @@ class RedisActionStore(ActionStore):
 
         def write():
             try:
+                # Registered first, so that forget_user also reaches a version being loaded.
+                self._r.sadd(f"{self._snap}loading", staging)
                 for lo in range(0, len(users), 10_000):
                     hi = min(lo + 10_000, len(users))
                     self._r.hset(staging, mapping={users[i]: emb[i].astype("<f4").tobytes()
                                                    for i in range(lo, hi)})
                 self._snap_flip(keys=[f"{self._snap}versions", staging,
-                                      f"{self._snap}{as_of}", f"{self._snap}{as_of}:meta"],
+                                      f"{self._snap}{as_of}", f"{self._snap}{as_of}:meta",
+                                      f"{self._snap}loading"],
                                 args=[as_of, doc, self.keep_snapshots, self._snap])
             except BaseException:
                 try:  # a half-written staging hash is never visible; drop it
                     self._r.delete(staging)
+                    self._r.srem(f"{self._snap}loading", staging)
                 except self._errors:
                     pass
                 raise
@@ -668,6 +786,40 @@ class RedisActionStore(ActionStore):
     def snapshot_meta(self, as_of: int) -> Optional[Dict[str, Any]]:
         doc = self._call(lambda: self._r.get(f"{self._snap}{int(as_of)}:meta"))
         return None if doc is None else json.loads(doc)
+
+    def forget_user(self, user_id: str) -> Dict[str, int]:
+        user = str(user_id)
+        res = self._call(lambda: self._forget(
+            keys=self._keys(user) + [f"{self._snap}versions", f"{self._snap}loading"],
+            args=[user, self._snap]))
+        return dict(zip(("actions", "seen", "snapshot_rows"), (int(n) for n in res)))
+
+    def _user_of_seen_key(self, key: bytes) -> str:
+        """`p:{u}:s` -> u."""
+        return key.decode("utf-8")[len(self.prefix) + 2:-3]
+
+    def purge_before(self, cutoff_ts: int) -> Dict[str, int]:
+        out = {"actions": 0, "seen": 0, "users": 0}
+        # Every user with an action has a seen set (append adds to it first); SCAN visits each
+        # key present for the whole scan at least once, and the script is idempotent.
+        pattern = f"{self.prefix}:{{*}}:s"
+
+        def run(keys):
+            pipe = self._r.pipeline(transaction=False)
+            for key in keys:
+                self._purge(keys=self._keys(self._user_of_seen_key(key)), args=[int(cutoff_ts)],
+                            client=pipe)
+            return pipe.execute()
+
+        cursor = 0
+        while True:
+            cursor, keys = self._call(lambda: self._r.scan(cursor, match=pattern,
+                                                           count=self.batch_users))
+            for res in (self._call(lambda: run(keys)) if keys else []):
+                for name, n in zip(("actions", "seen", "users"), res):
+                    out[name] += int(n)
+            if int(cursor) == 0:
+                return out
 
     def ping(self) -> None:
         self._call(self._r.ping)

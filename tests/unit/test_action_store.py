@@ -290,3 +290,116 @@ def test_default_capacity_covers_m_p_and_the_ranking_history():
         assert S.default_capacity(cfg) == max(cfg.model.seq_len, cfg.ranker.realtime.seq_len,
                                               cfg.ranking.max_history)
     assert S.open_store.__doc__ and S.day_start(86400 * 3 + 5) == 86400 * 3
+
+
+# ------------------------------------------------------------------ privacy: forget, retention
+
+def _seen_reference(events, user, cap, cutoff=None):
+    """{item: first time} the store holds: every event's item at its first time; after
+    purge_before(cutoff), items first seen at or after the cutoff plus those of held actions,
+    first seen at their oldest held action."""
+    mine = events.drop_duplicates().loc[events["user_id"] == user]
+    first = mine.groupby("item_id")["timestamp"].min().to_dict()
+    if cutoff is None:
+        return first
+    held = pd.DataFrame(reference(events, user, 1 << 62, cap, cap))
+    held = held[held["timestamp"] >= cutoff]
+    out = {i: t for i, t in first.items() if t >= cutoff}
+    for i, t in held.groupby("item_id")["timestamp"].min().items():
+        out[i] = min(out.get(i, t), t)
+    return out
+
+
+def _assert_seen(store, user, want):
+    """seen_items at every boundary reproduces the reference's (item, first time) pairs."""
+    for t in sorted({*want.values(), 1 << 62}):
+        np.testing.assert_array_equal(
+            store.seen_items(user, t + 1),
+            np.array(sorted(i for i, f in want.items() if f <= t), np.int64), err_msg=(user, t))
+
+
+def test_forget_user_removes_everything_of_one_user_only(store_url):
+    rng = np.random.default_rng(5)
+    events = random_events(rng, users=3, n=150)
+    cap, dim = 20, 3
+    users = ["u0", "u1", "u2"]
+    with S.open_store(store_url, capacity=cap) as store:
+        store.append(events)
+        for k, as_of in enumerate((86400, 2 * 86400)):
+            store.put_snapshot(as_of, users, np.full((3, dim), k, np.float32))
+        store.put_snapshot(3 * 86400, ["u0", "u2"], np.ones((2, dim), np.float32))
+        held = len(reference(events, "u1", 1 << 62, cap, cap)["item_id"])
+        n_seen = len(_seen_reference(events, "u1", cap))
+        assert store.forget_user("u1") == {"actions": held, "seen": n_seen, "snapshot_rows": 2}
+        assert store.forget_user("u1") == {"actions": 0, "seen": 0, "snapshot_rows": 0}
+        assert len(store.recent_actions("u1", 1 << 62)["item_id"]) == 0
+        assert store.seen_items("u1", 1 << 62).tolist() == []
+        assert all(store.snapshot_embedding("u1", v) is None for v in (86400, 2 * 86400))
+        for other in ("u0", "u2"):  # untouched
+            assert_actions_equal(store.recent_actions(other, 1 << 62),
+                                 reference(events, other, 1 << 62, cap, cap))
+            _assert_seen(store, other, _seen_reference(events, other, cap))
+            assert store.snapshot_embedding(other, 2 * 86400)[1] == 2 * 86400
+        # The watermark went too: the user's events, sent again, are stored as new.
+        again = store.append(events[events.user_id == "u1"])
+        assert again["added"] == int((events.user_id == "u1").sum())
+        assert_actions_equal(store.recent_actions("u1", 1 << 62),
+                             reference(events, "u1", 1 << 62, cap, cap))
+        assert store.forget_user("never-seen") == {"actions": 0, "seen": 0, "snapshot_rows": 0}
+
+
+def test_forget_user_reaches_a_snapshot_being_loaded(redis_url):
+    """A forget between a snapshot's staging and its flip still removes the user's row."""
+    with S.open_store(redis_url) as store:
+        flip = store._snap_flip
+
+        def forget_then_flip(*args, **kwargs):
+            assert store.forget_user("b")["snapshot_rows"] == 1
+            return flip(*args, **kwargs)
+
+        store._snap_flip = forget_then_flip
+        store.put_snapshot(86400, ["a", "b"], np.ones((2, 2), np.float32))
+        assert store.snapshot_embedding("b", 86400) is None
+        assert store.snapshot_embedding("a", 86400) is not None
+        assert store._r.smembers(f"{store.prefix}:snap:loading") == set()
+
+
+@pytest.mark.parametrize("cap", [8, 1000])
+def test_purge_before_against_the_reference(store_url, cap):
+    rng = np.random.default_rng(17)
+    events = random_events(rng, users=6, n=400, span=20 * 86400)
+    # One user whose every action is older than the cutoff: removed whole.
+    events.loc[events.user_id == "u5", "timestamp"] -= 30 * 86400
+    cutoff = 1_700_000_000 + 8 * 86400
+    users = sorted(events.user_id.unique())
+    with S.open_store(store_url, capacity=cap) as store:
+        store.append(events.sample(frac=1.0, random_state=1))
+        want_actions = want_seen = 0
+        gone = 0
+        for u in users:
+            held = pd.DataFrame(reference(events, u, 1 << 62, cap, cap))
+            kept = int((held.timestamp >= cutoff).sum())
+            want_actions += len(held) - kept
+            want_seen += (len(_seen_reference(events, u, cap))
+                          - len(_seen_reference(events, u, cap, cutoff)))
+            gone += kept == 0
+        assert gone >= 1
+        assert store.purge_before(cutoff) == {"actions": want_actions, "seen": want_seen,
+                                              "users": gone}
+        assert store.purge_before(cutoff) == {"actions": 0, "seen": 0, "users": 0}
+        for u in users:
+            want = reference(events, u, 1 << 62, cap, cap)
+            keep = want["timestamp"] >= cutoff
+            assert_actions_equal(store.recent_actions(u, 1 << 62),
+                                 {k: v[keep] for k, v in want.items()})
+            _assert_seen(store, u, _seen_reference(events, u, cap, cutoff))
+        # Expired events sent again stay out for users still held; nothing already held moves.
+        alive = [u for u in users if len(store.recent_actions(u, 1 << 62)["item_id"])]
+        old = events[events.user_id.isin(alive) & (events.timestamp < cutoff)]
+        counts = store.append(old)
+        assert counts["added"] == 0 and counts["stale"] + counts["duplicate"] == len(old)
+        for u in alive:
+            want = reference(events, u, 1 << 62, cap, cap)
+            keep = want["timestamp"] >= cutoff
+            assert_actions_equal(store.recent_actions(u, 1 << 62),
+                                 {k: v[keep] for k, v in want.items()})

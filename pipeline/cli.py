@@ -319,6 +319,10 @@ def main(argv=None) -> int:
     args = build_parser(serving=serving).parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `pinrank config show | head`: the reader left, not an error
+        # https://docs.python.org/3/library/signal.html#note-on-sigpipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SystemExit as e:  # raise SystemExit("message") in a command: a usage error
         if isinstance(e.code, str) and not args.debug:
             print(f"error: {_one_line(e.code)}", file=sys.stderr)

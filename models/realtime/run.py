@@ -39,7 +39,8 @@ def ranker_config(cfg: PipelineConfig, tft_out: tft.TFTransformOutput, item_dim:
         problems.append(f"ranker.context_numeric={list(r.context_numeric)}: the pipeline provides "
                         f"no numeric context")
     vocab = {"surface": tft_out.vocabulary_size_by_name(F.SURFACE_VOCAB) + 2,  # + padding + OOV
-             "hour_of_day": 24, "candidate_interest": num_interests + 1}
+             "hour_of_day": 24, "day_of_week": 7,
+             "candidate_interest": num_interests + 1}
     for field in ("context_categorical", "candidate_categorical"):
         unknown = [s[0] for s in getattr(r, field) if s[0] not in vocab]
         if unknown:

@@ -61,6 +61,7 @@ class Featurizer(tf.Module):
         return {
             "surface": xf[F.xf(F.SURFACE)],
             "hour_of_day": xf["hour_xf"],
+            "day_of_week": xf["dow_xf"],
             R.PINNERFORMER_EMB: pf,
             R.RT_ACTION_TYPE: xf[F.xf(F.HIST_ACTION)],
             R.RT_ITEM_EMB: tf.gather(self.embeddings, self.rows(xf[F.xf(F.HIST_ITEM)])),

@@ -111,6 +111,9 @@ def test_trainer_derives_only_the_documented_sizes_and_checks_the_rest():
     assert dataclasses.replace(r, realtime=cfg.ranker.realtime,
                                context_categorical=cfg.ranker.context_categorical,
                                candidate_categorical=cfg.ranker.candidate_categorical) == cfg.ranker
+    dow = apply_overrides(cfg, ['ranker.context_categorical=[["day_of_week", 1, 4]]'])
+    assert ranker_config(dow, _FakeTransformOutput(12), 16, 9).context_categorical == \
+        (("day_of_week", 7, 4),)  # the vocabulary size is the data's, the width the config's
     dims = apply_overrides(cfg, ['ranker.context_categorical=[["surface", 7, 3]]'])
     assert ranker_config(dims, _FakeTransformOutput(12), 16, 9).context_categorical == \
         (("surface", 7, 3),)  # the configured embedding width stays
@@ -121,3 +124,25 @@ def test_trainer_derives_only_the_documented_sizes_and_checks_the_rest():
     with pytest.raises(ConfigError, match="ranker.pinnerformer_dim=8 but model.output_dim=32"):
         ranker_config(apply_overrides(cfg, ["ranker.pinnerformer_dim=8"]),
                       _FakeTransformOutput(12), item_dim=16, num_interests=9)
+
+
+def test_featurizer_provides_every_context_feature_the_config_allows():
+    """A context feature the config accepts (RANKER_CONTEXT_CATEGORICAL) must reach the Ranker:
+    the Featurizer maps Transform's outputs to exactly those names, values unchanged."""
+    import numpy as np
+
+    from models.realtime.serving_model import Featurizer
+    from pipeline import features as F
+    from pipeline.config import RANKER_CANDIDATE_CATEGORICAL, RANKER_CONTEXT_CATEGORICAL
+    fz = Featurizer(np.array([10, 20]), np.ones((2, 4), np.float32), np.array([[0], [1]]))
+    ts = np.array([0, 86400 * 3 + 7200], np.int64)  # Thu 00:00, Sun 02:00 (1970-01-01 = Thu)
+    xf = {F.xf(F.SURFACE): np.array([1, 2]), "hour_xf": (ts % 86400) // 3600,
+          "dow_xf": (ts // 86400 + 4) % 7, F.xf(F.PF_EMBEDDING): np.ones((2, 3), np.float32),
+          F.xf(F.PF_PRESENT): np.array([1, 0]), F.xf(F.HIST_ACTION): np.zeros((2, 2), np.int64),
+          F.xf(F.HIST_ITEM): np.array([[10, 0], [20, 99]]), F.xf(F.HIST_TS): np.zeros((2, 2)),
+          F.xf(F.REQUEST_TS): ts, F.xf(F.CAND_ITEM): np.array([20, 10])}
+    out = fz(xf)
+    assert set(RANKER_CONTEXT_CATEGORICAL) | set(RANKER_CANDIDATE_CATEGORICAL) <= set(out)
+    assert np.asarray(out["hour_of_day"]).tolist() == [0, 2]
+    assert np.asarray(out["day_of_week"]).tolist() == [4, 0]  # Thursday = 4, Sunday = 0
+    assert np.asarray(out["candidate_interest"]).tolist() == [2, 1]

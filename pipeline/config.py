@@ -275,7 +275,7 @@ DEFAULT_HEADS = ("repin", "click", "closeup", "hide")  # = pipeline.features.ACT
 HIDE_WEIGHT = 100.0
 # What the pipeline's ranker featurizer (models/realtime/serving_model.py) provides, and so the only
 # feature names `ranker.context_categorical` / `candidate_categorical` may use in the pipeline.
-RANKER_CONTEXT_CATEGORICAL = ("surface", "hour_of_day")
+RANKER_CONTEXT_CATEGORICAL = ("surface", "hour_of_day", "day_of_week")
 RANKER_CANDIDATE_CATEGORICAL = ("candidate_interest",)
 
 

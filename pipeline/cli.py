@@ -113,7 +113,8 @@ def cmd_run(args) -> int:
         else:
             print(f"{'blessed':>22}: {ranker['validation_ok']}")
         print(f"{'pushed':>22}: {ranker['pushed']} -> {ranker.get('pushed_destination', '-')}")
-    _print_data_counts(summary.get("fallbacks", {}), dropped=summary.get("dropped"))
+    _print_data_counts(summary.get("fallbacks", {}), dropped=summary.get("dropped"),
+                       suppressed=summary.get("suppressed"))
     print(f"{'wall time':>22}: {summary['wall_s']} s")
     print(f"{'peak memory':>22}: {summary['peak_rss_mb']} MB")
     if args.json_out:
@@ -122,14 +123,18 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _print_data_counts(fallbacks: dict, file=None, dropped: Optional[dict] = None) -> None:
-    """One line per feature that fell back to "unknown" for some items, and per kind of bad row
-    dropped at ingestion (DATASET.json)."""
+def _print_data_counts(fallbacks: dict, file=None, dropped: Optional[dict] = None,
+                       suppressed: Optional[dict] = None) -> None:
+    """One line per feature that fell back to "unknown" for some items, per kind of bad row
+    dropped at ingestion, and the rows of data.suppressed_users removed (DATASET.json)."""
     for name, fb in fallbacks.items():
         if fb.get("count"):
             print(f"{'fallbacks':>22}: {name} {fb['count']:,} of {fb['of']:,} items", file=file)
     for name, n in (dropped or {}).items():
         print(f"{'dropped rows':>22}: {n:,} ({name})", file=file)
+    if suppressed:
+        print(f"{'suppressed users':>22}: {suppressed['users']:,} ({suppressed['events']:,} "
+              f"events, {suppressed['impressions']:,} impressions removed)", file=file)
 
 
 def cmd_data(args) -> int:
@@ -139,7 +144,8 @@ def cmd_data(args) -> int:
     path = prepare_dataset(cfg.data, args.out, drop_invalid=cfg.examples.drop_invalid_events)
     manifest = read_dataset_manifest(path)
     _print_data_counts(manifest.get("fallbacks", {}), file=sys.stderr,
-                     dropped=manifest.get("counts", {}).get("dropped"))
+                     dropped=manifest.get("counts", {}).get("dropped"),
+                     suppressed=manifest.get("counts", {}).get("suppressed"))
     print(path)
     return 0
 

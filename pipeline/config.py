@@ -57,6 +57,11 @@ class DataConfig:
     # above this, per feature, stops the run, since the model would silently train without it.
     max_fallback_share: float = 0.5
     allow_fallbacks: bool = False  # True: only count fallbacks, never stop
+    # A file of user ids (one a line; blank lines and `#` comments skipped) whose events and
+    # impressions are dropped at data preparation, whatever the source (docs/privacy.md). Its
+    # sha256 is part of the dataset fingerprint, so a changed list rebuilds the data and reruns
+    # the pipeline.
+    suppressed_users: str = ""
 
     def __post_init__(self):
         if not 0.0 <= self.max_fallback_share <= 1.0:
@@ -558,11 +563,14 @@ class OnlineConfig:
     on_store_down: str = "error"
     cold_start_window_days: int = 28  # unknown users get the most engaged items of this window
     surface: str = "homefeed"  # request surface when the caller names none
+    # `pinrank purge` deletes actions older than this many days from the action store
+    # (ActionStore.purge_before; docs/privacy.md).
+    retention_days: int = 365
 
     def __post_init__(self):
         from pipeline import features as F  # no imports of its own
 
-        for name in ("k", "num_candidates", "cold_start_window_days"):
+        for name in ("k", "num_candidates", "cold_start_window_days", "retention_days"):
             if getattr(self, name) < 1:
                 raise ValueError(f"online.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_candidates < self.k:

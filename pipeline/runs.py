@@ -135,4 +135,6 @@ def summarize(paths: RunPaths) -> Dict:
     out["fallbacks"] = {k: v for k, v in manifest.get("fallbacks", {}).items() if v.get("count")}
     # Rows dropped at ingestion (only with examples.drop_invalid_events=true), per problem.
     out["dropped"] = manifest.get("counts", {}).get("dropped", {})
+    # Rows of data.suppressed_users removed at data preparation (docs/privacy.md).
+    out["suppressed"] = manifest.get("counts", {}).get("suppressed", {})
     return out

@@ -645,6 +645,66 @@ class ImpressionShardWriter(ShardWriter):
 
 
 # --------------------------------------------------------------------------------------------
+# Suppression (data.suppressed_users; docs/privacy.md)
+
+def read_user_list(path: str, where: str) -> List[str]:
+    """User ids of a list file: one a line, surrounding whitespace stripped, blank lines and
+    lines starting with `#` skipped. `where` names the setting in errors."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}={path}: not found") from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise DatasetFormatError(f"{where}={path}: not a UTF-8 text file of user ids "
+                                 f"({type(e).__name__})") from None
+    return [u for u in (line.strip() for line in lines) if u and not u.startswith("#")]
+
+
+def drop_users(dir: str, user_ids: Sequence[str]) -> Dict[str, Any]:
+    """Remove every event, impression and ground-truth row of `user_ids` from the dataset in
+    `dir`, rewriting each affected shard atomically (a shard left empty is deleted). Returns
+    {"users": ids that had rows, "events", "impressions", "positives", "actions": {action: n}}
+    removed, to correct DATASET.json's counts."""
+    import pyarrow.compute as pc
+
+    ids = pa.array(sorted(set(map(str, user_ids))), pa.string())
+    found: set = set()
+    out: Dict[str, Any] = {"events": 0, "impressions": 0, "positives": 0,
+                           "actions": dict.fromkeys(F.ACTIONS, 0)}
+
+    def rewrite(path: str) -> pa.Table:
+        table = pq.read_table(path)
+        hit = pc.is_in(table.column("user_id"), value_set=ids).fill_null(False)
+        gone = table.filter(hit)
+        if gone.num_rows:
+            kept = table.filter(pc.invert(hit))
+            if kept.num_rows:
+                _atomic_write(path, lambda tmp: pq.write_table(kept, tmp))
+            else:
+                os.remove(path)
+            found.update(gone.column("user_id").to_pylist())
+        return gone
+
+    for path in event_shards(dir):
+        gone = rewrite(path).to_pandas()
+        out["events"] += len(gone)
+        for a, n in gone["action"].value_counts().items():
+            out["actions"][a] = out["actions"].get(a, 0) + int(n)
+        out["positives"] += int(is_positive(gone["action"].to_numpy(object),
+                                            gone["duration"].to_numpy(np.float64)).sum())
+    for path in impression_shards(dir):
+        out["impressions"] += rewrite(path).num_rows
+    # Per-user tables: the synthetic world's ground truth and the user attributes table.
+    for table in (os.path.join(dir, "ground_truth", "users.parquet"),
+                  os.path.join(dir, "users.parquet")):
+        if os.path.exists(table):
+            rewrite(table)
+    out["users"] = len(found)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Manifest and housekeeping
 
 def write_dataset_manifest(dir: str, info: Mapping[str, Any]) -> str:

@@ -1,8 +1,15 @@
 """One entry point from DataConfig to a canonical dataset directory (layout: events.py).
 
 `prepare_dataset` is idempotent: DATASET.json records a fingerprint of everything that
-determines the output (source, generator knobs, input checksums, converter versions); a directory
-whose fingerprint matches is reused as is, anything else is regenerated from scratch.
+determines the output (source, generator knobs, input checksums, converter versions, the
+suppression list's sha256); a directory whose fingerprint matches is reused as is, anything else
+is regenerated from scratch.
+
+Suppression (`data.suppressed_users`, docs/privacy.md): after any source is converted, every
+event, impression and ground-truth row of a listed user is removed from the dataset before it
+is marked complete, and the removed rows are counted in DATASET.json (`counts.suppressed`) and
+the run summary. Nothing downstream (examples, TFMA output, MLMD, the daily snapshot job) ever
+reads them.
 """
 from __future__ import annotations
 
@@ -56,6 +63,9 @@ def dataset_fingerprint(cfg: DataConfig, *, with_impressions: bool = True,
             key["year_column"] = True  # see has_year_column
     else:
         raise ValueError(f"unknown data.source {cfg.source!r}; choose one of {SOURCES}")
+    if cfg.suppressed_users:  # absent when unset: existing datasets keep their fingerprint
+        E.read_user_list(cfg.suppressed_users, "data.suppressed_users")  # readable, or one line
+        key["suppressed_users_sha256"] = sha256_file(cfg.suppressed_users)
     key["format_version"] = E.FORMAT_VERSION
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -91,6 +101,9 @@ def prepare_dataset(cfg: DataConfig, out_dir: str, *, drop_invalid: bool = False
             ratings, movies = path_inputs(cfg)
             movielens.convert_movielens_csv(ratings, movies, out_dir, drop_invalid=drop_invalid)
         manifest = E.read_dataset_manifest(out_dir) or {}
+        if cfg.suppressed_users:
+            _suppress(out_dir, manifest, E.read_user_list(cfg.suppressed_users,
+                                                          "data.suppressed_users"))
         manifest.pop("format_version", None)
         manifest.update(fingerprint=fingerprint, data_config=dataclasses.asdict(cfg))
         E.write_dataset_manifest(out_dir, manifest)
@@ -98,6 +111,19 @@ def prepare_dataset(cfg: DataConfig, out_dir: str, *, drop_invalid: bool = False
         movielens.check_fallbacks(manifest["fallbacks"], _items_file(cfg), cfg.max_fallback_share,
                                   cfg.allow_fallbacks)
     return out_dir
+
+
+def _suppress(out_dir: str, manifest: dict, users) -> None:
+    """Drop the users' rows from the built dataset; record and subtract them in the counts."""
+    gone = E.drop_users(out_dir, users)
+    counts = manifest.setdefault("counts", {})
+    for k in ("users", "events", "impressions", "positives"):
+        if k in counts:
+            counts[k] -= gone[k]
+    for a, n in gone["actions"].items():
+        if a in counts.get("actions", {}):
+            counts["actions"][a] -= n
+    counts["suppressed"] = {k: gone[k] for k in ("users", "events", "impressions")}
 
 
 def _items_file(cfg: DataConfig) -> str:

@@ -139,6 +139,7 @@ def test_replace_updates_nested_sections():
     ("ranker.label_weights=[[1]]", "4x4"),
     ("ranker.realtime.seq_len=0", "seq_len must be a positive int"),
     ("model.objective=bogus", "objective must be one of"),
+    ("online.retention_days=0", "online.retention_days must be >= 1, got 0"),
     ("model.seq_len", "expected PATH=VALUE"),
     ("=3", "expected PATH=VALUE"),
 ])

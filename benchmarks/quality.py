@@ -44,20 +44,26 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [o for o in rest.split(",") if o]
 
 
-def cmd_run(args) -> None:
+def pipeline_run(preset_name: str, source: str, sets: list[str], seed: int, home: str) -> dict:
+    """One PinnerFormer pipeline run (ranker off) with `train.seed=seed`; its summary."""
     from pipeline import local_runner
     from pipeline.config import apply_overrides, preset
 
+    cfg = apply_overrides(preset(preset_name, source),
+                          sets + [f"train.seed={seed}", "ranker_train.enabled=false"])
+    return local_runner.run(cfg, home)
+
+
+def cmd_run(args) -> None:
     variants = [parse_variant(v) for v in (args.variant or ["default="])]
     out = args.out or os.path.join(args.home, f"{args.source}-{args.protocol}.json")
     results = []
     for seed in args.seeds:
         for name, overrides in variants:
-            sets = (PROTOCOLS[args.protocol] + args.set + overrides
-                    + [f"train.seed={seed}", "ranker_train.enabled=false"])
-            cfg = apply_overrides(preset(args.preset, args.source), sets)
             start = time.time()
-            summary = local_runner.run(cfg, os.path.join(args.home, args.protocol))
+            summary = pipeline_run(args.preset, args.source,
+                                   PROTOCOLS[args.protocol] + args.set + overrides, seed,
+                                   os.path.join(args.home, args.protocol))
             ev = summary["evaluation"]
             row = {"variant": name, "seed": seed, "overrides": overrides, "set": args.set,
                    "source": args.source, "protocol": args.protocol, "preset": args.preset,

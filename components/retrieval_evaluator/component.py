@@ -22,10 +22,12 @@ from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
+from components.data import events as E
 from components.event_example_gen import read_train_positives
 from components.retrieval_evaluator import baselines as B
 from components.retrieval_evaluator import metrics as M
 from components.retrieval_evaluator import report
+from components.retrieval_evaluator import slices as SL
 from components.retrieval_evaluator import stats as S
 from components.types import ItemEmbeddings
 from pipeline import features as F
@@ -77,7 +79,13 @@ def evaluate_baselines(examples_uri: str, lists: Dict[str, list], item_ids: np.n
                        interests, cfg) -> Dict[str, Dict]:
     """Metrics of the non-learned baselines (baselines.py) on the same eval examples."""
     users, items, ts = read_train_positives(examples_uri)
-    train = B.TrainPositives(users, items, ts, item_ids)
+    return baseline_metrics(B.TrainPositives(users, items, ts, item_ids), lists, item_ids,
+                            interests, cfg)
+
+
+def baseline_metrics(train: B.TrainPositives, lists: Dict[str, list], item_ids: np.ndarray,
+                     interests, cfg) -> Dict[str, Dict]:
+    """Same, counting the given training positives (benchmarks/staleness.py passes uncut ones)."""
     anchors = np.array([a[0] for a in lists[F.ANCHOR_TS]], np.int64)
     recent = B.recent_positive_positions(lists[F.HIST_ITEM], lists[F.HIST_POS], item_ids,
                                          cfg.cooccurrence_history)
@@ -104,6 +112,19 @@ def compare_methods(methods: Dict[str, Dict], users: List[bytes], cfg) -> Dict[s
                      seed=cfg.bootstrap_seed)
 
 
+def evaluate_slices(methods: Dict[str, Dict], users: List[bytes], hist_items: List[np.ndarray],
+                    user_table, cfg) -> dict:
+    """slices.slice_report on history length and every user attribute of `user_table`
+    (events.read_users; None: no demographic slices), against the strongest popularity."""
+    families = {SL.HISTORY_LENGTH: SL.history_labels([len(h) for h in hist_items],
+                                                     cfg.history_length_edges)}
+    families.update(SL.attribute_labels(users, user_table))
+    return SL.slice_report(methods, users, families, candidate=report.CANDIDATE,
+                           popularity=report.strongest_popularity(methods, cfg.k),
+                           min_users=cfg.min_slice_users, n_boot=cfg.bootstrap_samples,
+                           seed=cfg.bootstrap_seed)
+
+
 @tfx.dsl.components.component
 def RetrievalEvaluator(
     model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
@@ -112,8 +133,13 @@ def RetrievalEvaluator(
     evaluation: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelEvaluation],
     blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
     config_json: tfx.dsl.components.Parameter[str],
+    input_base: tfx.dsl.components.Parameter[str],
+    input_fingerprint: tfx.dsl.components.Parameter[str],
     baseline_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
 ) -> None:
+    """input_base: the canonical dataset dir, read only for its optional user attributes
+    (users.parquet -> demographic slices)."""
+    del input_fingerprint  # only invalidates the cache when the data at the same path changed
     cfg = PipelineConfig.from_json(config_json).eval
     files = tf.io.gfile.glob(os.path.join(examples.uri, "Split-eval", "*"))
     serialized = read_examples(files)
@@ -136,14 +162,19 @@ def RetrievalEvaluator(
         methods[report.LAST_BLESSED] = run(baseline_model)
     methods.update(evaluate_baselines(examples.uri, lists, item_ids, interests, cfg))
     comparison = compare_methods(methods, users, cfg)
+    slices = evaluate_slices(methods, users, lists[F.HIST_ITEM], E.read_users(input_base), cfg)
     gate = report.gate_decision(methods, comparison, k=cfg.k, min_recall=cfg.min_recall,
                                 min_coverage=cfg.min_coverage,
                                 max_recall_drop=cfg.max_recall_drop,
                                 min_lift_over_popularity=(cfg.min_lift_over_popularity
                                                           if cfg.require_beating_popularity
                                                           else None),
-                                confidence=cfg.gate_confidence)
-    report.write_report(evaluation.uri, methods, comparison, gate)
+                                confidence=cfg.gate_confidence, slices=slices,
+                                gate_slices=cfg.gate_slices,
+                                min_slice_lift_over_popularity=(
+                                    cfg.min_slice_lift_over_popularity
+                                    if cfg.require_beating_popularity else None))
+    report.write_report(evaluation.uri, methods, comparison, gate, slices)
     logging.info("RetrievalEvaluator: %s; %s", "blessed" if gate["blessed"] else "NOT blessed",
                  "; ".join(gate["reasons"]) or "all checks pass")
 

@@ -189,7 +189,8 @@ def _items_of(prefixes) -> np.ndarray:
     return np.sort(np.array([int(p) - _ITEM_OFFSET for p in prefixes], np.int64))
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for messages and output."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -275,7 +276,7 @@ class ActionStore(abc.ABC):
         return self.snapshot_embedding(user_id, day_start(request_ts))
 
     def _unavailable(self, e: BaseException) -> StoreUnavailableError:
-        return StoreUnavailableError(f"action store {_mask_url(self.url)} unavailable: "
+        return StoreUnavailableError(f"action store {mask_url(self.url)} unavailable: "
                                      f"{_one_line(e)}")
 
     def __enter__(self):
@@ -285,7 +286,7 @@ class ActionStore(abc.ABC):
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({_mask_url(self.url)!r})"
+        return f"{type(self).__name__}({mask_url(self.url)!r})"
 
 
 def _check_snapshot_args(as_of: int, user_ids, embeddings) -> Tuple[List[str], np.ndarray]:
@@ -682,7 +683,7 @@ class RedisActionStore(ActionStore):
                                                 socket_connect_timeout=timeout_s,
                                                 retry_on_timeout=False)
         except ValueError as e:
-            raise StoreError(f"action store {_mask_url(url)}: bad Redis URL: {_one_line(e)}") \
+            raise StoreError(f"action store {mask_url(url)}: bad Redis URL: {_one_line(e)}") \
                 from None
         self._append = self._r.register_script(_APPEND_LUA)
         self._snap_get = self._r.register_script(_SNAPSHOT_GET_LUA)
@@ -701,7 +702,7 @@ class RedisActionStore(ActionStore):
 
     def _call(self, fn):
         if self._closed:
-            raise StoreUnavailableError(f"action store {_mask_url(self.url)} unavailable: "
+            raise StoreUnavailableError(f"action store {mask_url(self.url)} unavailable: "
                                         "store is closed")
         try:
             return fn()

@@ -3,11 +3,13 @@
   pinrank serve --model_base_path runs/<pipeline>/serving --port 8500
   pinrank query status --model pinnerformer --require-available
   pinrank query status --model ranker --max-age-hours 48     # staleness monitor (exit 1)
+  pinrank query snapshot --store redis://HOST:6379/0 --max-age-hours 26   # the daily snapshot
   pinrank query metadata --model pinnerformer
   pinrank query embed --data DATASET_DIR --user u1 --user u2
   pinrank query rank --data DATASET_DIR --user u1 --candidates 11,12,13
 
-`query` talks gRPC to TF Serving or the local stand-in alike. Heavy imports (TensorFlow) happen
+`query` talks gRPC to TF Serving or the local stand-in alike; `query snapshot` reads the action
+store (serving/action_store.py). Heavy imports (TensorFlow) happen
 inside the commands so that building the `pinrank` parser stays fast.
 """
 from __future__ import annotations
@@ -51,6 +53,16 @@ def add_subcommands(subparsers) -> None:
                     help="staleness monitor: exit 1 unless the newest AVAILABLE version was "
                          "pushed within H hours (versions are the Pusher's unix seconds)")
     sp.set_defaults(func=cmd_query_status)
+
+    sp = qs.add_parser("snapshot", help="the daily user-embedding snapshots held by the action "
+                                        "store (versions, newest meta, age)")
+    sp.add_argument("--store", required=True, metavar="URL",
+                    help="action store: sqlite:///PATH.db or redis://HOST:PORT/DB")
+    sp.add_argument("--max-age-hours", type=float, metavar="H",
+                    help="staleness monitor: exit 1 unless the newest snapshot's --as-of is "
+                         "within H hours (a daily job at 00:10: 24 h plus the job's run time)")
+    sp.add_argument("--now-ts", type=int, help="the time ages are measured at (default: now)")
+    sp.set_defaults(func=cmd_query_snapshot)
 
     sp = qs.add_parser("metadata", help="GetModelMetadata: signatures, input/output dtypes+shapes")
     common(sp, C.PINNERFORMER)
@@ -141,6 +153,45 @@ def staleness_error(model: str, statuses, max_age_hours: float,
         return (f"model {model}: newest AVAILABLE version {max(available)} was pushed "
                 f"{age_h:.1f} h ago (> --max-age-hours {max_age_hours:g})")
     return None
+
+
+def snapshot_staleness_error(versions: Sequence[int], max_age_hours: float,
+                             now: Optional[float] = None) -> Optional[str]:
+    """Why the store's newest daily snapshot is too old, or None. Its version is its as-of (unix
+    seconds, the cut-off of the actions it embeds), so the age is now - as_of."""
+    now = time.time() if now is None else now
+    if not versions:
+        return "the action store holds no user-embedding snapshot"
+    age_h = (now - max(versions)) / 3600
+    if age_h > max_age_hours:
+        return (f"newest user-embedding snapshot, as of {max(versions)}, is {age_h:.1f} h old "
+                f"(> --max-age-hours {max_age_hours:g})")
+    return None
+
+
+def cmd_query_snapshot(args) -> int:
+    from serving import action_store as S
+
+    now = time.time() if args.now_ts is None else float(args.now_ts)
+    try:
+        with S.open_store(args.store) as store:
+            versions = store.snapshot_versions()
+            meta = store.snapshot_meta(versions[-1]) if versions else None
+            url = store.url
+    except S.StoreUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except S.StoreError as e:  # a malformed URL: usage
+        raise SystemExit(str(e)) from None
+    _print({"store": S.mask_url(url), "versions": versions,
+            "newest": meta, "age_hours": round((now - versions[-1]) / 3600, 2)
+            if versions else None})
+    if args.max_age_hours is not None:
+        err = snapshot_staleness_error(versions, args.max_age_hours, now)
+        if err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def cmd_query_status(args) -> int:

@@ -1,14 +1,19 @@
-"""`ingest` sub-command (wired into the `pinrank` CLI via add_subcommands; serving/ingest.py
-does the work and is imported only when the command runs, so building the parser stays fast).
+"""Sub-commands that write the action store (wired into the `pinrank` CLI via add_subcommands;
+serving/ingest.py and serving/action_store.py do the work and are imported only when a command
+runs, so building the parser stays fast): `ingest`, and the privacy commands `forget-user` and
+`purge` (docs/privacy.md).
 
   pinrank ingest --store sqlite:///runs/actions.db --file events.jsonl [--until TS] [--items DIR]
   pinrank ingest --store redis://127.0.0.1:6379/0 --redis-stream redis://127.0.0.1:6379/0 \
       --stream pinrank-events [--group G] [--consumer C] [--block-ms N] [--max-events N]
 
-Prints one summary line (read, added, duplicate, stale, trimmed, skipped, invalid by problem);
---json prints the counts as JSON instead. Usage errors exit 2, an unreachable store or stream
-and a missing or unreadable input file exit 1, an interrupt (Ctrl-C) prints the counts so far
-and exits 130.
+  pinrank forget-user --store URL --user ID     # every action, seen item and snapshot row
+  pinrank purge --store URL [--set online.retention_days=N] [--now-ts TS]   # retention
+
+Each prints one summary line (ingest: read, added, duplicate, stale, trimmed, skipped, invalid
+by problem; forget-user and purge: what was removed); --json prints the counts as JSON instead.
+Usage errors exit 2, an unreachable store or stream and a missing or unreadable input file exit
+1, an interrupt of ingest (Ctrl-C) prints the counts so far and exits 130.
 """
 from __future__ import annotations
 
@@ -51,6 +56,34 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.set_defaults(func=cmd_ingest)
 
+    p = subparsers.add_parser(
+        "forget-user", help="delete one user's data from the action store (actions, seen "
+                            "items, every snapshot version)",
+        description="Deletes everything the action store holds under one user id, atomically, "
+                    "and prints what was removed; running it again removes nothing. The batch "
+                    "data is data.suppressed_users' job (docs/privacy.md).")
+    p.add_argument("--store", required=True, metavar="URL",
+                   help="action store: sqlite:///PATH.db or redis://HOST:PORT/DB")
+    p.add_argument("--user", required=True, help="the user id")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.set_defaults(func=cmd_forget_user)
+
+    from pipeline.config_args import add_config_args
+
+    p = subparsers.add_parser(
+        "purge", help="retention: delete actions older than online.retention_days",
+        description="Deletes from the action store every action older than "
+                    "online.retention_days before --now-ts (default: now); a user left with "
+                    "nothing is removed whole, and expired events sent again are not stored "
+                    "(ActionStore.purge_before).")
+    p.add_argument("--store", required=True, metavar="URL",
+                   help="action store: sqlite:///PATH.db or redis://HOST:PORT/DB")
+    p.add_argument("--now-ts", type=int, help="the time the retention counts back from "
+                                              "(default: now)")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    add_config_args(p)
+    p.set_defaults(func=cmd_purge)
+
 
 def _check_args(args) -> None:
     if args.redis_stream and not args.stream:
@@ -79,6 +112,73 @@ def _stop_on_sigterm():
         return lambda: None
     old = signal.signal(signal.SIGTERM, interrupt)
     return lambda: signal.signal(signal.SIGTERM, old)
+
+
+def _open(url: str):
+    """The store, or exit 1 (unreachable, one line) / 2 (a malformed URL: usage)."""
+    from serving import action_store as S
+
+    try:
+        return S.open_store(url)
+    except S.StoreUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except S.StoreError as e:
+        raise SystemExit(str(e)) from None
+
+
+def _report(args, counts: dict, line: str) -> None:
+    if args.json:
+        json.dump(counts, sys.stdout, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(line)
+
+
+def cmd_forget_user(args) -> int:
+    from serving.action_store import StoreUnavailableError, mask_url
+
+    if not args.user.strip():
+        raise SystemExit("pinrank forget-user: --user must not be empty")
+    store = _open(args.store)
+    try:
+        counts = store.forget_user(args.user)
+    except StoreUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    _report(args, {"user": args.user, **counts},
+            f"forget-user {args.user} in {mask_url(args.store)}: removed {counts['actions']} "
+            f"actions, {counts['seen']} seen items, {counts['snapshot_rows']} snapshot rows")
+    return 0
+
+
+def cmd_purge(args) -> int:
+    import datetime
+    import time
+
+    from pipeline.config import DAY_S
+    from pipeline.config_args import config_from_args
+    from serving.action_store import StoreUnavailableError, mask_url
+
+    days = config_from_args(args).online.retention_days  # a config error: exit 2, store untouched
+    now = int(time.time()) if args.now_ts is None else args.now_ts
+    cutoff = now - days * DAY_S
+    store = _open(args.store)
+    try:
+        counts = store.purge_before(cutoff)
+    except StoreUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    when = datetime.datetime.fromtimestamp(cutoff, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    _report(args, {"retention_days": days, "cutoff_ts": cutoff, **counts},
+            f"purge {mask_url(args.store)}: actions before {when} ({days} days): removed "
+            f"{counts['actions']} actions, {counts['seen']} seen items, {counts['users']} users")
+    return 0
 
 
 def cmd_ingest(args) -> int:

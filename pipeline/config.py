@@ -213,6 +213,25 @@ class RetrievalEvalConfig:
     cooccurrence_history: int = 50  # recent positives that query the co-occurrence baseline
     bootstrap_samples: int = 1000
     bootstrap_seed: int = 0
+    # Slices (components/retrieval_evaluator/slices.py): history length before the anchor in
+    # buckets <=e0, e0+1..e1, ..., >e_last (ML-100K eval users: 70 / 83 / 27 with (20, 100)),
+    # and each user attribute the dataset has (users.parquet; ML-100K: gender, age_group).
+    history_length_edges: Tuple[int, ...] = (20, 100)
+    min_slice_users: int = 20  # smaller slices are skipped and counted, not reported
+    # Slice families the gate checks: the candidate must beat popularity on each of their
+    # reported slices by lift > min_slice_lift_over_popularity (None: reported, not gated;
+    # off as well when require_beating_popularity is). Demographic families ("gender",
+    # "age_group") are reported only, unless listed here.
+    gate_slices: Tuple[str, ...] = ("history_length",)
+    min_slice_lift_over_popularity: Optional[float] = 0.0
+
+    def __post_init__(self):
+        edges = self.history_length_edges
+        if not edges or edges[0] < 0 or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"eval.history_length_edges must be non-negative and strictly "
+                             f"increasing, got {list(edges)}")
+        if self.min_slice_users < 1:
+            raise ValueError(f"eval.min_slice_users must be >= 1, got {self.min_slice_users}")
 
 
 @dataclasses.dataclass(frozen=True)

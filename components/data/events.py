@@ -11,6 +11,10 @@ pipeline reads a single format:
         item_id int64 (unique), embedding list<float32> (content vector, one length for all
         items), interests list<int32> (ids into interests.json; may be empty).
     <dir>/interests.json       JSON list of interest names; the list index is the interest id.
+    <dir>/titles.parquet       (optional) item_id int64, title string.
+    <dir>/users.parquet        (optional) user_id string (unique) and one string column per user
+                               attribute (ML-100K: gender, age_group), read by the retrieval
+                               evaluator for per-group slices (docs/protocol.md).
     <dir>/impressions/part-*.parquet   (optional; ranking requests with per-candidate labels)
         request_id string, user_id string, item_id int64, timestamp int64 (request time, s),
         surface string, position int32 (slot in the slate), and int8 labels repin, click,
@@ -42,6 +46,8 @@ IMPRESSIONS_DIR = "impressions"
 ITEMS_FILE = "items.parquet"
 INTERESTS_FILE = "interests.json"
 TITLES_FILE = "titles.parquet"  # optional: item_id -> display title (MovieLens has them)
+USERS_FILE = "users.parquet"  # optional: user_id -> coarse attributes (ML-100K has them)
+UNKNOWN_ATTRIBUTE = "unknown"  # a missing attribute value (and a user without a row)
 MANIFEST_FILE = "DATASET.json"
 SHARD_PATTERN = "part-{:05d}.parquet"
 FORMAT_VERSION = 1
@@ -374,6 +380,40 @@ def read_titles(dir: str) -> Dict[int, str]:
     if "item_id" not in table.column_names or "title" not in table.column_names:
         raise DatasetFormatError(f"{path}: need columns item_id, title; found {table.column_names}")
     return dict(zip(table.column("item_id").to_pylist(), table.column("title").to_pylist()))
+
+
+def write_users(dir: str, user_ids, attributes: Mapping[str, Sequence[str]]) -> str:
+    """users.parquet (user_id string, one string column per attribute): coarse user groups for
+    inclusion slices, e.g. {"gender": [...], "age_group": [...]} aligned with user_ids."""
+    ids = [str(u) for u in user_ids]
+    if len(set(ids)) != len(ids):
+        raise DatasetFormatError(f"{os.path.join(dir, USERS_FILE)}: user_id values are not unique")
+    cols = {"user_id": pa.array(ids, pa.string())}
+    for name, values in attributes.items():
+        if name == "user_id" or len(values) != len(ids):
+            raise ValueError(f"user attribute {name!r}: need a name other than user_id and "
+                             f"{len(ids)} values, got {len(values)}")
+        cols[name] = pa.array([str(v) for v in values], pa.string())
+    path = os.path.join(dir, USERS_FILE)
+    _atomic_write(path, lambda tmp: pq.write_table(pa.table(cols), tmp))
+    return path
+
+
+def read_users(dir: str) -> Optional[pd.DataFrame]:
+    """users.parquet as a DataFrame (user_id and attribute columns, all str), or None when the
+    dataset has no user attributes (synthetic data, MovieLens csv pairs)."""
+    path = os.path.join(dir, USERS_FILE)
+    if not os.path.exists(path):
+        return None
+    table = _read_parquet(path)
+    bad = [f.name for f in table.schema if not _is_string(f.type)]
+    if "user_id" not in table.column_names or bad:
+        raise DatasetFormatError(f"{path}: need a user_id column and string attribute columns; "
+                                 f"found {table.schema}")
+    df = table.to_pandas()
+    if df["user_id"].isna().any() or df["user_id"].duplicated().any():
+        raise DatasetFormatError(f"{path}: user_id values must be present and unique")
+    return df.fillna(UNKNOWN_ATTRIBUTE)
 
 
 def _read_items_table(dir: str) -> pa.Table:
@@ -730,7 +770,7 @@ def clear_dataset(dir: str) -> None:
     """Remove the files this module's layout defines from `dir` (and nothing else), so that a
     regenerated dataset never mixes with stale shards. DATASET.json goes first."""
     import shutil
-    for name in (MANIFEST_FILE, ITEMS_FILE, INTERESTS_FILE, TITLES_FILE):
+    for name in (MANIFEST_FILE, ITEMS_FILE, INTERESTS_FILE, TITLES_FILE, USERS_FILE):
         p = os.path.join(dir, name)
         if os.path.exists(p):
             os.remove(p)

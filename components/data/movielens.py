@@ -44,7 +44,7 @@ from pipeline import pinned_wheel
 from pipeline.artifacts import sha256_file
 
 # Bump whenever the conversion's output for the same inputs changes (invalidates caches).
-CONVERSION_VERSION = 2
+CONVERSION_VERSION = 3  # 3: users.parquet (gender, age_group) from ml-100k.user
 RECBOLE_VERSION = "1.2.1"
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
@@ -145,7 +145,7 @@ def fetch_movielens_100k(cache_dir: str = "") -> str:
                 with zf.open(info) as src, open(os.path.join(staging, name), "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 files[name] = sha256_file(os.path.join(staging, name))
-        for needed in ("ml-100k.inter", "ml-100k.item"):
+        for needed in ("ml-100k.inter", "ml-100k.item", "ml-100k.user"):
             if needed not in files:
                 raise MovieLensFetchError(f"{RECBOLE_WHEEL} lacks {ML100K_PREFIX}{needed}")
         with open(os.path.join(staging, MARKER_FILE), "w") as f:
@@ -201,6 +201,35 @@ def read_atomic_file(path: str) -> pd.DataFrame:
         if typ == "float":
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
     return df.rename(columns=names)
+
+
+# Coarse age groups for inclusion slices: each holds 28-66 of ML-100K's ~180 eval users
+# (docs/protocol.md); finer groups would be too small for an interval.
+AGE_EDGES = (25, 35, 45)
+AGE_GROUPS = ("<25", "25-34", "35-44", "45+")
+GENDERS = {"F": "female", "M": "male"}
+
+
+def age_groups(ages) -> list:
+    """AGE_GROUPS label of every age (years); a missing or non-positive age -> "unknown"."""
+    ages = pd.to_numeric(pd.Series(list(ages), dtype=object), errors="coerce").to_numpy(np.float64)
+    bucket = np.searchsorted(np.asarray(AGE_EDGES), np.nan_to_num(ages, nan=-1.0), side="right")
+    return [AGE_GROUPS[b] if a > 0 else E.UNKNOWN_ATTRIBUTE for a, b in zip(ages, bucket)]
+
+
+def _users_from_100k(path: str) -> pd.DataFrame:
+    """ml-100k.user -> user_id, gender, age_group. Occupation (21 values) and zip code are left
+    out: too fine for ~180 eval users, and the zip code identifies people."""
+    users = read_atomic_file(path)
+    for col in ("user_id", "age", "gender"):
+        if col not in users.columns:
+            raise E.DatasetFormatError(f"{path}: missing column {col!r} "
+                                       f"(found {list(users.columns)})")
+    return pd.DataFrame({
+        "user_id": users["user_id"].astype(str).str.strip(),
+        "gender": [GENDERS.get(g.strip(), E.UNKNOWN_ATTRIBUTE) for g in users["gender"]],
+        "age_group": age_groups(users["age"]),
+    })
 
 
 def _movies_from_100k(path: str) -> pd.DataFrame:
@@ -295,7 +324,9 @@ def convert_movielens_100k(src_dir: str, out_dir: str, *, drop_invalid: bool = F
     """Convert the RecBole ML-100K atomic files in `src_dir` (see fetch_movielens_100k)."""
     inter_path = os.path.join(src_dir, "ml-100k.inter")
     item_path = os.path.join(src_dir, "ml-100k.item")
+    user_path = os.path.join(src_dir, "ml-100k.user")
     movies = _movies_from_100k(item_path)
+    users = _users_from_100k(user_path)
     inter = read_atomic_file(inter_path)
     for col in ("user_id", "item_id", "rating", "timestamp"):
         if col not in inter.columns:
@@ -306,9 +337,10 @@ def convert_movielens_100k(src_dir: str, out_dir: str, *, drop_invalid: bool = F
             "origin": f"PyPI {RECBOLE_WHEEL} ({ML100K_PREFIX})",
             "inputs": {"wheel": {"name": RECBOLE_WHEEL, "sha256": RECBOLE_WHEEL_SHA256},
                        os.path.basename(inter_path): sha256_file(inter_path),
-                       os.path.basename(item_path): sha256_file(item_path)}}
+                       os.path.basename(item_path): sha256_file(item_path),
+                       os.path.basename(user_path): sha256_file(user_path)}}
     return _convert(movies, item_path, [ratings], inter_path, out_dir, info,
-                    drop_invalid=drop_invalid, shard_rows=shard_rows)
+                    drop_invalid=drop_invalid, shard_rows=shard_rows, user_table=users)
 
 
 def convert_movielens_csv(ratings_csv: str, movies_csv: str, out_dir: str, *,
@@ -358,7 +390,7 @@ def _check_ratings_columns(reader, path: str) -> Iterable[pd.DataFrame]:
 
 def _convert(movies: pd.DataFrame, movies_where: str, rating_chunks: Iterable[pd.DataFrame],
              ratings_where: str, out_dir: str, info: dict, *, drop_invalid: bool,
-             shard_rows: int) -> dict:
+             shard_rows: int, user_table: pd.DataFrame | None = None) -> dict:
     item_ids = _movie_ids(movies, movies_where)
     genre_names = sorted({g for gs in movies["genres"] for g in gs})
     fallbacks = {  # items whose content feature is unknown (zeros, or ML-100K's "unknown" genre)
@@ -373,6 +405,9 @@ def _convert(movies: pd.DataFrame, movies_where: str, rating_chunks: Iterable[pd
     E.clear_dataset(out_dir)
     E.write_items(out_dir, item_ids, emb, interests, genre_names)
     E.write_titles(out_dir, item_ids, movies["title"].astype(str).str.strip().tolist())
+    if user_table is not None:
+        E.write_users(out_dir, user_table["user_id"],
+                      {c: user_table[c].tolist() for c in user_table.columns if c != "user_id"})
     known = pd.Index(item_ids)
     report = E.ProblemReport(ratings_where)
     users: set = set()
@@ -433,6 +468,9 @@ def _convert(movies: pd.DataFrame, movies_where: str, rating_chunks: Iterable[pd
         "time_range": [ts_min, ts_max] if n_events else None,
         "fallbacks": {k: {"count": v, "of": len(item_ids)} for k, v in fallbacks.items()},
     }
+    if user_table is not None:  # group sizes of the attribute table (all users, not only raters)
+        summary["user_attributes"] = {c: {str(k): int(v) for k, v in user_table[c].value_counts(
+            ).sort_index().items()} for c in user_table.columns if c != "user_id"}
     E.write_dataset_manifest(out_dir, summary)
     return summary
 

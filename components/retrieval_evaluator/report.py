@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from components.retrieval_evaluator.metrics import PER_USER
+from components.retrieval_evaluator.slices import slice_gate_reasons
 
 CANDIDATE, LAST_BLESSED = "candidate", "last_blessed"
 
@@ -32,7 +33,9 @@ def _value(m: dict, key: str) -> float:
 def gate_decision(methods: dict, comparison: dict | None, *, k: int, min_recall: float,
                   min_coverage: float, max_recall_drop: float,
                   min_lift_over_popularity: float | None = None,
-                  confidence: float = 0.95) -> dict:
+                  confidence: float = 0.95, slices: dict | None = None,
+                  gate_slices: tuple = (),
+                  min_slice_lift_over_popularity: float | None = None) -> dict:
     """Bless only if, for the candidate (`methods["candidate"]`):
     - recall@k >= min_recall and p90_coverage@k >= min_coverage (a collapsed model can keep
       recall while serving everyone the same few items);
@@ -42,7 +45,9 @@ def gate_decision(methods: dict, comparison: dict | None, *, k: int, min_recall:
       max_recall_drop *with the given confidence*: refused when the one-sided upper bound of the
       paired per-user difference is below -max_recall_drop. Retraining the same model with
       another seed moves recall by more than the interval of one user sample, so a point rule
-      would refuse equally good models by chance.
+      would refuse equally good models by chance;
+    - on every reported slice (slices.slice_report) of the families in `gate_slices`, it beats
+      popularity: lift > min_slice_lift_over_popularity (None: slices reported, not gated).
     `comparison` is stats.compare's output (paired bootstrap over users). Missing or NaN numbers
     fail their check. Returns {"blessed", "reasons" (one line per failed check, with the
     numbers), "thresholds", "popularity"}."""
@@ -62,6 +67,9 @@ def gate_decision(methods: dict, comparison: dict | None, *, k: int, min_recall:
                     else "popularity (no baseline computed)")
             reasons.append(f"recall@{k} {recall:.4f} does not beat {what}: lift {lift:+.1%} <= "
                            f"min_lift_over_popularity {min_lift_over_popularity:+.1%}")
+    if min_slice_lift_over_popularity is not None:
+        reasons += slice_gate_reasons(slices, gate_slices, k=k,
+                                      min_lift=min_slice_lift_over_popularity)
     if LAST_BLESSED in methods:
         row = (comparison or {}).get(LAST_BLESSED)
         upper = float("nan") if row is None else float(row["diff_upper"])
@@ -78,7 +86,8 @@ def gate_decision(methods: dict, comparison: dict | None, *, k: int, min_recall:
         "thresholds": {"k": k, "min_recall": min_recall, "min_coverage": min_coverage,
                        "max_recall_drop": max_recall_drop,
                        "min_lift_over_popularity": min_lift_over_popularity,
-                       "confidence": confidence},
+                       "confidence": confidence, "gate_slices": list(gate_slices),
+                       "min_slice_lift_over_popularity": min_slice_lift_over_popularity},
     }
 
 
@@ -146,6 +155,69 @@ def _plot(path: str, methods: dict, comparison: dict | None) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _plot_slices(path: str, slices: dict, k: int) -> None:
+    """One panel per slice family: candidate and popularity recall@k per slice, with intervals."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fams = [(f, d["slices"]) for f, d in slices["families"].items() if d["slices"]]
+    fig = Figure(figsize=(3.6 * max(len(fams), 1), 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(len(fams), 1), squeeze=False)
+    pop = slices.get("popularity")
+    for ax, (family, rows) in zip(axes[0], fams):
+        x = list(range(len(rows)))
+        series = [(CANDIDATE, "candidate", _COLORS[CANDIDATE])]
+        if pop:
+            series.append((pop, "popularity", "tab:orange"))
+        width = 0.8 / len(series)
+        for j, (label, key, color) in enumerate(series):
+            vals = [float("nan") if r[key] is None else r[key]["mean"] for r in rows]
+            err = [[max(v - (r[key] or {}).get("interval", [v, v])[0], 0) for v, r in zip(vals, rows)],
+                   [max((r[key] or {}).get("interval", [v, v])[1] - v, 0) for v, r in zip(vals, rows)]]
+            ax.bar([i + (j - (len(series) - 1) / 2) * width for i in x], vals, width, yerr=err,
+                   capsize=2, color=color, label=label)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{r['value']}\n({r['num_users']})" for r in rows], fontsize=7)
+        ax.set_title(f"recall@{k} by {family}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _slices_html(slices: dict | None, k: int) -> str:
+    if not slices or not slices.get("families"):
+        return ""
+    pop = slices.get("popularity")
+    parts = [f"<h3>Slices: recall@{k} per slice (users with at least {slices['min_users']} "
+             f"per slice; 95 % bootstrap intervals)</h3>",
+             "<table><tr><th>slice</th><th>users</th><th>candidate</th><th>interval</th>"
+             f"<th>{html.escape(str(pop))}</th><th>candidate's lift</th>"
+             "<th>P(candidate worse)</th></tr>"]
+    notes = []
+    for family, d in slices["families"].items():
+        for r in d["slices"]:
+            c, p = r["candidate"], r.get("popularity") or {}
+            parts.append(
+                f"<tr><td>{html.escape(family)} = {html.escape(str(r['value']))}</td>"
+                f"<td>{r['num_users']}</td><td>{_fmt(c['mean'])}</td>"
+                f"<td>[{_fmt(c['interval'][0])}, {_fmt(c['interval'][1])}]</td>"
+                f"<td>{_fmt(p.get('mean'))}</td>"
+                f"<td>{_pct(r.get('lift'), r.get('lift_interval'))}</td>"
+                f"<td>{_fmt(r.get('p_worse'))}</td></tr>")
+        for r in d["skipped"]:
+            notes.append(f"{family} = {r['value']}: {r['num_users']} users, skipped")
+        gap = d.get("gap")
+        if gap:
+            lo, hi = gap["diff_interval"]
+            notes.append(f"{family}: best group {gap['best']} minus worst group {gap['worst']} "
+                         f"= {_fmt(gap['diff'])} [{_fmt(lo)}, {_fmt(hi)}]")
+    parts.append("</table>")
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    return "\n".join(parts)
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "&mdash;"
@@ -163,7 +235,8 @@ def _pct(v, interval=None) -> str:
     return out
 
 
-def _html(methods: dict, comparison: dict | None, gate: dict, png: bytes) -> str:
+def _html(methods: dict, comparison: dict | None, gate: dict, png: bytes,
+          slices: dict | None = None, slices_png: bytes | None = None) -> str:
     cand = methods[CANDIDATE]
     k = gate.get("thresholds", {}).get("k", 10)
     keys = [key for key in cand if not isinstance(cand[key], dict)]
@@ -186,6 +259,10 @@ def _html(methods: dict, comparison: dict | None, gate: dict, png: bytes) -> str
     verdict = "BLESSED" if gate["blessed"] else "NOT BLESSED"
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in gate.get("reasons", []))
     image = base64.b64encode(png).decode("ascii")
+    slice_part = _slices_html(slices, k)
+    if slices_png:
+        slice_part += ('\n<img alt="slices chart" src="data:image/png;base64,'
+                       f'{base64.b64encode(slices_png).decode("ascii")}">')
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Retrieval evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
@@ -205,6 +282,7 @@ anchor: popularity over all time or a trailing window, and item-to-item co-occur
 user's recent positives. "popularity" in the gate is the stronger of the popularity baselines
 ({html.escape(str(gate.get('popularity')))}).</p>
 <img alt="summary chart" src="data:image/png;base64,{image}">
+{slice_part}
 <h3>All metrics</h3>
 <table><tr><th>metric</th>{head}</tr>
 {rows}
@@ -215,23 +293,32 @@ user's recent positives. "popularity" in the gate is the stronger of the popular
 """
 
 
-def write_report(out_dir: str, methods: dict, comparison: dict | None, gate: dict) -> dict:
+def write_report(out_dir: str, methods: dict, comparison: dict | None, gate: dict,
+                 slices: dict | None = None) -> dict:
     """Write `metrics.json` ({"candidate", "baseline" (the last blessed model or null),
-    "methods" {name: metrics}, "comparison", "gate"}; NaN stored as null, dict keys as strings),
-    `summary.png` and `summary.html` into out_dir. `methods` maps names to metrics dicts
-    ("candidate" first), `gate` is `gate_decision`'s output. Returns the three paths."""
+    "methods" {name: metrics}, "comparison", "gate", "slices" (slices.slice_report's output or
+    null)}; NaN stored as null, dict keys as strings), `summary.png`, `slices.png` (when some
+    slice was reported) and `summary.html` into out_dir. `methods` maps names to metrics dicts
+    ("candidate" first), `gate` is `gate_decision`'s output. Returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, file) for name, file in
              (("metrics_json", "metrics.json"), ("summary_png", "summary.png"),
               ("summary_html", "summary.html"))}
     methods = {n: {key: v for key, v in m.items() if key != PER_USER} for n, m in methods.items()}
     record = _jsonable({"candidate": methods[CANDIDATE], "baseline": methods.get(LAST_BLESSED),
-                        "methods": methods, "comparison": comparison, "gate": gate})
+                        "methods": methods, "comparison": comparison, "gate": gate,
+                        "slices": slices})
     with open(paths["metrics_json"], "w") as f:
         json.dump(record, f, indent=2, sort_keys=True, allow_nan=False)
     _plot(paths["summary_png"], methods, comparison)
     with open(paths["summary_png"], "rb") as f:
         png = f.read()
+    slices_png = None
+    if slices and any(d["slices"] for d in slices["families"].values()):
+        paths["slices_png"] = os.path.join(out_dir, "slices.png")
+        _plot_slices(paths["slices_png"], slices, gate.get("thresholds", {}).get("k", 10))
+        with open(paths["slices_png"], "rb") as f:
+            slices_png = f.read()
     with open(paths["summary_html"], "w") as f:
-        f.write(_html(methods, comparison, gate, png))
+        f.write(_html(methods, comparison, gate, png, slices, slices_png))
     return paths

@@ -13,16 +13,23 @@ from numpy.typing import ArrayLike
 
 
 def replicate_means(values: Dict[str, np.ndarray], groups: ArrayLike, n_boot: int = 1000,
-                    seed: int = 0) -> Dict[str, np.ndarray]:
+                    seed: int = 0, within: ArrayLike | None = None) -> Dict[str, np.ndarray]:
     """name -> [n_boot] means of that method's per-example values over resampled user groups.
 
-    values: name -> [n] per-example metric, all aligned with `groups` ([n] user keys)."""
+    values: name -> [n] per-example metric, all aligned with `groups` ([n] user keys).
+    within: optional [n] bool mask: the mean is taken over the resampled examples in the mask
+    only (a slice), while the users are still drawn from all of `groups`. The draws depend only
+    on `groups` and `seed`, so replicates of different slices are paired (their differences are
+    valid replicates of the gap between slices). NaN where a replicate drew nobody in the slice."""
     groups = np.asarray(groups)
     _, g = np.unique(groups, return_inverse=True)
     n_groups = int(g.max()) + 1 if len(g) else 0
     if n_groups == 0:
         return {name: np.full(n_boot, np.nan) for name in values}
-    counts = np.bincount(g, minlength=n_groups).astype(np.float64)
+    mask = np.ones(len(g)) if within is None else np.asarray(within, bool).astype(np.float64)
+    if mask.shape != g.shape:
+        raise ValueError(f"within: {mask.shape} values for {g.shape} examples")
+    counts = np.bincount(g, weights=mask, minlength=n_groups)
     rng = np.random.default_rng(seed)
     w = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(np.float64)
     denom = w @ counts
@@ -31,7 +38,8 @@ def replicate_means(values: Dict[str, np.ndarray], groups: ArrayLike, n_boot: in
         v = np.asarray(v, np.float64)
         if v.shape != g.shape:
             raise ValueError(f"{name}: {v.shape} values for {g.shape} examples")
-        out[name] = (w @ np.bincount(g, weights=v, minlength=n_groups)) / denom
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[name] = (w @ np.bincount(g, weights=v * mask, minlength=n_groups)) / denom
     return out
 
 
@@ -42,25 +50,29 @@ def interval(samples: np.ndarray, level: float = 0.95) -> list:
 
 
 def compare(values: Dict[str, np.ndarray], groups: ArrayLike, candidate: str, n_boot: int = 1000,
-            level: float = 0.95, confidence: float = 0.95, seed: int = 0) -> Dict[str, dict]:
+            level: float = 0.95, confidence: float = 0.95, seed: int = 0,
+            within: ArrayLike | None = None) -> Dict[str, dict]:
     """For every method: mean with interval; for every other method also the candidate's
     relative lift (mean ratio - 1) and paired difference (candidate - method), each with its
     `level` interval, `p_worse` = share of replicates where the candidate's mean is below the
     method's, and `diff_upper` = the one-sided `confidence` upper bound of the difference (the
-    candidate is worse by more than m with that confidence when diff_upper < -m)."""
-    reps = replicate_means(values, groups, n_boot, seed)
+    candidate is worse by more than m with that confidence when diff_upper < -m).
+    within: restrict every mean to a slice of the examples (see replicate_means)."""
+    reps = replicate_means(values, groups, n_boot, seed, within)
+    keep = slice(None) if within is None else np.asarray(within, bool)
+    points = {name: np.asarray(v, np.float64)[keep] for name, v in values.items()}
     out = {}
     cand = reps[candidate]
-    for name, v in values.items():
+    for name, v in points.items():
         row = {"mean": float(np.mean(v)) if len(v) else float("nan"),
                "interval": interval(reps[name], level)}
         if name != candidate:
-            base_mean = float(np.mean(v)) if len(v) else float("nan")
+            base_mean = row["mean"]
             with np.errstate(divide="ignore", invalid="ignore"):
-                row["lift"] = float(np.mean(values[candidate]) / base_mean - 1.0)
+                row["lift"] = float(np.mean(points[candidate]) / base_mean - 1.0)
                 row["lift_interval"] = interval(cand / reps[name] - 1.0, level)
             diff = cand - reps[name]
-            row["diff"] = float(np.mean(values[candidate]) - base_mean)
+            row["diff"] = float(np.mean(points[candidate]) - base_mean)
             row["diff_interval"] = interval(diff, level)
             row["p_worse"] = float(np.mean(diff < 0))
             row["diff_upper"] = float(np.nanquantile(diff, confidence))

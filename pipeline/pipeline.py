@@ -114,7 +114,8 @@ def create_pipeline(
         item_embeddings=item_embedding_gen.outputs["item_embeddings"],
         baseline_model=baseline_resolver.outputs["model"], config_json=cfg.sections_json("eval"),
         input_base=dataset_dir, input_fingerprint=dataset_fingerprint)
-    # AtomicPusher: a version dir appears complete or not at all (kill -9, full disk).
+    # AtomicPusher: a version dir appears complete or not at all (kill -9, full disk), and only
+    # after a canary on eval users, which also become its TF Serving warmup requests.
     pusher = AtomicPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

@@ -737,7 +737,7 @@ def drop_users(dir: str, user_ids: Sequence[str]) -> Dict[str, Any]:
         out["impressions"] += rewrite(path).num_rows
     # Per-user tables: the synthetic world's ground truth and the user attributes table.
     for table in (os.path.join(dir, "ground_truth", "users.parquet"),
-                  os.path.join(dir, "users.parquet")):
+                  os.path.join(dir, USERS_FILE)):
         if os.path.exists(table):
             rewrite(table)
     out["users"] = len(found)

@@ -122,3 +122,18 @@ def test_bad_list_is_one_line_naming_the_setting(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(E.DatasetFormatError, match="data.suppressed_users=.*not a UTF-8 text"):
         sources.dataset_fingerprint(dataclasses.replace(CFG, suppressed_users=str(binary)))
+
+
+def test_user_attribute_table_is_suppressed(full, tmp_path):
+    """users.parquet (ML-100K's gender and age group) loses the listed users' rows too."""
+    import shutil
+
+    d = str(tmp_path / "copy")
+    shutil.copytree(full, d)
+    users = sorted(_events(d).user_id.unique())
+    E.write_users(d, users, {"gender": ["F" if i % 2 else "M" for i in range(len(users))]})
+    gone = E.drop_users(d, [users[3], "nobody"])
+    assert gone["users"] == 1
+    table = pd.read_parquet(os.path.join(d, E.USERS_FILE))
+    assert table.user_id.tolist() == [u for u in users if u != users[3]]
+    assert table.gender.tolist() == ["F" if i % 2 else "M" for i in range(len(users)) if i != 3]

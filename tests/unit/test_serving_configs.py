@@ -252,7 +252,7 @@ def test_k8s_deployment_probes_gpu_volumes_service():
     assert any(p["port"] == C.GRPC_PORT for s in kinds["Service"] for p in s["spec"]["ports"])
 
 
-def test_k8s_network_policy_admits_only_the_recommender_and_prometheus():
+def test_k8s_network_policy_admits_only_the_recommender_the_monitor_and_prometheus():
     kinds = _k8s()
     (policy,) = kinds["NetworkPolicy"]
     labels = kinds["Deployment"][0]["spec"]["template"]["metadata"]["labels"]
@@ -261,8 +261,8 @@ def test_k8s_network_policy_admits_only_the_recommender_and_prometheus():
     assert spec["policyTypes"] == ["Ingress"]  # selecting the pods denies everything else
     rules = {tuple(p["port"] for p in r["ports"]): r["from"] for r in spec["ingress"]}
     assert set(rules) == {(C.GRPC_PORT,), (C.REST_PORT,)}
-    assert rules[(C.GRPC_PORT,)] == [{"podSelector": {"matchLabels": {
-        "app": "pinrank-recommend"}}}]
+    assert rules[(C.GRPC_PORT,)] == [{"podSelector": {"matchLabels": {"app": app}}}
+                                     for app in ("pinrank-recommend", "pinrank-monitor")]
     (prometheus,) = rules[(C.REST_PORT,)]
     assert set(prometheus) == {"namespaceSelector", "podSelector"}  # both: one peer, not two
     # nothing reachable from outside the cluster
@@ -318,16 +318,18 @@ def test_online_commands_parse_with_the_pinrank_cli():
         spec = d["spec"]
         pod = (spec.get("jobTemplate", {}).get("spec", spec) if d["kind"] == "CronJob"
                else spec).get("template", {}).get("spec", {})
-        for c in pod.get("containers", []):
-            containers[d["metadata"]["name"]] = (d, c)
+        cs = pod.get("containers", [])
+        for c in cs:  # a pod of several containers (the monitor): one entry per container
+            name = d["metadata"]["name"]
+            containers[name if len(cs) == 1 else f"{name}/{c['name']}"] = (d, c)
     with open(_path("docker-compose.yml")) as fh:
         compose = yaml.safe_load(fh)["services"]
     argvs = {name: _pinrank_argv(c) for name, (_, c) in containers.items()
              if c["image"] == "pinrank"}
     argvs.update({f"compose:{n}": svc["command"][1:] for n, svc in compose.items()
                   if svc["command"][:1] == ["pinrank"]})
-    assert {"pinrank-ingest", "pinrank-embed-users", "pinrank-recommend", "compose:ingest",
-            "compose:recommend"} <= set(argvs)
+    assert {"pinrank-ingest", "pinrank-embed-users", "pinrank-recommend", "pinrank-purge",
+            "compose:ingest", "compose:recommend"} <= set(argvs)
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     for name, argv in argvs.items():
         args = parser.parse_args(argv)  # SystemExit on an unknown flag
@@ -338,6 +340,17 @@ def test_online_commands_parse_with_the_pinrank_cli():
                 assert host in (services if not name.startswith("compose:") else compose), (name, url)
     rec = parser.parse_args(argvs["pinrank-recommend"])
     assert rec.target == f"pinrank-serving:{C.GRPC_PORT}" and rec.host == "0.0.0.0"
+    # The staleness monitor checks every served model and the daily snapshot, each with a limit.
+    checks = [parser.parse_args(v) for k, v in argvs.items() if k.startswith("pinrank-monitor/")]
+    models = [a for a in checks if a.func.__name__ == "cmd_query_status"]
+    assert sorted(a.model for a in models) == sorted(C.MODEL_NAMES)
+    assert all(a.target == rec.target and a.max_age_hours > 0 for a in models)
+    (snap,) = [a for a in checks if a.func.__name__ == "cmd_query_snapshot"]
+    embed = parser.parse_args(argvs["pinrank-embed-users"])
+    assert snap.store == embed.store and 24 < snap.max_age_hours < 48  # daily job + run time
+    purge = parser.parse_args(argvs["pinrank-purge"])
+    assert purge.store == embed.store and any(
+        v.startswith("online.retention_days=") for v in purge.set)
 
 
 def test_online_pods_match_the_network_policies():
@@ -350,9 +363,12 @@ def test_online_pods_match_the_network_policies():
     (serving_policy,) = _k8s()["NetworkPolicy"]
     admitted = serving_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert admitted.items() <= labels["pinrank-recommend"].items()
+    monitor = serving_policy["spec"]["ingress"][0]["from"][1]["podSelector"]["matchLabels"]
+    assert monitor.items() <= labels["pinrank-monitor"].items()
     (redis_policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
     allowed = [p["podSelector"]["matchLabels"] for p in redis_policy["spec"]["ingress"][0]["from"]]
-    for client in ("pinrank-ingest", "pinrank-embed-users", "pinrank-recommend"):
+    for client in ("pinrank-ingest", "pinrank-embed-users", "pinrank-recommend",
+                   "pinrank-monitor", "pinrank-purge"):
         assert any(a.items() <= labels[client].items() for a in allowed), client
     assert all(d["spec"].get("type", "ClusterIP") == "ClusterIP" for d in docs
                if d["kind"] == "Service")

@@ -232,3 +232,22 @@ def test_report_without_slices_has_no_slice_section(tmp_path):
     assert "slices_png" not in paths
     assert json.load(open(paths["metrics_json"]))["slices"] is None
     assert "Slices" not in open(paths["summary_html"]).read()
+
+
+def test_slice_config_fields_defaults_overrides_and_errors():
+    from pipeline.config import ConfigError, PipelineConfig, apply_overrides, preset
+    e = PipelineConfig().eval
+    assert (e.history_length_edges, e.min_slice_users, e.gate_slices,
+            e.min_slice_lift_over_popularity) == ((20, 100), 20, ("history_length",), 0.0)
+    cfg = apply_overrides(preset("cpu"), [
+        "eval.history_length_edges=[10,50,200]", "eval.min_slice_users=5",
+        'eval.gate_slices=["history_length","gender"]', "eval.min_slice_lift_over_popularity=null"])
+    assert cfg.eval.history_length_edges == (10, 50, 200) and cfg.eval.min_slice_users == 5
+    assert cfg.eval.gate_slices == ("history_length", "gender")
+    assert cfg.eval.min_slice_lift_over_popularity is None
+    assert PipelineConfig.from_json(cfg.sections_json("eval")).eval == cfg.eval
+    with pytest.raises(ConfigError, match="eval.history_length_edges must be non-negative and "
+                                          r"strictly increasing, got \[50, 10\]"):
+        apply_overrides(preset("cpu"), ["eval.history_length_edges=[50,10]"])
+    with pytest.raises(ConfigError, match="eval.min_slice_users must be >= 1, got 0"):
+        apply_overrides(preset("cpu"), ["eval.min_slice_users=0"])

@@ -401,11 +401,23 @@ def write_users(dir: str, user_ids, attributes: Mapping[str, Sequence[str]]) -> 
 
 def read_users(dir: str) -> Optional[pd.DataFrame]:
     """users.parquet as a DataFrame (user_id and attribute columns, all str), or None when the
-    dataset has no user attributes (synthetic data, MovieLens csv pairs)."""
+    dataset has no user attributes (synthetic data, MovieLens csv pairs). `dir` may be a URI
+    (gs://, file://): the RetrievalEvaluator reads it from the pipeline's dataset_dir, which is
+    remote on Vertex, and a remote table must not silently count as absent."""
     path = os.path.join(dir, USERS_FILE)
-    if not os.path.exists(path):
+    if "://" in dir:
+        import pyarrow.fs as pafs
+        fs, where = pafs.FileSystem.from_uri(path)
+        if fs.get_file_info(where).type == pafs.FileType.NotFound:
+            return None
+        try:
+            table = pq.read_table(where, filesystem=fs)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DatasetFormatError(f"{path}: not a readable parquet file: {e}") from None
+    elif not os.path.exists(path):
         return None
-    table = _read_parquet(path)
+    else:
+        table = _read_parquet(path)
     bad = [f.name for f in table.schema if not _is_string(f.type)]
     if "user_id" not in table.column_names or bad:
         raise DatasetFormatError(f"{path}: need a user_id column and string attribute columns; "

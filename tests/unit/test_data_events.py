@@ -305,8 +305,9 @@ def test_users_roundtrip_missing_table_and_clear(tmp_path):
     users = E.read_users(d)
     assert users.to_dict("list") == {"user_id": ["3", "1"], "gender": ["female", "male"],
                                      "age_group": ["<25", "45+"]}
+    assert E.read_users("file://" + d).equals(users)  # URIs (gs:// on Vertex) read the same
     E.clear_dataset(d)
-    assert E.read_users(d) is None
+    assert E.read_users(d) is None and E.read_users("file://" + d) is None
 
 
 def test_users_table_errors_name_the_file(tmp_path):

@@ -487,8 +487,11 @@ class SqliteActionStore(ActionStore):
             out = {"actions": db.execute("DELETE FROM actions WHERE user_id = ?",
                                          (user,)).rowcount,
                    "seen": db.execute("DELETE FROM seen WHERE user_id = ?", (user,)).rowcount,
-                   "snapshot_rows": db.execute("DELETE FROM snapshot_embeddings WHERE "
-                                               "user_id = ?", (user,)).rowcount}
+                   # Per version: the primary key (as_of, user_id) finds the row, no scan.
+                   "snapshot_rows": sum(db.execute(
+                       "DELETE FROM snapshot_embeddings WHERE as_of = ? AND user_id = ?",
+                       (v, user)).rowcount for (v,) in db.execute(
+                           "SELECT as_of FROM snapshot_versions").fetchall())}
             db.execute("DELETE FROM watermarks WHERE user_id = ?", (user,))
             return out
 

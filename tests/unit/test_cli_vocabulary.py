@@ -24,7 +24,8 @@ PARSERS = dict(_parsers(cli.build_parser()))
 
 def test_the_walk_sees_every_command():
     assert {"pinrank query embed", "pinrank query rank", "pinrank recommend", "pinrank ingest",
-            "pinrank embed-users", "pinrank serve-recs", "pinrank run"} <= set(PARSERS)
+            "pinrank embed-users", "pinrank serve-recs", "pinrank run", "pinrank query snapshot",
+            "pinrank forget-user", "pinrank purge"} <= set(PARSERS)
 
 
 @pytest.mark.parametrize("name", sorted(PARSERS))

@@ -16,6 +16,7 @@ LAYERS = {
     "components.data": 1, "components.item_embedding": 1, "components.types": 1,
     "components.retrieval_evaluator.baselines": 1, "components.retrieval_evaluator.metrics": 1,
     "components.retrieval_evaluator.stats": 1, "components.retrieval_evaluator.report": 1,
+    "components.retrieval_evaluator.slices": 1,
     "components.ranker_eval.hit_at_k": 1, "components.ranker_eval.eval_config": 1,
     "models": 1, "transform": 1,
     "components": 2, "models.pinnerformer.run": 2, "models.realtime.run": 2,

@@ -3,10 +3,12 @@
   pinrank serve-recs --data DATASET_DIR [--target 127.0.0.1:8500] [--port 8080]
       [--set online.store=redis://127.0.0.1:6379/0]
   pinrank recommend --user 1 --data DATASET_DIR [--now-ts TS] [--k 10] [--json]
+  pinrank explain --user 1 --data DATASET_DIR [--item 50] [--now-ts TS] [--actions 20] [--json]
 
 Both build the same Recommender: the action store and snapshot store of `online.*`, the models
 on TF Serving (--target), titles and the cold-start list from the dataset. `recommend` answers
-one request in-process; `serve-recs` answers HTTP. Heavy imports happen inside the commands.
+one request in-process; `serve-recs` answers HTTP; `explain` repeats one request without parts of
+its input (serving/explain.py). Heavy imports happen inside the commands.
 """
 from __future__ import annotations
 
@@ -48,6 +50,22 @@ def add_subcommands(subparsers) -> None:
     r.add_argument("--now-ts", type=int, help="request time, unix s (default: now)")
     r.add_argument("--json", action="store_true", help="print the response as JSON")
     r.set_defaults(func=cmd_recommend)
+
+    x = subparsers.add_parser(
+        "explain", help="why a user gets an item: the request again without each feature "
+                        "group and without each recent action",
+        description="Runs the request, then repeats it through the served models without the "
+                    "PinnerFormer embedding, without the realtime actions, and without each of "
+                    "the newest actions: the item's utility and retrieval rank each time.")
+    x.add_argument("--user", required=True, help="user id")
+    x.add_argument("--item", type=int, help="item to explain (default: the top answer)")
+    _common(x)
+    x.add_argument("--surface", help="request surface (default online.surface)")
+    x.add_argument("--now-ts", type=int, help="request time, unix s (default: now)")
+    x.add_argument("--actions", type=int, default=20, help="newest actions to leave out, one "
+                                                           "at a time")
+    x.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    x.set_defaults(func=cmd_explain)
 
 
 def build_recommender(args, cfg):
@@ -100,6 +118,31 @@ def cmd_recommend(args) -> int:
         sys.stdout.write("\n")
     else:
         print(format_recommendations(out))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from serving.explain import explain, format_explanation
+    from serving.service import ServiceError
+
+    cfg = config_from_args(args)
+    if args.actions < 0:
+        raise SystemExit(f"--actions={args.actions}: must be >= 0")
+    rec, closers = build_recommender(args, cfg)
+    try:
+        out = explain(rec, args.user, request_ts=args.now_ts, item_id=args.item,
+                      surface=args.surface, max_actions=args.actions)
+    except ServiceError as e:
+        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        return 2 if e.status == 400 else 1
+    finally:
+        for c in closers:
+            c.close()
+    if args.json:
+        json.dump(out.to_dict(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(format_explanation(out))
     return 0
 
 

@@ -212,9 +212,9 @@ class Recommender:
 
         t = time.perf_counter()
         try:
-            cand, cand_scores, models[self.pf_model], pf_dim = self._retrieve(events, snapshot,
+            cand, cand_scores, models[self.pf_model], pf_dim = self.retrieve(events, snapshot,
                                                                               seen)
-        except _ModelUnavailable as e:
+        except ModelUnavailable as e:
             log.warning("retrieval unavailable: %s; answering the cold-start list", e)
             degraded.append(f"retrieval unavailable: {e}")
             timings["retrieve"] = _ms(t)
@@ -225,23 +225,27 @@ class Recommender:
         heads = None
         if len(cand):
             try:
-                heads, models[self.ranker_model] = self._rank(user_id, now, surface, events,
+                heads, models[self.ranker_model] = self.rank(user_id, now, surface, events,
                                                               snapshot, cand, pf_dim)
-            except _ModelUnavailable as e:
+            except ModelUnavailable as e:
                 log.warning("ranker unavailable: %s; answering retrieval order", e)
                 degraded.append(f"ranker unavailable: {e}")
         timings["rank"] = _ms(t)
         if heads is None:
             return answer(RETRIEVAL_ONLY, self._listed(cand[:k], cand_scores[:k]), len(cand))
-        weights = dict(zip(F.HEADS, online.rank_weights))
+        utility = self.utility(heads)
         used = [h for h in F.HEADS if h in heads]
-        utility = np.sum([weights[h] * heads[h] for h in used], axis=0)
         order = np.lexsort((cand, -utility))[:k]  # utility desc, then item id
         items = self._listed(cand[order], cand_scores[order])
         for item, i in zip(items, order):
             item["utility"] = float(utility[i])
             item["scores"] = {h: float(heads[h][i]) for h in used}
         return answer(RANKED, items, len(cand))
+
+    def utility(self, heads: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The ranking utility: the heads weighted by online.rank_weights (hide's is negative)."""
+        weights = dict(zip(F.HEADS, self.cfg.online.rank_weights))
+        return np.sum([weights[h] * heads[h] for h in F.HEADS if h in heads], axis=0)
 
     def _listed(self, ids, scores=None) -> List[Dict[str, Any]]:
         """ids [n] (and retrieval scores [n], None for lists that were not retrieved)."""
@@ -250,7 +254,7 @@ class Recommender:
                 for j, i in enumerate(ids)]
 
     # -- model calls ----------------------------------------------------------------------
-    def _retrieve(self, events, snapshot, seen):
+    def retrieve(self, events, snapshot, seen):
         """(candidate ids, scores, pinnerformer version, embedding dimension D): every item the
         user acted on before the request excluded (`seen`, beyond the history's window too)."""
         n = self.cfg.online.num_candidates
@@ -273,31 +277,31 @@ class Recommender:
         keep = ids != C.PAD_ITEM
         return ids[keep].astype(np.int64), scores[keep].astype(np.float64), int(version), dim
 
-    def _rank(self, user_id: str, now: int, surface: str, events, snapshot, cand: np.ndarray,
-              pf_dim: int):
-        """({head: scores [N]}, ranker version), or _ModelUnavailable."""
+    def rank(self, user_id: str, now: int, surface: str, events, snapshot, cand: np.ndarray,
+             pf_dim: int):
+        """({head: scores [N]}, ranker version), or ModelUnavailable."""
         try:
             served = served_ranker(self.client, self.ranker_model)
             if served is None:
-                raise _ModelUnavailable(f"{self.ranker_model} has no AVAILABLE version with a "
+                raise ModelUnavailable(f"{self.ranker_model} has no AVAILABLE version with a "
                                         f"{C.RANK!r} signature")
             version, sig = served
             feats = self.request_features(user_id, now, surface, events, snapshot, pf_dim)
             inputs = rank_inputs(feats, cand)
             missing = sorted(set(sig.inputs) - set(inputs))
             if missing:
-                raise _ModelUnavailable(f"{self.ranker_model} v{version} wants inputs {missing} "
+                raise ModelUnavailable(f"{self.ranker_model} v{version} wants inputs {missing} "
                                         f"the request path does not build")
             out, served_version = self.client.predict_versioned(
                 self.ranker_model, C.RANK, _cast(inputs, sig), version)
-        except _ModelUnavailable:
+        except ModelUnavailable:
             raise
         except Exception as e:  # sorted by _check_unavailable
             raise _check_unavailable(e, self.ranker_model) from None
         heads = {h: np.reshape(np.asarray(v, np.float64), (-1,)) for h, v in out.items()
                  if h in F.HEADS}
         if not heads:
-            raise _ModelUnavailable(f"{self.ranker_model} v{served_version} returned no head "
+            raise ModelUnavailable(f"{self.ranker_model} v{served_version} returned no head "
                                     f"of {F.HEADS}")
         return heads, int(served_version)
 
@@ -329,16 +333,16 @@ def served_ranker(client, model: str = C.RANKER):
     return version, sigs[C.RANK]
 
 
-class _ModelUnavailable(Exception):
+class ModelUnavailable(Exception):
     pass
 
 
 def _check_unavailable(e: Exception, model: str) -> Exception:
-    """A serving failure becomes _ModelUnavailable (degrade); anything else is re-raised."""
+    """A serving failure becomes ModelUnavailable (degrade); anything else is re-raised."""
     from serving.client import ServingError
 
     if isinstance(e, ServingError) and e.code.name in _UNAVAILABLE:
-        return _ModelUnavailable(f"{model}: {e.code.name}: {e.details}")
+        return ModelUnavailable(f"{model}: {e.code.name}: {e.details}")
     return e
 
 

@@ -90,7 +90,9 @@ def _recommender(world, store, cfg=None, target=None, snapshot_store=None):
     from serving.service import ColdStart, Recommender
 
     cfg = cfg or preset("cpu", "movielens").replace(online={"num_candidates": 8, "k": 5})
-    client = ServingClient(target or world["server"].target, timeout_s=5, retries=1)
+    # A generous deadline: the first call to a freshly loaded model traces it, which takes
+    # seconds on a busy 2-core machine.
+    client = ServingClient(target or world["server"].target, timeout_s=30, retries=1)
     return Recommender(client, store, cfg, titles=ev.read_titles(world["data"]),
                        cold_start=ColdStart.from_dataset(world["data"], 28),
                        snapshot_store=snapshot_store)
@@ -274,3 +276,71 @@ def test_openapi_file_is_the_served_description():
 
     with open(os.path.join(C.DEPLOY_DIR, "openapi.json")) as f:
         assert json.load(f) == recs_http.OPENAPI
+
+
+def test_explain_repeats_the_request_without_each_part(world, store, capsys):
+    """Each explained variant equals the served signatures called by hand on the same request
+    with that part removed: utility from the toy ranker in process, retrieval rank from the toy
+    PinnerFormer's embedding of the shortened history."""
+    import tensorflow as tf
+
+    from pipeline import cli as pinrank_cli
+    from serving import service as S
+    from serving.explain import explain, format_explanation
+
+    snap = _fill_store(store, world["events"], _sigs(world["pf"]))
+    T.push_version(world["rk"], str(world["serving"] / C.RANKER), 2)
+    rec = _recommender(world, store)
+    rec.client.wait_until_available(C.RANKER, timeout_s=30)
+    x = explain(rec, "a", request_ts=NOW, max_actions=3)
+    top = rec.recommend("a", request_ts=NOW).items[0]
+    assert x.item_id == top["item_id"] and x.position == 1 and x.mode == S.RANKED
+    assert x.utility == pytest.approx(top["utility"], rel=1e-6)
+
+    sig = _sigs(world["rk"])[C.RANK]
+    w = dict(zip(F.HEADS, rec.cfg.online.rank_weights))
+
+    def utility_by_hand(events_df, snapshot):
+        hist = rf.sort_events({k: events_df[k].to_numpy() for k in ("item_id", "action",
+                                                                    "timestamp", "duration",
+                                                                    "surface")})
+        feats = rec.request_features("a", NOW, "homefeed", hist, snapshot, 4)
+        inputs = S.rank_inputs(feats, np.array([x.item_id]))
+        out = sig(**{k: tf.constant(inputs[k]) for k in sig.structured_input_signature[1]})
+        return float(sum(w[h] * out[h].numpy()[0] for h in F.HEADS))
+
+    e = world["events"]
+    mine = e[(e.user_id == "a") & (e.timestamp < NOW)].sort_values("timestamp", kind="stable")
+    assert x.utility == pytest.approx(utility_by_hand(mine, (snap, 0)), rel=1e-5)
+    by_name = {g["without"]: g for g in x.groups}
+    assert by_name["PinnerFormer embedding"]["utility"] == pytest.approx(
+        utility_by_hand(mine, None), rel=1e-5)
+    assert by_name["both (request context only)"]["utility"] == pytest.approx(
+        utility_by_hand(mine.iloc[:0], None), rel=1e-5)
+
+    sigs = _sigs(world["pf"])
+    items = sigs[C.ITEM_EMBEDDING](item_id=tf.constant(CATALOG))[C.EMBEDDING].numpy()
+    seen = set(mine.item_id)
+    assert [a["timestamp"] for a in x.actions] == mine.timestamp.tolist()[::-1][:3]
+    for j, a in enumerate(x.actions):
+        rest = mine.drop(mine.index[len(mine) - 1 - j])
+        u = sigs[C.EMBED_RAW](**{k: tf.constant(v) for k, v in _embed_inputs(
+            pd.concat([rest, e[e.user_id != "a"]]), "a", NOW).items()})[C.EMBEDDING].numpy()[0]
+        scores = items @ u
+        order = [CATALOG[i] for i in np.lexsort((CATALOG, -scores)) if CATALOG[i] not in seen][:8]
+        want = order.index(x.item_id) + 1 if x.item_id in order else None
+        assert a["retrieval_rank"] == want
+        assert a["utility"] == pytest.approx(utility_by_hand(rest, (snap, 0)), rel=1e-5)
+        assert a["change"] == pytest.approx(a["utility"] - x.utility, abs=1e-9)
+    assert "retrieval rank" in format_explanation(x)
+
+    with pytest.raises(S.ServiceError, match="not among"):
+        explain(rec, "a", request_ts=NOW, item_id=next(iter(seen)))  # acted on: never retrieved
+    args = ["explain", "--user", "a", "--data", world["data"], "--target",
+            world["server"].target, "--now-ts", str(NOW), "--set", f"online.store={store.url}",
+            "--set", "online.k=5", "--set", "online.num_candidates=8", "--actions", "2"]
+    assert pinrank_cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "answer #1" in out and "the newest 2 actions" in out
+    assert pinrank_cli.main(args + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["item_id"] == x.item_id

@@ -11,7 +11,14 @@ its temporary directory and raises PushError, one line naming the serving dir; a
 leaves only a `.tmp-*` directory, removed by the next push. What serves before a failed push
 keeps serving: nothing under `<base>/<number>` is touched.
 
-Object stores (gs://, s3://) have no atomic directory rename: there the stock executor runs.
+Before the rename, the copy is canaried (components/canary.py): loaded in a fresh process, every
+serving signature run on requests built from the `examples` input's eval split, which are then
+written as the version's TF Serving warmup file (`assets.extra/tf_serving_warmup_requests`). A
+version that does not load, fails a request or answers NaN/inf is refused with CanaryError (a
+PushError) and never appears in the serving dir.
+
+Object stores (gs://, s3://) have no atomic directory rename: there the stock executor runs,
+without canary.
 """
 from __future__ import annotations
 
@@ -19,19 +26,22 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, proto_utils
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter
+from tfx.utils import io_utils, json_utils, proto_utils
 from tfx.v1.components import Pusher
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
+EXAMPLES_KEY = "examples"  # the eval examples the canary builds its requests from
+EVAL_SPLIT = "eval"
 
 
 class PushError(Exception):
@@ -73,9 +83,12 @@ def _copy_tree(src: str, dst: str) -> None:
             shutil.copyfile(os.path.join(root, f), os.path.join(out, f))
 
 
-def publish(model_path: str, base_dir: str, version: str) -> str:
+def publish(model_path: str, base_dir: str, version: str,
+            check: Optional[Callable[[str], Any]] = None) -> str:
     """Copies the SavedModel dir `model_path` to `<base_dir>/<version>` atomically and returns
-    that path. An existing version dir is kept as it is (the stock Pusher skips it too)."""
+    that path. An existing version dir is kept as it is (the stock Pusher skips it too).
+    `check(copy)` runs on the complete copy before the rename (the canary); what it raises
+    propagates, and the copy is removed."""
     final = os.path.join(base_dir, version)
     tmp = os.path.join(base_dir, f"{TMP_PREFIX}{version}-{os.getpid()}")
     try:
@@ -85,12 +98,26 @@ def publish(model_path: str, base_dir: str, version: str) -> str:
             log.info("%s already exists, skipping the push", final)
             return final
         _copy_tree(model_path, tmp)
+        if check is not None:
+            check(tmp)
         os.rename(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise PushError(f"cannot push the model to serving dir {base_dir}: {e.strerror or e}",
                         e.errno or 0) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
+
+
+def eval_example_files(examples: List[types.Artifact]) -> List[str]:
+    """The files of the eval split of an Examples channel (empty without one)."""
+    if not examples:
+        return []
+    uri = artifact_utils.get_split_uri(examples, EVAL_SPLIT)
+    return sorted(f for f in (os.path.join(uri, n) for n in os.listdir(uri))
+                  if os.path.isfile(f))
 
 
 class Executor(pusher_executor.Executor):
@@ -114,14 +141,49 @@ class Executor(pusher_executor.Executor):
             return None
         model_path = self.GetModelPath(input_dict)
         version = str(int(time.time()))  # the stock Pusher's versioning (UNIX_TIMESTAMP)
-        serving_path = publish(model_path, base, version)
+        from components import canary  # imports this module
+
+        files = eval_example_files(input_dict.get(EXAMPLES_KEY, []))
+        if not files:
+            log.warning("no eval examples wired to the Pusher: the canary only loads the model "
+                        "and no warmup file is written")
+
+        def check(copy: str) -> None:
+            n = canary.check(copy, files)
+            log.info("canary passed: %d requests on every signature, written as the warmup file",
+                     n)
+
+        serving_path = publish(model_path, base, version, check)
         log.info("model written to serving path %s", serving_path)
         io_utils.copy_dir(model_path, model_push.uri)  # the Pusher's archive copy
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
         return None
 
 
-class AtomicPusher(Pusher):
-    """tfx Pusher whose filesystem push never shows a partial version (see module doc)."""
+class AtomicPusherSpec(standard_component_specs.PusherSpec):
+    """PusherSpec plus the eval examples the canary builds its requests from."""
 
+    INPUTS = {**standard_component_specs.PusherSpec.INPUTS,
+              EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True)}
+
+
+class AtomicPusher(Pusher):
+    """tfx Pusher whose filesystem push is canaried and never shows a partial version (see
+    module doc). `examples`: the Examples channel whose eval split the canary's requests (and
+    the warmup file) are built from."""
+
+    SPEC_CLASS = AtomicPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, *, model: types.BaseChannel,
+                 push_destination: pusher_pb2.PushDestination,
+                 model_blessing: Optional[types.BaseChannel] = None,
+                 examples: Optional[types.BaseChannel] = None,
+                 custom_config: Optional[Dict[str, Any]] = None):
+        # Pusher.__init__ would build a plain PusherSpec; the rest of its checks do not apply
+        # (model and push_destination are required here).
+        spec = AtomicPusherSpec(
+            model=model, model_blessing=model_blessing, examples=examples,
+            push_destination=push_destination, custom_config=json_utils.dumps(custom_config),
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel))
+        base_component.BaseComponent.__init__(self, spec=spec)

@@ -118,6 +118,7 @@ def create_pipeline(
     # after a canary on eval users, which also become its TF Serving warmup requests.
     pusher = AtomicPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        examples=example_gen.outputs["examples"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(serving_dir, PINNERFORMER_MODEL_NAME))),
@@ -188,6 +189,7 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
         baseline_model=resolver.outputs["model"])
     pusher = AtomicPusher(
         model=trainer.outputs["model"], model_blessing=check.outputs["blessing"],
+        examples=ranking_gen.outputs["examples"],  # canary / warmup: eval requests
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(serving_dir, RANKER_MODEL_NAME))),

@@ -90,3 +90,15 @@ SERVING_IMAGE = "tensorflow/serving:2.16.1-gpu"
 SIGNATURE_DEF_MAP_TYPE_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 SIGNATURE_DEF_FIELD = "signature_def"
 SAVED_MODEL_INIT_OP = "__saved_model_init_op"  # listed by TF Serving, not callable
+
+# Model warmup (https://www.tensorflow.org/tfx/serving/saved_model_warmup): with
+# --enable_model_warmup TF Serving replays this TFRecord of tensorflow.serving.PredictionLog
+# (relative to the version dir) before it marks the version AVAILABLE, and fails the load if a
+# request fails. AtomicPusher's canary writes it (components/canary.py).
+WARMUP_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
+WARMUP_MAX_RECORDS = 1000  # TF Serving reads at most this many (saved_model_warmup_util.cc)
+# Canary requests per signature, each built from one eval user (PinnerFormer) or one eval
+# request with all its candidates (ranker); retrieve asks for WARMUP_RETRIEVE_K items.
+WARMUP_REQUESTS_PER_SIGNATURE = 4
+WARMUP_RETRIEVE_K = 10

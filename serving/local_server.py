@@ -16,6 +16,11 @@ for an unknown signature, NOT_FOUND for unknown models/versions) except that a c
 with no loaded version answers UNAVAILABLE: TF Serving would not have opened its port yet, which
 a client also sees as UNAVAILABLE.
 
+Model warmup as TF Serving's --enable_model_warmup (on by default, as there): a version's
+`assets.extra/tf_serving_warmup_requests` (serving/warmup.py) is replayed after the load and
+before the version is published; a failing request fails the load, so the previous version keeps
+serving.
+
 Optional batching mirrors TF Serving's batching session: concurrent Predict calls for the same
 model version and signature are concatenated along dim 0, padded to `allowed_batch_sizes`, run
 once and split, with the same request constraints (equal dim 0 across inputs, task size <=
@@ -88,8 +93,11 @@ def signature_defs(path: str) -> Dict[str, Any]:
 class Servable:
     """One loaded model version: its callable signatures and their SignatureDefs."""
 
-    def __init__(self, model: str, version: int, path: str, per_model_batching: bool = False):
+    def __init__(self, model: str, version: int, path: str, per_model_batching: bool = False,
+                 warmup: bool = False):
         import tensorflow as tf
+
+        from serving import warmup as W
 
         self.model, self.version, self.path = model, version, path
         # --enable_per_model_batching_parameters: the version's own batching_params.pbtxt
@@ -101,6 +109,11 @@ class Servable:
         self.signature_defs = signature_defs(path)
         self._loaded = tf.saved_model.load(path, tags=["serve"])
         self.functions = dict(self._loaded.signatures)
+        if warmup:  # W.WarmupError fails the load, as in TF Serving
+            requests = W.read(path)
+            if requests:
+                W.replay(self, requests)
+                log.info("%s v%d: replayed %d warmup requests", model, version, len(requests))
 
     def run(self, signature: str, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         import tensorflow as tf
@@ -190,7 +203,7 @@ class ModelManager:
 
     def __init__(self, sources: Sequence[ModelSource] = (), model_root: Optional[str] = None,
                  num_versions: int = C.NUM_VERSIONS, max_load_retries: int = 5,
-                 per_model_batching: bool = False):
+                 per_model_batching: bool = False, enable_model_warmup: bool = True):
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._models: Dict[str, _Model] = {s.name: _Model(s) for s in sources}
@@ -198,6 +211,7 @@ class ModelManager:
         self._num_versions = num_versions
         self._max_load_retries = max_load_retries
         self._per_model_batching = per_model_batching
+        self._warmup = enable_model_warmup
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -258,7 +272,7 @@ class ModelManager:
         fp = _fingerprint(path)
         t0 = time.monotonic()
         try:
-            servable = Servable(name, v, path, self._per_model_batching)
+            servable = Servable(name, v, path, self._per_model_batching, self._warmup)
         except Exception as e:
             attempts = model.load_attempts.get(v, (0, fp))[0] + 1
             model.load_attempts[v] = (attempts, fp)
@@ -522,7 +536,7 @@ class BatchScheduler:
 # ------------------------------------------------------------------------------ gRPC services
 
 
-def _check_inputs(sig_def, request_inputs) -> Dict[str, np.ndarray]:
+def check_inputs(sig_def, request_inputs) -> Dict[str, np.ndarray]:
     """Request tensors -> numpy, validated against the SignatureDef (names, dtype, shape)."""
     import tensorflow as tf
     from tensorflow.core.framework import types_pb2
@@ -621,7 +635,7 @@ def _make_servicers(manager: ModelManager, scheduler: Optional[BatchScheduler]):
                 if sig_def is None or signature not in servable.functions:
                     raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                        f'Serving signature key "{signature}" not found.')
-                feed = _check_inputs(sig_def, request.inputs)
+                feed = check_inputs(sig_def, request.inputs)
                 wanted = list(request.output_filter) or list(sig_def.outputs)
                 unknown = [o for o in wanted if o not in sig_def.outputs]
                 if unknown:
@@ -735,7 +749,8 @@ def serve(model_base_path: Optional[str] = None, model_config_file: Optional[str
           num_versions: int = C.NUM_VERSIONS, enable_batching: bool = False,
           batching_parameters: Optional[BatchingParameters] = None,
           per_model_batching: bool = False, max_workers: int = 32,
-          max_load_retries: int = 5, max_message_bytes: int = 64 << 20) -> ServerHandle:
+          max_load_retries: int = 5, max_message_bytes: int = 64 << 20,
+          enable_model_warmup: bool = True) -> ServerHandle:
     """Starts the server and returns once it listens. Versions present at start are loaded
     first (as TF Serving does); later ones are picked up by polling.
 
@@ -743,7 +758,8 @@ def serve(model_base_path: Optional[str] = None, model_config_file: Optional[str
     latest-`num_versions`), `model_config_file` or `model_config` (a ModelServerConfig).
     `per_model_batching` (with `enable_batching`): only versions that carry their own
     batching_params.pbtxt are batched, as with TF Serving's
-    --enable_per_model_batching_parameters."""
+    --enable_per_model_batching_parameters. `enable_model_warmup`: replay each version's
+    warmup file before publishing it (TF Serving's flag, on by default there too)."""
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     if sum(x is not None for x in (model_base_path, model_config_file, model_config)) != 1:
@@ -751,12 +767,14 @@ def serve(model_base_path: Optional[str] = None, model_config_file: Optional[str
     if model_base_path is not None:
         manager = ModelManager(model_root=os.path.abspath(model_base_path),
                                num_versions=num_versions, max_load_retries=max_load_retries,
-                               per_model_batching=per_model_batching and enable_batching)
+                               per_model_batching=per_model_batching and enable_batching,
+                               enable_model_warmup=enable_model_warmup)
     else:
         manager = ModelManager(sources_from_model_config(model_config_file or model_config,
                                                          base_path_prefix),
                                max_load_retries=max_load_retries,
-                               per_model_batching=per_model_batching and enable_batching)
+                               per_model_batching=per_model_batching and enable_batching,
+                               enable_model_warmup=enable_model_warmup)
     manager.poll_once()
     scheduler = (BatchScheduler(batching_parameters or BatchingParameters(), per_model_batching)
                  if enable_batching else None)
@@ -814,6 +832,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"batch only model versions that carry their own "
                         f"{C.PER_MODEL_BATCHING_FILE} (with those parameters; the global file "
                         "then only sizes the batch thread pool), as TF Serving does")
+    p.add_argument("--enable_model_warmup", "--enable-model-warmup", type=_flag_bool,
+                   default=True, metavar="true|false",
+                   help=f"replay each version's {C.WARMUP_DIR}/{C.WARMUP_FILE} before serving it; "
+                        "a failing request fails the load (default true, as in TF Serving)")
     p.add_argument("--max_batch_size", "--max-batch-size", type=int,
                    help="override max_batch_size")
     p.add_argument("--batch_timeout_micros", "--batch-timeout-micros", type=int,
@@ -821,6 +843,16 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc_max_threads", "--grpc-max-threads", type=int, default=32,
                    help="RPC worker threads (with batching, >= 2x max_batch_size for full "
                         "batches)")
+
+
+def _flag_bool(value: str) -> bool:
+    """TF Serving's boolean flag values."""
+    v = value.strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def is_loopback(host: str) -> bool:
@@ -866,7 +898,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
                    enable_batching=enable_batching,
                    batching_parameters=params,
                    per_model_batching=args.enable_per_model_batching_parameters,
-                   max_workers=args.grpc_max_threads)
+                   max_workers=args.grpc_max_threads,
+                   enable_model_warmup=args.enable_model_warmup)
     print(f"local TF-Serving stand-in listening on {handle.target} "
           f"(models: {', '.join(handle.manager.model_names()) or 'none yet'}); "
           f"{exposure(args.host)}", flush=True)

@@ -96,18 +96,20 @@ def run_artifacts(summary: dict) -> dict:
     """URIs of the newest Examples, ItemEmbeddings and Model of a run's own MLMD store (each run
     has its own home, so the newest is that run's, cached or not)."""
     from tfx.orchestration import metadata
+    from tfx.types import standard_artifacts
 
+    from components.types import ItemEmbeddings
     from pipeline.runs import _latest
 
     paths = summary["paths"]
     conn = metadata.sqlite_metadata_connection_config(paths["metadata_path"])
     node = lambda name: os.path.join(paths["pipeline_root"], name)  # noqa: E731
     with metadata.Metadata(conn) as m:
-        out = {key: _latest(m.store, type_name, node(producer))
-               for key, type_name, producer in (("examples", "Examples", "EventExampleGen"),
-                                                ("item_embeddings", "ItemEmbeddings",
-                                                 "ItemEmbeddingGen"),
-                                                ("model", "Model", "ItemAwareTrainer"))}
+        out = {key: _latest(m.store, artifact.TYPE_NAME, node(producer))
+               for key, artifact, producer in (
+                   ("examples", standard_artifacts.Examples, "EventExampleGen"),
+                   ("item_embeddings", ItemEmbeddings, "ItemEmbeddingGen"),
+                   ("model", standard_artifacts.Model, "ItemAwareTrainer"))}
     missing = [k for k, v in out.items() if v is None]
     if missing:
         raise RuntimeError(f"{paths['metadata_path']}: no {', '.join(missing)} artifact")

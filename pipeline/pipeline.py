@@ -23,7 +23,7 @@ from components.atomic_pusher import AtomicPusher
 from components.event_example_gen import EventExampleGen
 from components.item_embedding_gen import ItemEmbeddingGen
 from components.ranker_eval.baseline_check import RankerBaselineCheck
-from components.ranker_eval.eval_config import ranker_eval_config
+from components.ranker_eval.eval_config import pipeline_eval_config
 from components.ranker_eval.evaluator import RankerEvaluator
 from components.ranking_example_gen import RankingExampleGen
 from components.retrieval_evaluator.component import RetrievalEvaluator
@@ -168,17 +168,13 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
     # non-learned rankers), i.e. the one RankerBaselineCheck blessed.
     resolver = _latest_blessed("RankerTrainer", "RankerBaselineCheck",
                                "latest_blessed_ranker_resolver")
-    e = cfg.ranker_eval
-    # TFMA gates on value thresholds and reports the diffs to the last blessed ranker; the
-    # change decision itself is RankerBaselineCheck's paired test (point diffs are noise).
+    # TFMA gates on value thresholds, overall and per slice (surface, pf_present), and reports
+    # the diffs to the last blessed ranker; the change decision itself is RankerBaselineCheck's
+    # paired test (point diffs are noise).
     evaluator = RankerEvaluator(  # the stock Evaluator with reproducible batches
         examples=ranking_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=resolver.outputs["model"],
-        eval_config=ranker_eval_config(
-            F.HEADS, k=e.hit_k,
-            min_auc={"repin": e.min_auc, "closeup": e.min_auc, "click": e.min_auc_other,
-                     "hide": e.min_auc_other},
-            min_hit={"repin": e.min_hit_repin}, max_auc_drop=None, max_hit_drop=None),
+        eval_config=pipeline_eval_config(cfg.ranker_eval, F.HEADS),
         example_splits=["eval"],
     ).with_id("RankerEvaluator")
     check = RankerBaselineCheck(

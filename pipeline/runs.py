@@ -88,21 +88,41 @@ def _pushed(store, producer_dir: str) -> Dict:
     return out
 
 
+def _slice_name(slice_key) -> str:
+    """TFMA slice key -> "overall" or "feature=value[,feature=value]"."""
+    parts = []
+    for c in slice_key.single_slice_keys:
+        kind = c.WhichOneof("kind")
+        value = c.bytes_value.decode() if kind == "bytes_value" else getattr(c, kind)
+        parts.append(f"{c.column}={value}")
+    return ",".join(parts) or "overall"
+
+
 def ranker_metrics(evaluation_uri: str) -> Dict:
-    """TFMA output -> {"overall": {head: {metric: value}}, "validation_ok": bool}."""
+    """TFMA output -> {"overall": {head: {metric: value}}, "slices": {"pf_present=0": {head:
+    {metric: value}}, ...}, "validation_ok": bool, "failures": ["<slice> <metric>/<head>
+    <value> ..."]} (failures: the gated slices' thresholds that failed, or the missing ones)."""
     import tensorflow_model_analysis as tfma
-    per_head: Dict = {}
-    for sliced in tfma.load_metrics(evaluation_uri):
-        if sliced.slice_key.single_slice_keys:
-            continue  # overall slice only
-        for kv in sliced.metric_keys_and_values:
+    sliced: Dict = {}
+    for metrics_for_slice in tfma.load_metrics(evaluation_uri):
+        per_head = sliced.setdefault(_slice_name(metrics_for_slice.slice_key), {})
+        for kv in metrics_for_slice.metric_keys_and_values:
             key = kv.key
             if key.is_diff or key.model_name == "baseline" or not key.output_name:
                 continue
             name = key.name + (f"@{key.sub_key.top_k.value}" if key.sub_key.HasField("top_k") else "")
             per_head.setdefault(key.output_name, {})[name] = kv.value.double_value.value
     validation = tfma.load_validation_result(evaluation_uri)
-    return {"overall": per_head, "validation_ok": bool(validation.validation_ok)}
+    failures = [f"{_slice_name(v.slice_key)} {f.metric_key.name}/{f.metric_key.output_name} "
+                f"{f.metric_value.double_value.value:.4f} fails "
+                f"{' '.join(str(f.metric_threshold).split())}"
+                f"{' (' + f.message.strip() + ')' if f.message.strip() else ''}"
+                for v in validation.metric_validations_per_slice for f in v.failures]
+    failures += ["missing slice " + (",".join(list(s.feature_keys) + [
+        f"{k}={v}" for k, v in sorted(s.feature_values.items())]) or "overall")
+        for s in validation.missing_slices]
+    return {"overall": sliced.pop("overall", {}), "slices": sliced,
+            "validation_ok": bool(validation.validation_ok), "failures": failures}
 
 
 def summarize(paths: RunPaths) -> Dict:

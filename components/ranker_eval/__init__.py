@@ -3,10 +3,12 @@ from components.ranker_eval.eval_config import (
     AUC_NAME,
     EXAMPLE_COUNT_NAME,
     NDCG_NAME,
+    OVERALL,
+    gate_slicing_specs,
     hide_hit_name,
     ranker_eval_config,
 )
 from components.ranker_eval.hit_at_k import HitAtK, hit_at_k_name, query_hit_at_k
 
-__all__ = ["AUC_NAME", "EXAMPLE_COUNT_NAME", "HitAtK", "NDCG_NAME", "hide_hit_name",
-           "hit_at_k_name", "query_hit_at_k", "ranker_eval_config"]
+__all__ = ["AUC_NAME", "EXAMPLE_COUNT_NAME", "HitAtK", "NDCG_NAME", "OVERALL",
+           "gate_slicing_specs", "hide_hit_name", "hit_at_k_name", "query_hit_at_k", "ranker_eval_config"]

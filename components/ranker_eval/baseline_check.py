@@ -16,9 +16,11 @@ ranker. That last check is paired, over requests: both rankers score the same ev
 bootstrap over requests gives the difference's distribution, and the candidate is refused only
 when, with `gate_confidence`, its HIT@k/repin is below the last blessed one's by more than
 `max_hit_drop` or its AUC on some head by more than `max_auc_drop` (a point difference of two
-equally good models is noise; docs/protocol.md). Pusher and the next run's baseline resolver
-read this component's blessing, so "blessed" means the whole gate passed. `metrics.json` and
-`summary.html` explain the verdict.
+equally good models is noise; docs/protocol.md). With `ranker_eval.baselines_per_pf_present`
+the non-learned rankers must also be beaten on each pf_present slice (requests of users with
+and without a PinnerFormer embedding; the dot product only where there is one). Pusher and the
+next run's baseline resolver read this component's blessing, so "blessed" means the whole gate
+passed. `metrics.json` and `summary.html` explain the verdict.
 """
 # No `from __future__ import annotations`: the @component parser needs real annotation objects.
 import html
@@ -62,6 +64,7 @@ def read_requests(examples_uri: str, split: str = "eval") -> Dict[str, Any]:
         "cand_item": np.array([f[F.CAND_ITEM].int64_list.value[0] for f in feats], np.int64),
         "pf_embedding": np.array([list(f[F.PF_EMBEDDING].float_list.value) for f in feats],
                                  np.float32),
+        "pf_present": np.array([f[F.PF_PRESENT].int64_list.value[0] for f in feats], np.int64),
         "labels": labels,  # [N, len(HEADS)]
         "label": labels[:, F.HEADS.index(HEAD)],
     }
@@ -136,6 +139,21 @@ def compare(scores: Dict[str, np.ndarray], labels: np.ndarray, request_id: np.nd
                    "auc": float(RM.auc(s, labels))} for name, s in scores.items()}
 
 
+def compare_pf_present(scores: Dict[str, np.ndarray], labels: np.ndarray,
+                       request_id: np.ndarray, pf_present: np.ndarray, k: int
+                       ) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """`compare` on each pf_present slice ("pf_present=0", "pf_present=1"; a value absent from
+    the requests has no entry). pf_present is per request, so a slice holds whole requests.
+    Without an embedding the PinnerFormer dot product is 0 for every candidate (no ranking at
+    all), so on pf_present=0 it is left out."""
+    out = {}
+    for v in np.unique(pf_present):
+        rows = pf_present == v
+        sliced = {n: s[rows] for n, s in scores.items() if v or n != "pinnerformer_dot"}
+        out[f"{F.PF_PRESENT}={int(v)}"] = compare(sliced, labels[rows], request_id[rows], k)
+    return out
+
+
 def vs_last_blessed(candidate: np.ndarray, baseline: np.ndarray, labels: np.ndarray,
                     request_id: np.ndarray, k: int, max_hit_drop: float, max_auc_drop: float,
                     confidence: float = 0.95, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -173,41 +191,66 @@ def vs_last_blessed(candidate: np.ndarray, baseline: np.ndarray, labels: np.ndar
                     "(paired bootstrap over requests)"}
 
 
-def decide(metrics: Dict[str, Dict[str, float]], k: int, min_lift: float,
-           tfma_blessed: bool, required: bool = True, last_blessed: Optional[dict] = None) -> dict:
-    """Blessed iff TFMA blessed, the candidate is not confidently worse than the last blessed
-    ranker (`last_blessed`, from vs_last_blessed; None on a first run), and it beats popularity
-    (the stronger of the popularity rankers by HIT@k) and the PinnerFormer dot product on HIT@k
-    and AUC (those two checks only when `required`; the lifts are reported either way)."""
-    reasons = [] if tfma_blessed else ["TFMA Evaluator did not bless the candidate "
-                                       "(value thresholds)"]
-    if last_blessed is not None:
-        reasons += last_blessed["reasons"]
+def _lifts(metrics: Dict[str, Dict[str, float]], k: int, min_lift: float, where: str = ""
+           ) -> tuple:
+    """(stronger popularity, {"<metric> vs <baseline>": lift}, reasons) of the candidate against
+    the stronger popularity ranker (by HIT@k) and, when present, the PinnerFormer dot product."""
     pops = [n for n in metrics if n.startswith("popularity_")]
     pop = max(pops, key=lambda n: metrics[n][f"hit@{k}"])
     cand = metrics["candidate"]
-    lifts = {}
-    for name in (pop, "pinnerformer_dot"):
+    lifts, reasons = {}, []
+    for name in [n for n in (pop, "pinnerformer_dot") if n in metrics]:
         for key in (f"hit@{k}", "auc"):
             base = metrics[name][key]
             lift = cand[key] / base - 1.0 if base > 0 else float("inf")
             lifts[f"{key} vs {name}"] = lift
-            if required and not lift > min_lift:
-                reasons.append(f"{key}/{HEAD} {cand[key]:.4f} does not beat {name}'s "
+            if not lift > min_lift:
+                reasons.append(f"{key}/{HEAD}{where} {cand[key]:.4f} does not beat {name}'s "
                                f"{base:.4f} (lift {lift:+.1%} <= {min_lift:+.1%})")
+    return pop, lifts, reasons
+
+
+def decide(metrics: Dict[str, Dict[str, float]], k: int, min_lift: float,
+           tfma_blessed: bool, required: bool = True, last_blessed: Optional[dict] = None,
+           slices: Optional[Dict[str, Dict[str, Dict[str, float]]]] = None) -> dict:
+    """Blessed iff TFMA blessed, the candidate is not confidently worse than the last blessed
+    ranker (`last_blessed`, from vs_last_blessed; None on a first run), and it beats popularity
+    (the stronger of the popularity rankers by HIT@k) and the PinnerFormer dot product on HIT@k
+    and AUC, overall and on each slice of `slices` (compare_pf_present; its own stronger
+    popularity per slice). The baseline checks gate only when `required`; the lifts are
+    reported either way."""
+    reasons = [] if tfma_blessed else ["TFMA Evaluator did not bless the candidate "
+                                       "(value thresholds)"]
+    if last_blessed is not None:
+        reasons += last_blessed["reasons"]
+    pop, lifts, lost = _lifts(metrics, k, min_lift)
+    slice_lifts = {}
+    for name, m in (slices or {}).items():
+        slice_pop, lifted, slice_lost = _lifts(m, k, min_lift, f" on {name}")
+        slice_lifts[name] = {"popularity": slice_pop, "lifts": lifted}
+        lost += slice_lost
+    if required:
+        reasons += lost
     return {"blessed": not reasons, "reasons": reasons, "popularity": pop, "lifts": lifts,
-            "last_blessed": last_blessed,
+            "slice_lifts": slice_lifts, "last_blessed": last_blessed,
             "thresholds": {"k": k, "min_lift_over_baselines": min_lift if required else None}}
 
 
-def write_report(out_dir: str, metrics: dict, gate: dict, num_requests: int) -> None:
-    tf.io.gfile.makedirs(out_dir)
-    with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as fh:
-        fh.write(json.dumps({"methods": metrics, "gate": gate, "num_requests": num_requests},
-                            indent=2, sort_keys=True))
+def _table(metrics: dict) -> str:
     rows = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(
         f"<td>{v:.4f}</td>" for v in m.values()) + "</tr>" for n, m in metrics.items())
     head = "".join(f"<th>{html.escape(key)}/{HEAD}</th>" for key in next(iter(metrics.values())))
+    return (f'<table border="1" cellpadding="4"><tr><th>ranker</th>{head}</tr>{rows}</table>')
+
+
+def write_report(out_dir: str, metrics: dict, gate: dict, num_requests: int,
+                 slices: Optional[dict] = None) -> None:
+    tf.io.gfile.makedirs(out_dir)
+    with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as fh:
+        fh.write(json.dumps({"methods": metrics, "gate": gate, "num_requests": num_requests,
+                             "slices": slices or {}}, indent=2, sort_keys=True))
+    sliced = "".join(f"<h2>{html.escape(name)}</h2>{_table(m)}"
+                     for name, m in (slices or {}).items())
     verdict = "BLESSED" if gate["blessed"] else "NOT BLESSED"
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in gate["reasons"])
     last = gate.get("last_blessed")
@@ -224,8 +267,8 @@ def write_report(out_dir: str, metrics: dict, gate: dict, num_requests: int) -> 
         fh.write(f"""<!DOCTYPE html><html><head><meta charset="utf-8">
 <title>Ranker vs non-learned rankers</title></head><body style="font-family:sans-serif">
 <h1>Ranker vs non-learned rankers ({num_requests} eval requests)</h1><h2>{verdict}</h2>
-<ul>{reasons}</ul><table border="1" cellpadding="4"><tr><th>ranker</th>{head}</tr>{rows}</table>
-{paired}</body></html>""")
+<ul>{reasons}</ul>{_table(metrics)}
+{sliced}{paired}</body></html>""")
 
 
 @component
@@ -254,6 +297,8 @@ def RankerBaselineCheck(
     scores = score_all(cand_heads, pf_dir, req, read_positives(input_base, item_ids), item_ids,
                        cfg.popularity_window_days)
     metrics = compare(scores, req["label"], req["request_id"], cfg.hit_k)
+    slices = (compare_pf_present(scores, req["label"], req["request_id"], req["pf_present"],
+                                 cfg.hit_k) if cfg.baselines_per_pf_present else None)
     tfma_blessed = tf.io.gfile.exists(os.path.join(tfma_blessing.uri, BLESSED_FILE))
     last = None
     if baseline_model is not None and baseline_model.uri != model.uri:
@@ -262,8 +307,8 @@ def RankerBaselineCheck(
                                cfg.hit_k, cfg.max_hit_drop, cfg.max_auc_drop, cfg.gate_confidence,
                                cfg.bootstrap_samples, cfg.bootstrap_seed)
     gate = decide(metrics, cfg.hit_k, cfg.min_lift_over_baselines, tfma_blessed,
-                  required=cfg.require_beating_baselines, last_blessed=last)
-    write_report(evaluation.uri, metrics, gate, len(np.unique(req["request_id"])))
+                  required=cfg.require_beating_baselines, last_blessed=last, slices=slices)
+    write_report(evaluation.uri, metrics, gate, len(np.unique(req["request_id"])), slices)
     blessed = bool(gate["blessed"])
     blessing.set_int_custom_property("blessed", int(blessed))
     blessing.set_string_custom_property("current_model", model.uri)

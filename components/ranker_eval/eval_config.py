@@ -29,7 +29,8 @@ informative ``hide_hit@k`` (ranked by the gate head) is lower-is-better.
 Thresholds (``MetricConfig.per_slice_thresholds``, restricted to ``gate_slices``, by default the
 overall slice only; an unsliced threshold would gate *every* slice, e.g. each surface):
   * value (lower bound): ``auc`` for the heads in ``min_auc``, ``hit@k`` for the heads in
-    ``min_hit``;
+    ``min_hit`` on the overall slice; on every other gated slice ``slice_min_auc`` /
+    ``slice_min_hit`` (default: the same bounds);
   * change vs. baseline (HIGHER_IS_BETTER, ``absolute = -max_drop``): ``auc`` for every head in
     ``max_auc_drop`` (a float means all heads), ``hit@k`` for ``gate_head`` (a float) or for the
     heads of a dict in ``max_hit_drop``. Change thresholds are ignored on the first run (the
@@ -49,8 +50,24 @@ Why these shapes (TFMA 0.47):
     and the ranking uses the prediction of the spec's output name.
   * HIT@k carries no sub_key for the same reason (see hit_at_k.py).
   * The query specs group examples by ``request_id``; slicing then uses the union of the
-    request's slice keys, so ``surface`` must be constant within a request (it is: the request's
-    surface).
+    request's slice keys, so a slice feature must be constant within a request: ``surface`` (the
+    request's surface) and ``pf_present`` (whether the user had a PinnerFormer embedding as of
+    the request's day) are; both are raw features of the eval examples, so no
+    preprocessing_function_names are needed.
+
+Per-slice gating (TFMA 0.47 semantics, evaluators/metrics_validator.py):
+  * A ``SlicingSpec(feature_keys=[f])`` in ``per_slice_thresholds`` applies to *each* slice of
+    ``f`` separately (every surface, every pf_present value): each one must pass on its own.
+    ``SlicingSpec(feature_values={f: v})`` applies to that one slice; ``SlicingSpec()`` to the
+    overall slice only. (``gate_slicing_specs`` builds them from "overall" / "f" / "f=v".)
+  * A gated SlicingSpec that matches no computed slice (a value absent from the eval data, or a
+    feature not in ``slice_features``) makes the whole validation fail ("missing_slices"), so
+    a ``feature_values`` gate on a value the eval split lacks refuses every model.
+  * A threshold whose metric a slice lacks fails as "Metric not found"; a NaN metric fails its
+    lower bound. AUC of a slice without positives is 0 in TFMA (not NaN), so such a slice fails
+    any lower bound above 0.
+  * Each PerSliceMetricThreshold is checked independently, so the overall slice and the other
+    gated slices can carry different bounds (two entries on one MetricConfig).
 """
 from __future__ import annotations
 
@@ -60,6 +77,7 @@ from typing import Mapping, Optional, Sequence, Union
 import tensorflow_model_analysis as tfma
 
 from components.ranker_eval.hit_at_k import hit_at_k_name
+from pipeline.config import RankerEvalConfig
 from pipeline.features import HEADS, REQUEST_ID, SURFACE, label_key
 
 AUC_NAME = "auc"
@@ -67,6 +85,7 @@ NDCG_NAME = "ndcg"
 EXAMPLE_COUNT_NAME = "example_count"
 HIT_AT_K_MODULE = "components.ranker_eval.hit_at_k"
 HIDE_HEAD = "hide"
+OVERALL = "overall"
 
 Drop = Union[None, float, Mapping[str, float]]
 
@@ -103,9 +122,34 @@ def _threshold(lower: Optional[float], drop: Optional[float]) -> Optional[tfma.M
     return t
 
 
-def _per_slice(threshold: tfma.MetricThreshold, gate_slices: Sequence[tfma.SlicingSpec]
-               ) -> tfma.PerSliceMetricThreshold:
-    return tfma.PerSliceMetricThreshold(slicing_specs=list(gate_slices), threshold=threshold)
+def gate_slicing_specs(entries: Sequence[str]) -> list:
+    """["overall", "surface", "pf_present=0"] -> SlicingSpecs: the overall slice, each value of
+    a feature (one slice per value, gated separately), or one feature value."""
+    specs = []
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if entry == OVERALL:
+            specs.append(tfma.SlicingSpec())
+        elif not name or (sep and not value):
+            raise ValueError(f"gate slice {entry!r}: expected {OVERALL!r}, a feature name or "
+                             f"feature=value")
+        elif sep:
+            specs.append(tfma.SlicingSpec(feature_values={name: value}))
+        else:
+            specs.append(tfma.SlicingSpec(feature_keys=[name]))
+    return specs
+
+
+def _per_slice_thresholds(overall: Optional[tfma.MetricThreshold],
+                          other: Optional[tfma.MetricThreshold],
+                          gate_slices: Sequence[tfma.SlicingSpec]) -> list:
+    """The overall gated slice gets `overall`, every other gated slice `other`."""
+    out = []
+    for threshold, specs in ((overall, [s for s in gate_slices if s == tfma.SlicingSpec()]),
+                             (other, [s for s in gate_slices if s != tfma.SlicingSpec()])):
+        if threshold is not None and specs:
+            out.append(tfma.PerSliceMetricThreshold(slicing_specs=specs, threshold=threshold))
+    return out
 
 
 def ranker_eval_config(
@@ -120,6 +164,8 @@ def ranker_eval_config(
     query_key: str = REQUEST_ID,
     slice_features: Sequence[str] = (SURFACE,),
     gate_slices: Sequence[tfma.SlicingSpec] = (tfma.SlicingSpec(),),
+    slice_min_auc: Optional[Mapping[str, float]] = None,
+    slice_min_hit: Optional[Mapping[str, float]] = None,
     signature_name: str = "serving_default",
     prediction_keys: Optional[Mapping[str, str]] = None,
     preprocessing_function_names: Sequence[str] = (),
@@ -140,7 +186,11 @@ def ranker_eval_config(
         per head, None = none.
       query_key: request id feature.
       slice_features: one extra slice per feature (besides overall).
-      gate_slices: slices the thresholds apply to (default: overall only).
+      gate_slices: slices the thresholds apply to (default: overall only; see
+        gate_slicing_specs). Every gated slice other than the overall one must be computed, i.e.
+        its feature must be in slice_features.
+      slice_min_auc / slice_min_hit: head -> lower bound on the gated slices other than the
+        overall one (None: min_auc / min_hit). Change thresholds apply to every gated slice.
       signature_name: serving signature (serialized tf.Examples in, per-head dict out).
       prediction_keys: optional head -> output key of the signature when they differ.
       preprocessing_function_names: e.g. ["transform_features"] if slicing needs transformed
@@ -160,7 +210,16 @@ def ranker_eval_config(
         raise ValueError(f"gate_head {gate_head!r} not in heads {heads}")
     if int(k) <= 0:
         raise ValueError(f"k must be positive, got {k}")
-    for what, d in (("min_auc", min_auc), ("min_hit", min_hit)):
+    slice_min_auc = min_auc if slice_min_auc is None else slice_min_auc
+    slice_min_hit = min_hit if slice_min_hit is None else slice_min_hit
+    for spec in gate_slices:
+        missing = (set(spec.feature_keys) | set(spec.feature_values)) - set(slice_features)
+        if missing:
+            raise ValueError(f"gate_slices: {sorted(missing)} not in slice_features "
+                             f"{list(slice_features)} (TFMA would report the slice missing and "
+                             f"refuse every model)")
+    for what, d in (("min_auc", min_auc), ("min_hit", min_hit), ("slice_min_auc", slice_min_auc),
+                    ("slice_min_hit", slice_min_hit)):
         unknown = set(d) - set(heads)
         if unknown:
             raise ValueError(f"{what}: unknown heads {sorted(unknown)} (heads={list(heads)})")
@@ -184,17 +243,19 @@ def ranker_eval_config(
     n_thresholds = 0
     for h in heads:
         auc = tfma.MetricConfig(class_name="AUC")
-        t = _threshold(min_auc.get(h), auc_drops.get(h))
-        if t is not None:
-            auc.per_slice_thresholds.append(_per_slice(t, gate_slices))
-            n_thresholds += 1
+        per_slice = _per_slice_thresholds(_threshold(min_auc.get(h), auc_drops.get(h)),
+                                          _threshold(slice_min_auc.get(h), auc_drops.get(h)),
+                                          gate_slices)
+        auc.per_slice_thresholds.extend(per_slice)
+        n_thresholds += len(per_slice)
         specs.append(tfma.MetricsSpec(output_names=[h], metrics=[auc]))
 
         hit = tfma.MetricConfig(class_name="HitAtK", module=HIT_AT_K_MODULE, config=hit_config)
-        t = _threshold(min_hit.get(h), hit_drops.get(h))
-        if t is not None:
-            hit.per_slice_thresholds.append(_per_slice(t, gate_slices))
-            n_thresholds += 1
+        per_slice = _per_slice_thresholds(_threshold(min_hit.get(h), hit_drops.get(h)),
+                                          _threshold(slice_min_hit.get(h), hit_drops.get(h)),
+                                          gate_slices)
+        hit.per_slice_thresholds.extend(per_slice)
+        n_thresholds += len(per_slice)
         hit_metrics = [hit]
         if h == gate_head and HIDE_HEAD in heads and gate_head != HIDE_HEAD:
             hit_metrics.append(tfma.MetricConfig(
@@ -218,3 +279,19 @@ def ranker_eval_config(
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[f])
                                              for f in slice_features],
         metrics_specs=specs)
+
+
+def pipeline_eval_config(e: RankerEvalConfig, heads: Sequence[str] = HEADS) -> tfma.EvalConfig:
+    """The pipeline's ranker EvalConfig from its `ranker_eval` section (pipeline.config
+    RankerEvalConfig): AUC lower bounds (min_auc on repin and closeup, min_auc_other on click
+    and hide; slice_* on the gated slices other than the overall one), HIT@k/repin, every
+    metric per slice_features, thresholds on gate_slices. No change thresholds: the change
+    decision is RankerBaselineCheck's paired test (point diffs are noise)."""
+    def auc(strong: float, other: float) -> dict:
+        return {h: strong if h in ("repin", "closeup") else other for h in heads}
+    return ranker_eval_config(
+        heads, k=e.hit_k, min_auc=auc(e.min_auc, e.min_auc_other),
+        min_hit={"repin": e.min_hit_repin}, max_auc_drop=None, max_hit_drop=None,
+        slice_features=e.slice_features, gate_slices=gate_slicing_specs(e.gate_slices),
+        slice_min_auc=auc(e.slice_min_auc, e.slice_min_auc_other),
+        slice_min_hit={"repin": e.slice_min_hit_repin})

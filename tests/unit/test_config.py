@@ -298,3 +298,27 @@ def test_cli_config_show_and_version(capsys):
         cli.main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"pinrank {metadata.version('pinrank')}"
+
+
+def test_ranker_eval_slices_parse_and_bad_entries_name_the_field():
+    e = preset("cpu").ranker_eval
+    assert e.slice_features == ("surface", "pf_present")
+    assert e.gate_slices == ("overall", "surface", "pf_present")
+    e = apply_overrides(preset("cpu"), ['ranker_eval.gate_slices=["overall", "pf_present=0"]',
+                                        "ranker_eval.slice_min_hit_repin=0.4"]).ranker_eval
+    assert e.gate_slices == ("overall", "pf_present=0") and e.slice_min_hit_repin == 0.4
+    for item, match in (
+            ('ranker_eval.gate_slices=["user_id"]', "ranker_eval.gate_slices entry 'user_id'"),
+            ('ranker_eval.gate_slices=["surface="]', "ranker_eval.gate_slices entry 'surface='"),
+            ('ranker_eval.gate_slices="overall"', "ranker_eval.gate_slices must be a JSON list"),
+            ('ranker_eval.slice_features=["user_id"]', "ranker_eval.slice_features must be"),
+            ('ranker_eval.slice_features=["surface", "surface"]', "must be distinct"),
+            ("ranker_eval.slice_min_auc=inf", "finite")):
+        with pytest.raises(ConfigError, match=match):
+            apply_overrides(preset("cpu"), [item])
+    # A gated feature must be sliced: dropping pf_present from the slices needs the gate to go.
+    with pytest.raises(ConfigError, match="entry 'pf_present'"):
+        apply_overrides(preset("cpu"), ['ranker_eval.slice_features=["surface"]'])
+    ok = apply_overrides(preset("cpu"), ['ranker_eval.gate_slices=["overall"]',
+                                         'ranker_eval.slice_features=[]'])
+    assert ok.ranker_eval.slice_features == ()

@@ -112,3 +112,40 @@ def test_paired_refusal_needs_confidence_not_a_point_difference():
     assert out["metrics"]["hit@3/repin"]["diff"] < 0  # worse on the point estimate ...
     assert out["metrics"]["auc/repin"]["diff"] < 0
     assert out["reasons"] == []  # ... but not with 95 % confidence
+
+
+def test_pf_present_slices_are_compared_and_gated_on_their_own():
+    """compare_pf_present equals `compare` on each slice's requests (dot product left out where
+    there is no embedding); decide refuses a candidate that wins overall but loses to
+    popularity on one slice, and names the slice."""
+    rid = np.repeat(np.arange(4), 3).astype(object)
+    pf_present = np.repeat([1, 1, 0, 0], 3)
+    labels = np.array([1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0])
+    scores = {"candidate": np.array([3., 2, 1, 1, 3, 2, 3, 2, 1, 1, 2, 3]),  # wrong on pf=0
+              "pinnerformer_dot": np.array([1., 2, 3, 3, 2, 1, 0, 0, 0, 0, 0, 0]),
+              "popularity_all": np.array([1., 2, 3, 1, 2, 3, 1, 2, 3, 3, 2, 1])}
+    got = bc.compare_pf_present(scores, labels, rid, pf_present, k=1)
+    assert set(got) == {"pf_present=0", "pf_present=1"}
+    assert set(got["pf_present=0"]) == {"candidate", "popularity_all"}
+    for v in (0, 1):
+        rows = pf_present == v
+        want = bc.compare({n: s[rows] for n, s in scores.items()}, labels[rows], rid[rows], k=1)
+        for name, m in got[f"pf_present={v}"].items():
+            assert m == want[name], (v, name)
+    # hand values, k=1: pf=1 candidate hits both requests; pf=0 it misses both, popularity hits
+    assert got["pf_present=1"]["candidate"]["hit@1"] == 1.0
+    assert got["pf_present=0"]["candidate"]["hit@1"] == 0.0
+    assert got["pf_present=0"]["popularity_all"]["hit@1"] == 1.0
+    overall = bc.compare(scores, labels, rid, k=1)
+    assert overall["candidate"]["hit@1"] == 0.5 and overall["popularity_all"]["hit@1"] == 0.5
+    winning = {"candidate": {"hit@1": 0.6, "auc": 0.7}, "popularity_all": {"hit@1": 0.5, "auc": 0.6},
+               "pinnerformer_dot": {"hit@1": 0.4, "auc": 0.6}}  # overall it would be blessed
+    assert bc.decide(winning, 1, 0.0, tfma_blessed=True)["blessed"]
+    g = bc.decide(winning, 1, 0.0, tfma_blessed=True, slices=got)
+    assert not g["blessed"]
+    assert g["reasons"] and all(" on pf_present=0 " in r for r in g["reasons"]), g["reasons"]
+    assert g["slice_lifts"]["pf_present=0"]["popularity"] == "popularity_all"
+    assert "hit@1 vs pinnerformer_dot" not in g["slice_lifts"]["pf_present=0"]["lifts"]
+    assert g["slice_lifts"]["pf_present=1"]["lifts"]["hit@1 vs pinnerformer_dot"] > 0
+    g = bc.decide(winning, 1, 0.0, tfma_blessed=True, slices=got, required=False)
+    assert g["blessed"] and g["slice_lifts"]["pf_present=0"]["lifts"]["hit@1 vs popularity_all"] < 0

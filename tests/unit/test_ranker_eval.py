@@ -15,11 +15,14 @@ import tensorflow_model_analysis as tfma
 from components.ranker_eval import (
     AUC_NAME,
     HitAtK,
+    gate_slicing_specs,
     hide_hit_name,
     hit_at_k_name,
     query_hit_at_k,
     ranker_eval_config,
 )
+from components.ranker_eval.eval_config import pipeline_eval_config
+from pipeline.config import apply_overrides, preset
 from pipeline.features import HEADS, label_key
 
 K = 3
@@ -61,6 +64,9 @@ def _make_requests():
     a, b = order[2], order[3]
     rows[b]["s_closeup"] = rows[a]["s_closeup"]
     rows[a][label_key("closeup")], rows[b][label_key("closeup")] = 1, 0
+    # pf_present is per request (the user's embedding as of the request's day).
+    for row in rows:
+        row["pf_present"] = int(row["request_id"] in ("req0", "req1", "req2"))
     # Near-oracle scores (for the "better" model): positives above negatives, with noise.
     for row in rows:
         for h in HEADS:
@@ -159,18 +165,19 @@ def _brute_hit(scores, labels, k):
     return float(np.mean(vals))
 
 
-def _groups(rows, surface=None):
+def _groups(rows, surface=None, pf_present=None):
     by = {}
     for row in rows:
-        if surface is None or row["surface"] == surface:
+        if ((surface is None or row["surface"] == surface)
+                and (pf_present is None or row["pf_present"] == pf_present)):
             by.setdefault(row["request_id"], []).append(row)
     return list(by.values())
 
 
-def _np_hit(rows, head, k, surface=None, label_head=None):
+def _np_hit(rows, head, k, surface=None, label_head=None, pf_present=None):
     lh = label_head or head
     return float(np.mean([_brute_hit([r[f"s_{head}"] for r in g], [r[label_key(lh)] for r in g],
-                                     k) for g in _groups(rows, surface)]))
+                                     k) for g in _groups(rows, surface, pf_present)]))
 
 
 def _np_auc(labels, scores):
@@ -262,6 +269,78 @@ def test_eval_config_shape_and_threshold_keys():
         ranker_eval_config(min_auc={"like": 0.5}, min_hit={})
 
 
+def _bounds(thresholds, name, head):
+    """{slicing spec (text): lower bound} of one value threshold."""
+    key = next(k for k in thresholds if (k.name, k.output_name, k.is_diff) == (name, head, False))
+    return {" ".join(str(s).split()) or "overall": t.lower_bound.value
+            for s, t in thresholds[key] if isinstance(t, tfma.GenericValueThreshold)}
+
+
+def test_gate_slicing_specs():
+    assert gate_slicing_specs(["overall", "surface", "pf_present=0"]) == [
+        tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=["surface"]),
+        tfma.SlicingSpec(feature_values={"pf_present": "0"})]
+    for bad in ("", "=1", "surface="):
+        with pytest.raises(ValueError, match="expected 'overall', a feature name or"):
+            gate_slicing_specs([bad])
+
+
+def test_per_slice_thresholds_on_the_gated_slices():
+    """Overall bounds on the overall slice, slice bounds on each surface and pf_present value,
+    as TFMA reads them back (metric_thresholds_from_metrics_specs)."""
+    cfg = ranker_eval_config(
+        min_auc={"repin": 0.6, "hide": 0.55}, min_hit={"repin": 0.5},
+        slice_min_auc={"repin": 0.52}, slice_min_hit={"repin": 0.3},
+        max_auc_drop=None, max_hit_drop=None, slice_features=("surface", "pf_present"),
+        gate_slices=gate_slicing_specs(["overall", "surface", "pf_present"]))
+    assert [list(s.feature_keys) for s in cfg.slicing_specs] == [[], ["surface"], ["pf_present"]]
+    thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(cfg.metrics_specs, cfg)
+    surface, pf = 'feature_keys: "surface"', 'feature_keys: "pf_present"'
+    assert _bounds(thresholds, "auc", "repin") == pytest.approx(
+        {"overall": 0.6, surface: 0.52, pf: 0.52})
+    assert _bounds(thresholds, "hit@3", "repin") == pytest.approx(
+        {"overall": 0.5, surface: 0.3, pf: 0.3})
+    assert _bounds(thresholds, "auc", "hide") == pytest.approx({"overall": 0.55})  # no slice bound
+    # Slice bounds default to the overall ones.
+    cfg = ranker_eval_config(min_auc={"repin": 0.6}, min_hit={}, max_auc_drop=None,
+                             max_hit_drop=None, gate_slices=gate_slicing_specs(["surface"]))
+    thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(cfg.metrics_specs, cfg)
+    assert _bounds(thresholds, "auc", "repin") == pytest.approx({surface: 0.6})
+    with pytest.raises(ValueError, match=r"\['pf_present'\] not in slice_features"):
+        ranker_eval_config(min_auc={"repin": 0.6}, min_hit={},
+                           gate_slices=gate_slicing_specs(["pf_present=1"]))
+    with pytest.raises(ValueError, match="slice_min_auc: unknown heads"):
+        ranker_eval_config(min_auc={"repin": 0.6}, min_hit={}, slice_min_auc={"like": 0.5})
+
+
+def test_pipeline_eval_config_gates_overall_each_surface_and_pf_present():
+    e = preset("cpu").ranker_eval
+    cfg = pipeline_eval_config(e)
+    assert [list(s.feature_keys) for s in cfg.slicing_specs] == [[], ["surface"], ["pf_present"]]
+    thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(cfg.metrics_specs, cfg)
+    assert not any(k.is_diff for k in thresholds)  # the change decision is RankerBaselineCheck's
+    sliced = {"overall": None, 'feature_keys: "surface"': None, 'feature_keys: "pf_present"': None}
+    for head, overall, other in (("repin", e.min_auc, e.slice_min_auc),
+                                 ("closeup", e.min_auc, e.slice_min_auc),
+                                 ("click", e.min_auc_other, e.slice_min_auc_other),
+                                 ("hide", e.min_auc_other, e.slice_min_auc_other)):
+        want = dict.fromkeys(sliced, other)
+        want["overall"] = overall
+        assert _bounds(thresholds, "auc", head) == pytest.approx(want), head
+    want = dict.fromkeys(sliced, e.slice_min_hit_repin)
+    want["overall"] = e.min_hit_repin
+    assert _bounds(thresholds, "hit@3", "repin") == pytest.approx(want)
+    # The section reaches it: one pf_present value only, and no surface slices.
+    e = apply_overrides(preset("cpu"), ['ranker_eval.gate_slices=["overall", "pf_present=0"]',
+                                        'ranker_eval.slice_features=["pf_present"]',
+                                        "ranker_eval.slice_min_auc=0.51"]).ranker_eval
+    cfg = pipeline_eval_config(e)
+    thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(cfg.metrics_specs, cfg)
+    assert [list(s.feature_keys) for s in cfg.slicing_specs] == [[], ["pf_present"]]
+    assert _bounds(thresholds, "auc", "repin") == pytest.approx(
+        {"overall": e.min_auc, 'feature_values { key: "pf_present" value: "0" }': 0.51})
+
+
 # ------------------------------------------------------------------------------------------------
 # End to end through TFMA
 # ------------------------------------------------------------------------------------------------
@@ -321,3 +400,57 @@ def test_change_threshold_against_better_baseline_fails(env):
     vr = tfma.load_validation_result(_run(env, cfg, "change_good", model="oracle",
                                           baseline="model"))
     assert vr.validation_ok, vr
+
+
+def test_each_gated_slice_must_pass_on_its_own(env):
+    """HIT@3/repin per pf_present value from numpy; a slice bound between the two values fails
+    exactly the weaker pf_present slice, with the overall and surface slices passing; a gated
+    value the eval data lacks refuses as a missing slice."""
+    rows = env["rows"]
+    hit = {v: _np_hit(rows, "repin", K, pf_present=v) for v in (0, 1)}
+    weak, strong = sorted(hit, key=hit.get)
+    assert hit[weak] < hit[strong]
+    bound = (hit[weak] + hit[strong]) / 2
+    surfaces = [_np_hit(rows, "repin", K, surface=s) for s in SURFACES]
+    cfg = ranker_eval_config(
+        min_auc={"repin": 0.0}, min_hit={"repin": 0.0}, slice_min_auc={"repin": 0.0},
+        slice_min_hit={"repin": min(bound, min(surfaces))}, max_auc_drop=None,
+        max_hit_drop=None, slice_features=("surface", "pf_present"), ndcg=False,
+        gate_slices=gate_slicing_specs(["overall", "surface"]))
+    assert tfma.load_validation_result(_run(env, cfg, "slices_pass")).validation_ok
+    cfg = ranker_eval_config(
+        min_auc={"repin": 0.0}, min_hit={"repin": 0.0}, slice_min_auc={"repin": 0.0},
+        slice_min_hit={"repin": bound}, max_auc_drop=None, max_hit_drop=None,
+        slice_features=("surface", "pf_present"), ndcg=False,
+        gate_slices=gate_slicing_specs(["overall", "pf_present"]))
+    out = _run(env, cfg, "slices_fail")
+    m = _metrics(out)
+    for v in (0, 1):
+        assert m[((("pf_present", v),), "", "repin", HIT, "", False)] == pytest.approx(hit[v])
+    vr = tfma.load_validation_result(out)
+    assert not vr.validation_ok
+    failed = [(tuple((c.column, c.int64_value) for c in s.slice_key.single_slice_keys),
+               f.metric_key.name, f.metric_value.double_value.value)
+              for s in vr.metric_validations_per_slice for f in s.failures]
+    assert failed == [((("pf_present", weak),), HIT, pytest.approx(hit[weak]))], failed
+    # The run summary reports every slice and names the failed one.
+    from pipeline.runs import ranker_metrics
+    summary = ranker_metrics(out)
+    assert summary["validation_ok"] is False
+    assert set(summary["slices"]) == {"surface=homefeed", "surface=search", "pf_present=0",
+                                      "pf_present=1"}
+    for v in (0, 1):
+        assert summary["slices"][f"pf_present={v}"]["repin"][HIT] == pytest.approx(hit[v])
+    assert summary["overall"]["repin"][HIT] == pytest.approx(_np_hit(rows, "repin", K))
+    assert len(summary["failures"]) == 1
+    assert summary["failures"][0].startswith(f"pf_present={weak} {HIT}/repin {hit[weak]:.4f} fails "
+                                             f"value_threshold {{ lower_bound {{ value: ")
+    cfg = ranker_eval_config(
+        min_auc={"repin": 0.0}, min_hit={}, max_auc_drop=None, max_hit_drop=None,
+        slice_features=("pf_present",), ndcg=False,
+        gate_slices=gate_slicing_specs(["overall", "pf_present=7"]))
+    vr = tfma.load_validation_result(_run(env, cfg, "slices_missing"))
+    assert not vr.validation_ok and not vr.metric_validations_per_slice
+    assert list(vr.missing_slices) == [tfma.SlicingSpec(feature_values={"pf_present": "7"})]
+    assert ranker_metrics(str(env["dir"] / "slices_missing"))["failures"] == [
+        "missing slice pf_present=7"]

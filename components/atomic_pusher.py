@@ -11,7 +11,8 @@ its temporary directory and raises PushError, one line naming the serving dir; a
 leaves only a `.tmp-*` directory, removed by the next push. What serves before a failed push
 keeps serving: nothing under `<base>/<number>` is touched.
 
-Before the rename, the copy is canaried (components/canary.py): loaded in a fresh process, every
+Before the rename, the copy is canaried by `python -m serving.canary` in a fresh process (a
+serving-runtime module, run, not imported, from this layer): loaded as a server would, every
 serving signature run on requests built from the `examples` input's eval split, which are then
 written as the version's TF Serving warmup file (`assets.extra/tf_serving_warmup_requests`). A
 version that does not load, fails a request or answers NaN/inf is refused with CanaryError (a
@@ -22,11 +23,15 @@ without canary.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
@@ -42,6 +47,9 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 EXAMPLES_KEY = "examples"  # the eval examples the canary builds its requests from
 EVAL_SPLIT = "eval"
+CANARY_MODULE = "serving.canary"
+CANARY_TIMEOUT_S = 900  # a load + a few dozen requests; a hung load must not hang the pipeline
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class PushError(Exception):
@@ -51,6 +59,41 @@ class PushError(Exception):
     def __init__(self, message: str, errno: int = 0):
         super().__init__(message)
         self.errno = errno
+
+
+class CanaryError(PushError):
+    """The candidate failed its canary: it did not load, a request failed or gave NaN/inf."""
+
+
+def canary(version_dir: str, example_files: Sequence[str] = (),
+           requests_per_signature: Optional[int] = None,
+           timeout_s: float = CANARY_TIMEOUT_S) -> int:
+    """Canaries `version_dir` in a fresh process, which also writes its warmup file (see the
+    module doc); returns the number of requests replayed. Raises CanaryError, one line."""
+    with tempfile.TemporaryDirectory(prefix="pinrank-canary-") as tmp:
+        result = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, "-m", CANARY_MODULE, "--model-dir", version_dir,
+               "--result", result, *[a for f in example_files for a in ("--examples", f)]]
+        if requests_per_signature is not None:
+            cmd += ["--requests", str(requests_per_signature)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [_REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        try:
+            proc = subprocess.run(cmd, env=env, cwd=_REPO, capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise CanaryError(f"canary of {version_dir}: no answer after {timeout_s:.0f} s"
+                              ) from None
+        if os.path.exists(result):
+            with open(result) as f:
+                outcome = json.load(f)
+            if outcome.get("error"):
+                raise CanaryError(f"canary refused {version_dir}: {outcome['error']}")
+            if proc.returncode == 0:
+                return int(outcome["requests"])
+        tail = " ".join((proc.stderr or "").strip().splitlines()[-1:])
+        raise CanaryError(f"canary of {version_dir} exited with code {proc.returncode}"
+                          + (f": {tail}" if tail else ""))
 
 
 def _alive(pid: int) -> bool:
@@ -141,15 +184,13 @@ class Executor(pusher_executor.Executor):
             return None
         model_path = self.GetModelPath(input_dict)
         version = str(int(time.time()))  # the stock Pusher's versioning (UNIX_TIMESTAMP)
-        from components import canary  # imports this module
-
         files = eval_example_files(input_dict.get(EXAMPLES_KEY, []))
         if not files:
             log.warning("no eval examples wired to the Pusher: the canary only loads the model "
                         "and no warmup file is written")
 
         def check(copy: str) -> None:
-            n = canary.check(copy, files)
+            n = canary(copy, files)
             log.info("canary passed: %d requests on every signature, written as the warmup file",
                      n)
 

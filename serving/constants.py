@@ -94,7 +94,7 @@ SAVED_MODEL_INIT_OP = "__saved_model_init_op"  # listed by TF Serving, not calla
 # Model warmup (https://www.tensorflow.org/tfx/serving/saved_model_warmup): with
 # --enable_model_warmup TF Serving replays this TFRecord of tensorflow.serving.PredictionLog
 # (relative to the version dir) before it marks the version AVAILABLE, and fails the load if a
-# request fails. AtomicPusher's canary writes it (components/canary.py).
+# request fails. AtomicPusher's canary writes it (serving/canary.py).
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 WARMUP_MAX_RECORDS = 1000  # TF Serving reads at most this many (saved_model_warmup_util.cc)

@@ -4,7 +4,7 @@ of tensorflow.serving.PredictionLog (https://www.tensorflow.org/tfx/serving/save
 With --enable_model_warmup (serving/deploy passes it) TF Serving replays every record's request
 on the freshly loaded version before marking it AVAILABLE; a failing request fails the load, so
 the previous version keeps serving. `replay` is that step for the local server
-(serving/local_server.py) and for AtomicPusher's canary (components/canary.py), which also
+(serving/local_server.py) and for AtomicPusher's canary (serving/canary.py), which also
 refuses non-finite outputs (TF Serving does not look at them).
 
 No TensorFlow at module level (serving/local_server.py's rule)."""

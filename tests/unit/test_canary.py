@@ -1,4 +1,5 @@
-"""AtomicPusher's canary and TF Serving warmup (components/canary.py, serving/warmup.py): a good
+"""AtomicPusher's canary and TF Serving warmup (components/atomic_pusher.py, serving/canary.py,
+serving/warmup.py): a good
 version is pushed with a warmup file TF Serving can read, built from the eval examples; a version
 that does not load or answers NaN is refused with one line and never appears in the serving dir;
 the local server replays a version's warmup file before serving it and refuses the version if a
@@ -13,8 +14,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from components import canary
-from components.atomic_pusher import PushError, publish
+from components.atomic_pusher import PushError, canary, publish
 from components.event_example_gen import user_examples
 from components.ranking_example_gen import request_examples
 from pipeline import cli
@@ -121,7 +121,7 @@ def _by_signature(requests):
 def test_good_pinnerformer_is_pushed_with_a_warmup_file_of_every_signature(tmp_path, store):
     base = str(tmp_path / "serving" / C.PINNERFORMER)
     final = publish(store["pf"], base, str(V1),
-                    check=lambda d: canary.check(d, store["pf_files"]))
+                    check=lambda d: canary(d, store["pf_files"]))
     assert sorted(os.listdir(base)) == [str(V1)]
     reqs = _warmup_records(final)
     assert {r.model_spec.name for r in reqs} == {C.PINNERFORMER}
@@ -211,7 +211,7 @@ def test_broken_candidate_is_refused_and_the_previous_version_stays(tmp_path, st
     src = (_no_variables(store["pf"], str(tmp_path / "broken")) if bad == "no-variables"
            else store["pf_nan"])
     with pytest.raises(PushError) as e:
-        publish(src, str(base), str(V2), check=lambda d: canary.check(d, store["pf_files"]))
+        publish(src, str(base), str(V2), check=lambda d: canary(d, store["pf_files"]))
     msg = cli._one_line(e.value)
     assert msg == str(e.value) and cli._user_error_code(e.value) == 1  # `pinrank run`: exit 1
     assert msg.startswith(f"canary refused {base}/.tmp-{V2}-")

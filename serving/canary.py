@@ -1,8 +1,7 @@
-"""Canary of a candidate SavedModel before AtomicPusher makes it visible (components/atomic_pusher.py).
-
-`check(version_dir, example_files)` runs `python -m components.canary` in a fresh process, so that
+"""The canary AtomicPusher runs on a candidate version before making it visible
+(components/atomic_pusher.py starts `python -m serving.canary` in a fresh process, so that
 nothing the pipeline process has loaded (TF functions, op registrations, resources) can hide a
-broken export. That process, like a server would:
+broken export). Like a server would, it:
 
 1. loads the version with the local server's loader (serving.local_server.Servable);
 2. builds WARMUP_REQUESTS_PER_SIGNATURE Predict requests for every signature the model serves
@@ -13,65 +12,25 @@ broken export. That process, like a server would:
 3. writes them as the version's TF Serving warmup file (serving/warmup.py), reads it back and
    replays it, refusing a request that fails or any non-finite output.
 
-Without examples (a Pusher wired without them) only the load is checked and no warmup file is
-written. A refusal is CanaryError (a PushError: `pinrank run` prints its one line, exit 1).
+Without examples only the load is checked and no warmup file is written. The outcome goes to the
+`--result` JSON file: {"requests": n} or {"error": one line}.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from components.atomic_pusher import PushError
 from components.data import ranking_features as rf
 from pipeline import features as F
 from serving import constants as C
 
-TIMEOUT_S = 900  # a load + a few dozen requests; a hung load must not hang the pipeline
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-class CanaryError(PushError):
+class CanaryError(Exception):
     """The candidate failed its canary: it did not load, a request failed or gave NaN/inf."""
-
-
-# ------------------------------------------------------------------------------ parent side
-
-
-def check(version_dir: str, example_files: Sequence[str] = (),
-          requests_per_signature: int = C.WARMUP_REQUESTS_PER_SIGNATURE,
-          timeout_s: float = TIMEOUT_S) -> int:
-    """Canaries `version_dir` in a fresh process (which writes its warmup file); returns the
-    number of requests replayed. Raises CanaryError with one line naming the model."""
-    with tempfile.TemporaryDirectory(prefix="pinrank-canary-") as tmp:
-        result = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, "-m", "components.canary", "--model-dir", version_dir,
-               "--result", result, "--requests", str(requests_per_signature),
-               *[a for f in example_files for a in ("--examples", f)]]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [_REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-        try:
-            proc = subprocess.run(cmd, env=env, cwd=_REPO, capture_output=True, text=True,
-                                  timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise CanaryError(f"canary of {version_dir}: no answer after {timeout_s:.0f} s"
-                              ) from None
-        if os.path.exists(result):
-            with open(result) as f:
-                outcome = json.load(f)
-            if outcome.get("error"):
-                raise CanaryError(f"canary refused {version_dir}: {outcome['error']}")
-            if proc.returncode == 0:
-                return int(outcome["requests"])
-        tail = " ".join((proc.stderr or "").strip().splitlines()[-1:])
-        raise CanaryError(f"canary of {version_dir} exited with code {proc.returncode}"
-                          + (f": {tail}" if tail else ""))
 
 
 # ------------------------------------------------------------------------------ requests
@@ -187,7 +146,7 @@ def _build(signature: str, sig_defs: Dict[str, Any], u: _Unit,
             surface=_feature(u.example, F.SURFACE)[0].decode(),
             pf_embedding=emb if present.size and present[0] else None)
     raise CanaryError(f"no canary request for signature {signature!r}: add one to "
-                      "components/canary.py")
+                      "serving/canary.py")
 
 
 def build_requests(servable, example_stream: Iterator[bytes], n: int) -> List[Any]:
@@ -246,7 +205,7 @@ def _canary(model_dir: str, example_files: Sequence[str], n: int) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from serving.warmup import WarmupError
 
-    p = argparse.ArgumentParser(prog="python -m components.canary", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m serving.canary", description=__doc__)
     p.add_argument("--model-dir", required=True)
     p.add_argument("--examples", action="append", default=[])
     p.add_argument("--requests", type=int, default=C.WARMUP_REQUESTS_PER_SIGNATURE)

@@ -391,11 +391,11 @@ def plot(results: list[dict], path: str, population: str = "all") -> None:
                           label=f"trained to T (seed {seed})" if r is rows[0] else None)
             if r.get("fresh"):
                 f = r["recall"][r["fresh"]["name"]]
-                ax_r.errorbar(mid + 0.12, f["mean"], yerr=err(f, f["mean"]), fmt="s",
+                ax_r.errorbar(mid + 0.35, f["mean"], yerr=err(f, f["mean"]), fmt="s",
                               mfc="none", color=f"C{j}", capsize=3,
                               label=f"retrained at window start (seed {seed})")
                 fl = r["fresh"]["lift_vs_popularity"]
-                ax_l.errorbar(mid + 0.12, fl["lift"], yerr=err(fl, fl["lift"]), fmt="s",
+                ax_l.errorbar(mid + 0.35, fl["lift"], yerr=err(fl, fl["lift"]), fmt="s",
                               mfc="none", color=f"C{j}", capsize=3,
                               label=f"retrained (seed {seed})")
     first = [r for r in results if r["seed"] == seeds[0]]

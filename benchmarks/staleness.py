@@ -390,14 +390,16 @@ def plot(results: list[dict], path: str, population: str = "all") -> None:
                           color=f"C{j}", capsize=3,
                           label=f"trained to T (seed {seed})" if r is rows[0] else None)
             if r.get("fresh"):
+                first_fresh = r is next(x for x in rows if x.get("fresh"))
                 f = r["recall"][r["fresh"]["name"]]
                 ax_r.errorbar(mid + 0.35, f["mean"], yerr=err(f, f["mean"]), fmt="s",
                               mfc="none", color=f"C{j}", capsize=3,
-                              label=f"retrained at window start (seed {seed})")
+                              label=f"retrained at window start (seed {seed})"
+                              if first_fresh else None)
                 fl = r["fresh"]["lift_vs_popularity"]
                 ax_l.errorbar(mid + 0.35, fl["lift"], yerr=err(fl, fl["lift"]), fmt="s",
                               mfc="none", color=f"C{j}", capsize=3,
-                              label=f"retrained (seed {seed})")
+                              label=f"retrained (seed {seed})" if first_fresh else None)
     first = [r for r in results if r["seed"] == seeds[0]]
     mids = [sum(r["window_days"]) / 2 / 7 for r in first]
     for name, style, label in (("popularity", "k--", "popularity as of the anchor"),

@@ -13,3 +13,44 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+class KnownNoise:
+    """A logging filter that drops warnings known to be harmless here, which otherwise make up
+    half of a run's output (progress would drown). Set PINRANK_LOG_ALL=1 to see them.
+
+    - TFX 1.16's input resolution logs "ArtifactQuery.property_predicate is not supported" for
+      every resolver query, whether or not the query uses a property predicate.
+    - Keras warns that a subclassed model's `__init__` arguments are not serializable when it
+      saves the model; the export is a SavedModel with traced signatures, which does not need them.
+    - TensorFlow Transform warns that tables initialized inside a tf.function are re-initialized
+      on every call; its own analyzers build them that way.
+    """
+
+    PREFIXES = (
+        "ArtifactQuery.property_predicate is not supported",
+        "Model's `__init__()` arguments contain non-serializable objects",
+        "Tables initialized inside a tf.function",
+    )
+
+    def filter(self, record) -> bool:
+        return not str(record.getMessage()).startswith(self.PREFIXES)
+
+
+def quiet_known_noise() -> None:
+    """Install KnownNoise on the loggers that emit it (absl and TensorFlow's), once."""
+    import logging
+
+    if os.environ.get("PINRANK_LOG_ALL") == "1":
+        return
+    try:  # absl must create its own logger class first (getLogger would make a plain one)
+        import absl.logging  # noqa: F401
+    except ImportError:
+        pass
+    for name in ("absl", "tensorflow"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, KnownNoise) for f in logger.filters):
+            logger.addFilter(KnownNoise())
+
+
+quiet_known_noise()

@@ -23,8 +23,9 @@ demo: env
 	$(VENV)/bin/pinrank run --preset cpu --source movielens $(ARGS)
 	$(VENV)/bin/pinrank online-demo --preset cpu --source movielens
 
+# unit tests and two groups of e2e tests side by side (tests/run.sh)
 test: env
-	$(VENV)/bin/python -m pytest -q $(ARGS)
+	PYTHON=$(VENV)/bin/python tests/run.sh $(ARGS)
 
 # ruff (pycodestyle, pyflakes, import order, no stale noqa) and mypy, configured in pyproject.toml
 lint: env

@@ -23,6 +23,11 @@ import sys
 STREAM_ONLY = ("group", "consumer", "block_ms", "max_events")
 
 
+def _store_arg(p) -> None:
+    p.add_argument("--store", required=True, metavar="URL",
+                   help="action store: sqlite:///PATH.db or redis://HOST:PORT/DB")
+
+
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser(
         "ingest", help="replay or consume events into the realtime action store",
@@ -30,8 +35,7 @@ def add_subcommands(subparsers) -> None:
                     "Redis Stream through a consumer group) with the batch reader's rules and "
                     "appends the valid ones to the action store; invalid events are counted "
                     "and logged, never fatal.")
-    p.add_argument("--store", required=True, metavar="URL",
-                   help="action store: sqlite:///PATH.db or redis://HOST:PORT/DB")
+    _store_arg(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", metavar="PATH", help="event file (.jsonl/.csv/.parquet) or - "
                                                     "for JSON lines on stdin")
@@ -62,8 +66,7 @@ def add_subcommands(subparsers) -> None:
         description="Deletes everything the action store holds under one user id, atomically, "
                     "and prints what was removed; running it again removes nothing. The batch "
                     "data is data.suppressed_users' job (docs/privacy.md).")
-    p.add_argument("--store", required=True, metavar="URL",
-                   help="action store: sqlite:///PATH.db or redis://HOST:PORT/DB")
+    _store_arg(p)
     p.add_argument("--user", required=True, help="the user id")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.set_defaults(func=cmd_forget_user)
@@ -76,8 +79,7 @@ def add_subcommands(subparsers) -> None:
                     "online.retention_days before --now-ts (default: now); a user left with "
                     "nothing is removed whole, and expired events sent again are not stored "
                     "(ActionStore.purge_before).")
-    p.add_argument("--store", required=True, metavar="URL",
-                   help="action store: sqlite:///PATH.db or redis://HOST:PORT/DB")
+    _store_arg(p)
     p.add_argument("--now-ts", type=int, help="the time the retention counts back from "
                                               "(default: now)")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")

@@ -97,16 +97,14 @@ def format_recommendations(rec) -> str:
     return "\n".join(lines)
 
 
-def cmd_recommend(args) -> int:
-    import logging
-
+def _answer_one(args, cfg, call, fmt) -> int:
+    """Build the Recommender, run call(rec) once, print it (--json: its to_dict()). A
+    ServiceError is one line: exit 2 for a bad request, 1 otherwise."""
     from serving.service import ServiceError
 
-    cfg = config_from_args(args)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     rec, closers = build_recommender(args, cfg)
     try:
-        out = rec.recommend(args.user, request_ts=args.now_ts, k=args.k, surface=args.surface)
+        out = call(rec)
     except ServiceError as e:
         print(f"error: {e.code}: {e.message}", file=sys.stderr)
         return 2 if e.status == 400 else 1
@@ -117,33 +115,29 @@ def cmd_recommend(args) -> int:
         json.dump(out.to_dict(), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(format_recommendations(out))
+        print(fmt(out))
     return 0
+
+
+def cmd_recommend(args) -> int:
+    import logging
+
+    cfg = config_from_args(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return _answer_one(args, cfg, lambda rec: rec.recommend(
+        args.user, request_ts=args.now_ts, k=args.k, surface=args.surface),
+        format_recommendations)
 
 
 def cmd_explain(args) -> int:
     from serving.explain import explain, format_explanation
-    from serving.service import ServiceError
 
     cfg = config_from_args(args)
     if args.actions < 0:
         raise SystemExit(f"--actions={args.actions}: must be >= 0")
-    rec, closers = build_recommender(args, cfg)
-    try:
-        out = explain(rec, args.user, request_ts=args.now_ts, item_id=args.item,
-                      surface=args.surface, max_actions=args.actions)
-    except ServiceError as e:
-        print(f"error: {e.code}: {e.message}", file=sys.stderr)
-        return 2 if e.status == 400 else 1
-    finally:
-        for c in closers:
-            c.close()
-    if args.json:
-        json.dump(out.to_dict(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print(format_explanation(out))
-    return 0
+    return _answer_one(args, cfg, lambda rec: explain(
+        rec, args.user, request_ts=args.now_ts, item_id=args.item, surface=args.surface,
+        max_actions=args.actions), format_explanation)
 
 
 def cmd_serve_recs(args) -> int:

@@ -26,13 +26,13 @@ RUN python -m pip install --no-cache-dir --no-deps --require-hashes \
 COPY . /tmp/pinrank/src
 RUN python -m pip install --no-cache-dir --no-deps --no-build-isolation /tmp/pinrank/src \
     && rm -rf /tmp/pinrank && cd / \
-    && installed="$(python -c 'import os, pipeline; print(os.path.dirname(os.path.dirname(pipeline.__file__)))')" \
+    && installed="$(python -c 'import os, pinrank.pipeline as p; print(os.path.dirname(os.path.dirname(os.path.dirname(p.__file__))))')" \
     && { [ "$installed" = "$SITE_PACKAGES" ] \
-         && [ -f "$SITE_PACKAGES/pipeline/schema/pinnerformer_raw.pbtxt" ] \
-         && [ -f "$SITE_PACKAGES/pipeline/schema/ranker_raw.pbtxt" ] \
+         && [ -f "$SITE_PACKAGES/pinrank/pipeline/schema/pinnerformer_raw.pbtxt" ] \
+         && [ -f "$SITE_PACKAGES/pinrank/pipeline/schema/ranker_raw.pbtxt" ] \
          || { echo "error: pinrank's schemas are not in $SITE_PACKAGES (installed in $installed)," \
                    "where compiled jobs name them: fix SITE_PACKAGES and IMAGE_SITE_PACKAGES" >&2; \
               exit 1; }; }
 
-# Tasks run from /, so `import pipeline` finds the installed package, never a source tree.
+# Tasks run from /, so `import pinrank` finds the installed package, never a source tree.
 WORKDIR /

@@ -30,6 +30,8 @@ test: env
 # ruff (pycodestyle, pyflakes, import order, no stale noqa) and mypy, configured in pyproject.toml
 lint: env
 	$(VENV)/bin/ruff check .
+	rm -rf build/typecheck && mkdir -p build/typecheck/pinrank
+	for d in pipeline components models transform serving; do ln -s ../../../$$d build/typecheck/pinrank/$$d; done
 	$(VENV)/bin/mypy
 
 test-fast: env

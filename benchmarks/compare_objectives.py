@@ -9,7 +9,7 @@ coverage@10 and interest entropy@50 per objective, and writes the raw numbers as
 """
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from pipeline import local_runner
-from pipeline.config import apply_overrides, preset
+from pinrank.pipeline import local_runner
+from pinrank.pipeline.config import apply_overrides, preset
 
 METRICS = ("recall@10", "p90_coverage@10", "interest_entropy@50")
 

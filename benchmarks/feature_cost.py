@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.ranker_ablations import VARIANTS
 from benchmarks.serving_latency import graph_flops, stats, timed
-from pipeline.config import RankerConfig, apply_overrides, preset
+from pinrank.pipeline.config import RankerConfig, apply_overrides, preset
 
 BASE = "a_no_sequence"
 SIGNATURE = "rank_request"
@@ -97,7 +97,7 @@ def request_inputs(cfg: RankerConfig, n: int, seed: int = 0
                    ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
     """One user (full-length realtime sequence, every action real) and n candidates, shaped as
     `rank_request` takes them."""
-    from models.realtime import ranker as R
+    from pinrank.models.realtime import ranker as R
 
     rng = np.random.default_rng(seed)
     rt = cfg.realtime
@@ -128,7 +128,7 @@ def save_rank_model(cfg: RankerConfig, user: Dict[str, np.ndarray],
     `SIGNATURE` (flat inputs: the user's keys, then the candidates'). Returns the tf.Module."""
     import tensorflow as tf
 
-    from models.realtime import ranker as R
+    from pinrank.models.realtime import ranker as R
 
     model = R.Ranker(cfg, seed=seed)
     ukeys, ckeys = sorted(user), sorted(cand)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -46,8 +46,8 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def pipeline_run(preset_name: str, source: str, sets: list[str], seed: int, home: str) -> dict:
     """One PinnerFormer pipeline run (ranker off) with `train.seed=seed`; its summary."""
-    from pipeline import local_runner
-    from pipeline.config import apply_overrides, preset
+    from pinrank.pipeline import local_runner
+    from pinrank.pipeline.config import apply_overrides, preset
 
     cfg = apply_overrides(preset(preset_name, source),
                           sets + [f"train.seed={seed}", "ranker_train.enabled=false"])

@@ -13,7 +13,7 @@ and writes the raw numbers as JSON.
 """
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -22,9 +22,9 @@ import json
 
 import numpy as np
 
-from pipeline import features as F
-from pipeline import local_runner
-from pipeline.config import apply_overrides, preset
+from pinrank.pipeline import features as F
+from pinrank.pipeline import local_runner
+from pinrank.pipeline.config import apply_overrides, preset
 
 # Hides among the top 3 by the repin score (lower is better): the "hide improving" check.
 HIDE_HIT = "hide_hit@3/repin"

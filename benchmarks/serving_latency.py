@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -49,8 +49,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import peak as peak_mod
-from pipeline import features as F
-from serving import constants as C
+from pinrank.pipeline import features as F
+from pinrank.serving import constants as C
 
 # ------------------------------------------------------------------------------ locating things
 
@@ -88,8 +88,8 @@ def history_batch(batch: int, width: int, data_dir: Optional[str], seed: int = 0
     if data_dir:
         import pandas as pd
 
-        from components.data import events as ev
-        from serving.client import embed_request_from_events
+        from pinrank.components.data import events as ev
+        from pinrank.serving.client import embed_request_from_events
 
         df = pd.concat([ev.read_event_shard(p) for p in ev.event_shards(data_dir)],
                        ignore_index=True)
@@ -188,9 +188,9 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from serving import local_server as LS
-    from serving.batch_embeddings import history_width, resolve_model_dir
-    from serving.client import ServingClient
+    from pinrank.serving import local_server as LS
+    from pinrank.serving.batch_embeddings import history_width, resolve_model_dir
+    from pinrank.serving.client import ServingClient
 
     roots = [r for r in ("runs", os.environ.get("PINRANK_HOME", "")) if r]
     serving_dir = args.serving_dir or newest_serving_dir(roots)
@@ -226,14 +226,14 @@ def main(argv=None) -> int:
         ranker_path = None
         skipped_rank = f"rank 1x{args.candidates}: skipped (no {C.RANKER} model in {serving_dir})"
     if ranker_path:
-        from serving.client import rank_request_inputs
+        from pinrank.serving.client import rank_request_inputs
 
         rsigs = tf.saved_model.load(ranker_path).signatures
         rdef = LS.signature_defs(ranker_path).get(C.RANK)
         if rdef is None:
             skipped_rank = f"rank: skipped ({ranker_path} has no {C.RANK!r} signature)"
         else:
-            from serving.batch_embeddings import fixed_history_len
+            from pinrank.serving.batch_embeddings import fixed_history_len
 
             rwidth = fixed_history_len(rdef) or width
             hist, _ = history_batch(1, rwidth, data_dir)

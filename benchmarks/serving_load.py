@@ -7,7 +7,7 @@ pushed (a third of the way) and the old one removed (two thirds of the way).
 
 Models: the toy SavedModels of serving/testing.py (real SavedModels with the serving contract,
 small, so the figures measure the server and the swap, not the model). The server runs in its
-own process (`python -m serving.local_server`, as `pinrank serve` does) unless --in-process, so
+own process (`python -m pinrank.serving.local_server`, as `pinrank serve` does) unless --in-process, so
 clients and server do not share a GIL. Clients do not retry: every non-OK status is a failure.
 Prints requests, failures and p50/p99 latency per kind, and the versions served around the
 swap; exits 1 on any failed request or a request started after the swap that the old version
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -31,8 +31,8 @@ import tempfile
 import threading
 from typing import Optional
 
-from serving import constants as C
-from serving import testing as T
+from pinrank.serving import constants as C
+from pinrank.serving import testing as T
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V1, V2 = 1_700_000_000, 1_700_000_100
@@ -43,14 +43,14 @@ class _Server:
         self.proc: Optional[subprocess.Popen] = None
         self.handle = None
         if in_process:
-            from serving import local_server as LS
+            from pinrank.serving import local_server as LS
             self.handle = LS.serve(model_base_path=model_base_path, port=0,
                                    file_system_poll_wait_seconds=0.1)
             self.target = self.handle.target
             return
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.local_server", "--model_base_path", model_base_path,
+            [sys.executable, "-m", "pinrank.serving.local_server", "--model_base_path", model_base_path,
              "--port", "0", "--file_system_poll_wait_seconds", "0.1"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         lines: "queue.Queue[str]" = queue.Queue()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.serving_latency import dataset_for, newest_serving_dir, stats
-from serving import constants as C
+from pinrank.serving import constants as C
 
 STAGES = ("store", "snapshot", "retrieve", "rank", "total")
 
@@ -80,16 +80,16 @@ def main(argv=None) -> int:
     import pandas as pd
     import tensorflow as tf
 
-    from components.data import events as ev
-    from components.data import ranking_features as rf
-    from pipeline.config import preset
-    from serving import batch_embeddings as B
-    from serving import local_server as LS
-    from serving import recs_http
-    from serving.action_store import open_store
-    from serving.client import ServingClient
-    from serving.ingest import ingest_dataset
-    from serving.service import ColdStart, Recommender, rank_inputs
+    from pinrank.components.data import events as ev
+    from pinrank.components.data import ranking_features as rf
+    from pinrank.pipeline.config import preset
+    from pinrank.serving import batch_embeddings as B
+    from pinrank.serving import local_server as LS
+    from pinrank.serving import recs_http
+    from pinrank.serving.action_store import open_store
+    from pinrank.serving.client import ServingClient
+    from pinrank.serving.ingest import ingest_dataset
+    from pinrank.serving.service import ColdStart, Recommender, rank_inputs
 
     roots = [r for r in ("runs", os.environ.get("PINRANK_HOME", "")) if r]
     serving_dir = args.serving_dir or newest_serving_dir(roots)

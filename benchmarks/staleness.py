@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -74,8 +74,8 @@ def cap_per_user(users, windows, max_per_user: int, seed: int = 0) -> np.ndarray
 def cut_quantile(data_start: int, data_end: int, cut: int) -> float:
     """The `examples.eval_after_time_quantile` whose cut (EventExampleGen.eval_cut) is exactly
     `cut`."""
-    from components.event_example_gen import eval_cut
-    from pipeline.config import ExampleGenConfig
+    from pinrank.components.event_example_gen import eval_cut
+    from pinrank.pipeline.config import ExampleGenConfig
 
     if not data_start < cut < data_end:
         raise ValueError(f"cut {cut} is not inside the data ({data_start}, {data_end})")
@@ -98,8 +98,8 @@ def run_artifacts(summary: dict) -> dict:
     from tfx.orchestration import metadata
     from tfx.types import standard_artifacts
 
-    from components.types import ItemEmbeddings
-    from pipeline.runs import _latest
+    from pinrank.components.types import ItemEmbeddings
+    from pinrank.pipeline.runs import _latest
 
     paths = summary["paths"]
     conn = metadata.sqlite_metadata_connection_config(paths["metadata_path"])
@@ -121,7 +121,7 @@ def read_user_events(dataset_dir: str):
     the data's (first, last) event time."""
     import pandas as pd
 
-    from components.data import events as E
+    from pinrank.components.data import events as E
 
     df = pd.concat([d for _, d, _ in E.iter_events(dataset_dir)], ignore_index=True)
     rows = {str(u): {c: g[c].to_numpy() for c in g.columns if c != "user_id"}
@@ -132,7 +132,7 @@ def read_user_events(dataset_dir: str):
 def uncut_train_positives(user_rows: dict, cfg):
     """(user index, item id, ts) of every training user's positives over the whole data set
     (EventExampleGen.train_positives without a cut): popularity as of any anchor."""
-    from components.event_example_gen import TRAIN_POS_ITEM, TRAIN_POS_TS, train_positives
+    from pinrank.components.event_example_gen import TRAIN_POS_ITEM, TRAIN_POS_TS, train_positives
 
     users, items, ts = [], [], []
     for i, (user_id, rows) in enumerate(user_rows.items()):
@@ -154,8 +154,8 @@ def out_of_time_examples(user_rows: dict, cfg, data_end: int, cut: int):
     too."""
     import dataclasses
 
-    from components.event_example_gen import split_of, user_examples
-    from pipeline import features as F
+    from pinrank.components.event_example_gen import split_of, user_examples
+    from pinrank.pipeline import features as F
 
     every = dataclasses.replace(cfg, eval_user_percent=100, valid_user_percent=0,
                                 eval_users="test", eval_anchors_per_user=10**9)
@@ -177,7 +177,7 @@ def embed(model_uri: str, serialized: list, item_ids: np.ndarray):
     import tensorflow as tf
     from tfx.utils import path_utils
 
-    from components.retrieval_evaluator.component import embed_items, embed_users
+    from pinrank.components.retrieval_evaluator.component import embed_items, embed_users
 
     model = tf.saved_model.load(path_utils.serving_model_path(model_uri))
     return embed_users(model, serialized), embed_items(model, item_ids)
@@ -193,15 +193,15 @@ def evaluate_windows(seed: int, stale: dict, fresh: dict, examples, *, cut: int,
     seeds (their anchors must then be identical)."""
     import tensorflow as tf
 
-    from components.event_example_gen import read_train_positives
-    from components.retrieval_evaluator import baselines as B
-    from components.retrieval_evaluator import metrics as M
-    from components.retrieval_evaluator import report
-    from components.retrieval_evaluator import stats as S
-    from components.retrieval_evaluator.component import baseline_metrics, compare_methods, parse_lists
-    from pipeline import features as F
-    from pipeline.artifacts import load_item_embeddings
-    from pipeline.config import DAY_S
+    from pinrank.components.event_example_gen import read_train_positives
+    from pinrank.components.retrieval_evaluator import baselines as B
+    from pinrank.components.retrieval_evaluator import metrics as M
+    from pinrank.components.retrieval_evaluator import report
+    from pinrank.components.retrieval_evaluator import stats as S
+    from pinrank.components.retrieval_evaluator.component import baseline_metrics, compare_methods, parse_lists
+    from pinrank.pipeline import features as F
+    from pinrank.pipeline.artifacts import load_item_embeddings
+    from pinrank.pipeline.config import DAY_S
 
     edges_s = [int(d * DAY_S) for d in edges_days]
     serialized, users, heldout = examples
@@ -280,9 +280,9 @@ def evaluate_windows(seed: int, stale: dict, fresh: dict, examples, *, cut: int,
 
 
 def cmd_run(args) -> None:
-    from components.data.sources import prepare_dataset
-    from pipeline.config import DAY_S, apply_overrides, preset
-    from pipeline.runs import RunPaths
+    from pinrank.components.data.sources import prepare_dataset
+    from pinrank.pipeline.config import DAY_S, apply_overrides, preset
+    from pinrank.pipeline.runs import RunPaths
 
     base_sets = [f"train.train_steps={args.train_steps}", *args.set]
     cfg = apply_overrides(preset(args.preset, args.source), base_sets)

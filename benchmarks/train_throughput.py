@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -70,8 +70,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import peak as peak_mod
-from pipeline import features as F
-from pipeline.config import PipelineConfig, apply_overrides, preset
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import PipelineConfig, apply_overrides, preset
 
 DIMS = {  # name -> (hidden, layers, seq_len, batch)
     "a": (64, 2, 50, 256),
@@ -157,8 +157,8 @@ class Bench:
     def __init__(self, cfg: PipelineConfig, num_items: int, label: str = ""):
         import tensorflow as tf
 
-        from models.pinnerformer import train
-        from models.pinnerformer.model import PinnerFormer
+        from pinrank.models.pinnerformer import train
+        from pinrank.models.pinnerformer.model import PinnerFormer
 
         self.cfg, self.label = cfg, label
         item_ids, item_emb = synthetic_catalog(cfg, num_items)
@@ -240,7 +240,7 @@ def counted_flops(cfg: PipelineConfig, num_items: int):
     builds the same loss and `tf.gradients` in a tf.compat.v1 graph and runs it once traced."""
     import tensorflow as tf
 
-    from models.pinnerformer.model import PinnerFormer
+    from pinrank.models.pinnerformer.model import PinnerFormer
 
     g = tf.Graph()
     with g.as_default():

@@ -11,7 +11,7 @@ its temporary directory and raises PushError, one line naming the serving dir; a
 leaves only a `.tmp-*` directory, removed by the next push. What serves before a failed push
 keeps serving: nothing under `<base>/<number>` is touched.
 
-Before the rename, the copy is canaried by `python -m serving.canary` in a fresh process (a
+Before the rename, the copy is canaried by `python -m pinrank.serving.canary` in a fresh process (a
 serving-runtime module, run, not imported, from this layer): loaded as a server would, every
 serving signature run on requests built from the `examples` input's eval split, which are then
 written as the version's TF Serving warmup file (`assets.extra/tf_serving_warmup_requests`). A
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 EXAMPLES_KEY = "examples"  # the eval examples the canary builds its requests from
 EVAL_SPLIT = "eval"
-CANARY_MODULE = "serving.canary"
+CANARY_MODULE = "pinrank.serving.canary"
 CANARY_TIMEOUT_S = 900  # a load + a few dozen requests; a hung load must not hang the pipeline
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

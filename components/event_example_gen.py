@@ -30,11 +30,11 @@ from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 
-from components.data import beam_io
-from components.data import events as ev
-from components.types import ItemCatalog
-from pipeline import features as F
-from pipeline.config import DAY_S, ExampleGenConfig, PipelineConfig
+from pinrank.components.data import beam_io
+from pinrank.components.data import events as ev
+from pinrank.components.types import ItemCatalog
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DAY_S, ExampleGenConfig, PipelineConfig
 
 # train: model and item embeddings; valid: the Trainer's validation loss (early stopping);
 # eval: the users the RetrievalEvaluator scores (never seen by training).

@@ -56,10 +56,10 @@ from tfx.dsl.component.experimental.annotations import (
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
-from components.item_embedding.embedding import build_item_embeddings, interests_matrix, sorted_catalog
-from components.types import ItemCatalog, ItemEmbeddings
-from pipeline import artifacts, features
-from pipeline.config import PipelineConfig
+from pinrank.components.item_embedding.embedding import build_item_embeddings, interests_matrix, sorted_catalog
+from pinrank.components.types import ItemCatalog, ItemEmbeddings
+from pinrank.pipeline import artifacts, features
+from pinrank.pipeline.config import PipelineConfig
 
 TRAIN_SPLIT = "train"
 ITEMS_FILE = "items.parquet"

@@ -88,12 +88,12 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import path_utils
 
-from components.data import beam_io
-from components.data import events as ev
-from components.data import ranking_features as rf
-from pipeline import features as F
-from pipeline.config import DAY_S, PipelineConfig, RankingConfig
-from serving import constants as C
+from pinrank.components.data import beam_io
+from pinrank.components.data import events as ev
+from pinrank.components.data import ranking_features as rf
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DAY_S, PipelineConfig, RankingConfig
+from pinrank.serving import constants as C
 
 SPLITS = ("train", "eval")
 STATS_FILE = "ranking_example_gen.json"

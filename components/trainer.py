@@ -18,8 +18,8 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter
 from tfx.utils import json_utils
 
-from components.types import ItemEmbeddings
-from pipeline.artifacts import ITEM_EMBEDDINGS_URI
+from pinrank.components.types import ItemEmbeddings
+from pinrank.pipeline.artifacts import ITEM_EMBEDDINGS_URI
 
 ITEM_EMBEDDINGS_KEY = "item_embeddings"
 

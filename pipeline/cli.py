@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -22,7 +22,7 @@ import json
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from pipeline import config_args
+from pinrank.pipeline import config_args
 
 DIST_NAME = "pinrank"  # [project] name in pyproject.toml
 # Commands that need nothing from serving/: their parser is built without it (no grpc/numpy
@@ -68,15 +68,15 @@ _add_config_args = config_args.add_config_args
 def _check_inputs(cfg) -> None:
     """Missing input files fail here, in a second, not after the TensorFlow import."""
     if cfg.data.source == "path":
-        from components.data.sources import path_inputs
+        from pinrank.components.data.sources import path_inputs
         path_inputs(cfg.data)
 
 
 def cmd_run(args) -> int:
     cfg = _config(args)  # first: a config error must not wait for TensorFlow
     _check_inputs(cfg)
-    from pipeline import local_runner
-    from pipeline.runs import DEFAULT_BEAM_ARGS
+    from pinrank.pipeline import local_runner
+    from pinrank.pipeline.runs import DEFAULT_BEAM_ARGS
     summary = local_runner.run(cfg, args.home, args.beam_arg or list(DEFAULT_BEAM_ARGS),
                                enable_cache=not args.no_cache)
     ev = summary.get("evaluation", {})
@@ -139,8 +139,8 @@ def _print_data_counts(fallbacks: dict, file=None, dropped: Optional[dict] = Non
 
 def cmd_data(args) -> int:
     cfg = _config(args)  # prepare_dataset checks the input files itself (no TensorFlow here)
-    from components.data.events import read_dataset_manifest
-    from components.data.sources import prepare_dataset
+    from pinrank.components.data.events import read_dataset_manifest
+    from pinrank.components.data.sources import prepare_dataset
     path = prepare_dataset(cfg.data, args.out, drop_invalid=cfg.examples.drop_invalid_events)
     manifest = read_dataset_manifest(path)
     _print_data_counts(manifest.get("fallbacks", {}), file=sys.stderr,
@@ -154,9 +154,9 @@ def cmd_online_demo(args) -> int:
     cfg = _config(args)
     import logging
 
-    from pipeline import online_demo
-    from serving.recs_cli import format_recommendations
-    from serving.service import Recommendations
+    from pinrank.pipeline import online_demo
+    from pinrank.serving.recs_cli import format_recommendations
+    from pinrank.serving.service import Recommendations
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = online_demo.run(cfg, args.home, user=args.user, k=args.k)
@@ -167,7 +167,7 @@ def cmd_online_demo(args) -> int:
 
 def cmd_compile(args) -> int:
     cfg = _config(args)
-    from pipeline import kubeflow_v2_runner as kfv2  # TensorFlow only inside compile_pipeline
+    from pinrank.pipeline import kubeflow_v2_runner as kfv2  # TensorFlow only inside compile_pipeline
     fingerprint = kfv2.dataset_fingerprint_for(args.data, args.dataset_fingerprint)
     out = kfv2.compile_pipeline(cfg, pipeline_root=args.pipeline_root,
                                 dataset_dir=args.data, dataset_fingerprint=fingerprint,
@@ -280,8 +280,8 @@ def build_parser(serving: bool = True) -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_config_show)
 
     if serving:
-        from serving import batch_cli, ingest_cli, recs_cli
-        from serving import cli as serving_cli
+        from pinrank.serving import batch_cli, ingest_cli, recs_cli
+        from pinrank.serving import cli as serving_cli
         serving_cli.add_subcommands(sub)
         batch_cli.add_subcommands(sub)
         ingest_cli.add_subcommands(sub)
@@ -292,20 +292,20 @@ def build_parser(serving: bool = True) -> argparse.ArgumentParser:
 
 def _user_error_code(e: BaseException):
     """2 for a config/usage error, 1 for bad data or a missing input, None for a bug."""
-    from pipeline.config import ConfigError
+    from pinrank.pipeline.config import ConfigError
     if isinstance(e, ConfigError):
         return 2
-    events = sys.modules.get("components.data.events")  # loaded if it can have raised
+    events = sys.modules.get("pinrank.components.data.events")  # loaded if it can have raised
     if events is not None and isinstance(e, (events.DatasetFormatError,
                                              events.EventValidationError)):
         return 1
-    store = sys.modules.get("serving.action_store")  # an unreachable or unusable store
+    store = sys.modules.get("pinrank.serving.action_store")  # an unreachable or unusable store
     if store is not None and isinstance(e, store.StoreError):
         return 1
-    service = sys.modules.get("serving.service")  # a request the service cannot answer
+    service = sys.modules.get("pinrank.serving.service")  # a request the service cannot answer
     if service is not None and isinstance(e, service.ServiceError):
         return 2 if e.status == 400 else 1
-    pusher = sys.modules.get("components.atomic_pusher")  # a serving dir it cannot write
+    pusher = sys.modules.get("pinrank.components.atomic_pusher")  # a serving dir it cannot write
     if pusher is not None and isinstance(e, pusher.PushError):
         return 1
     if isinstance(e, (FileNotFoundError, NotADirectoryError)):

@@ -624,7 +624,7 @@ class OnlineConfig:
     retention_days: int = 365
 
     def __post_init__(self):
-        from pipeline import features as F  # no imports of its own
+        from pinrank.pipeline import features as F  # no imports of its own
 
         for name in ("k", "num_candidates", "cold_start_window_days", "retention_days"):
             if getattr(self, name) < 1:
@@ -1051,7 +1051,7 @@ DATA_SOURCES = ("synthetic", "movielens", "path")  # = components.data.sources.S
 def check_consistency(cfg: PipelineConfig) -> PipelineConfig:
     """What must agree across sections before a run starts (ConfigError listing every problem).
     Single fields are checked by their section; the data-decided sizes again by the trainer."""
-    from pipeline import features as F  # no imports of its own
+    from pinrank.pipeline import features as F  # no imports of its own
 
     problems = []
     if cfg.data.source not in DATA_SOURCES:

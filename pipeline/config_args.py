@@ -20,7 +20,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args):
     """--preset, --source, --data-path and every --set, resolved and checked (ConfigError)."""
-    from pipeline.config import apply_overrides, check_consistency, preset
+    from pinrank.pipeline.config import apply_overrides, check_consistency, preset
     cfg = preset(args.preset, args.source)
     if getattr(args, "data_path", None):
         cfg = cfg.replace(data={"path": args.data_path})

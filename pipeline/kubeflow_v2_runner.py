@@ -17,14 +17,14 @@ import re
 from importlib import metadata
 from typing import List, Optional
 
-from pipeline.config import ConfigError, PipelineConfig, VertexConfig
+from pinrank.pipeline.config import ConfigError, PipelineConfig, VertexConfig
 
 DIST_NAME = "pinrank"  # [project] name in pyproject.toml; also the image's name
 # site-packages of the TFX 1.16 image's Python (/opt/conda, a Deep Learning VM base); the
 # Dockerfile's SITE_PACKAGES must be the same, and its build fails if pip installs elsewhere.
 IMAGE_SITE_PACKAGES = "/opt/conda/lib/python3.10/site-packages"
-# Where this checkout's (or installation's) top-level packages live: package files are named in
-# the image by their path relative to it.
+# Where this checkout's folders (or the installed `pinrank` package's) live: the wheel puts a
+# package file at pinrank/<its path relative to it> (pyproject.toml, [tool.setuptools]).
 _PACKAGES_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -50,11 +50,11 @@ def image_path(package_file: str, site_packages: str = IMAGE_SITE_PACKAGES) -> s
     if rel.startswith(os.pardir) or not os.path.isfile(package_file):
         raise ConfigError(f"{package_file} is not a file of the pinrank packages, so it is not "
                           f"in the image")
-    return posixpath.join(site_packages, *rel.split(os.sep))
+    return posixpath.join(site_packages, "pinrank", *rel.split(os.sep))
 
 
 def _manifest_fingerprint(path: str) -> str:
-    from components.data.events import MANIFEST_FILE, read_dataset_manifest
+    from pinrank.components.data.events import MANIFEST_FILE, read_dataset_manifest
     d = os.path.dirname(path) if os.path.basename(path) == MANIFEST_FILE else path
     manifest = read_dataset_manifest(d)
     if not manifest or not manifest.get("fingerprint"):
@@ -91,7 +91,7 @@ def beam_args(vertex: VertexConfig, *, pipeline_root: str, image: str) -> List[s
     DirectRunner settings inside the task's container."""
     runner = vertex.runner or ("DataflowRunner" if vertex.project else "DirectRunner")
     if runner == "DirectRunner":
-        from pipeline.runs import DEFAULT_BEAM_ARGS
+        from pinrank.pipeline.runs import DEFAULT_BEAM_ARGS
         return ["--runner=DirectRunner", *DEFAULT_BEAM_ARGS, *vertex.extra_args]
     if not vertex.project or not vertex.region:
         raise ConfigError("vertex.runner=DataflowRunner needs vertex.project and vertex.region "
@@ -123,7 +123,7 @@ def compile_pipeline(cfg: PipelineConfig, *, pipeline_root: str, dataset_dir: st
 
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import PINNERFORMER_SCHEMA, RANKER_SCHEMA, create_pipeline
+    from pinrank.pipeline.pipeline import PINNERFORMER_SCHEMA, RANKER_SCHEMA, create_pipeline
     pipeline = create_pipeline(
         cfg, pipeline_root=pipeline_root, dataset_dir=dataset_dir,
         dataset_fingerprint=dataset_fingerprint, serving_dir=serving_dir, beam_pipeline_args=args,

@@ -1,7 +1,7 @@
 """Run the pipeline in-process with LocalDagRunner (the default main job)."""
 from __future__ import annotations
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
@@ -10,8 +10,8 @@ from typing import Dict, List, Optional
 
 from tfx import v1 as tfx
 
-from pipeline.config import PipelineConfig
-from pipeline.runs import RunPaths, build, summarize
+from pinrank.pipeline.config import PipelineConfig
+from pinrank.pipeline.runs import RunPaths, build, summarize
 
 
 def run(cfg: PipelineConfig, home: str, beam_args: Optional[List[str]] = None,

@@ -17,21 +17,21 @@ import os
 import time
 from typing import Any, Dict, Optional
 
-from pipeline.config import PipelineConfig
-from pipeline.runs import RunPaths
+from pinrank.pipeline.config import PipelineConfig
+from pinrank.pipeline.runs import RunPaths
 
 
 def run(cfg: PipelineConfig, home: str, user: Optional[str] = None, k: int = 10,
         log=print) -> Dict[str, Any]:
-    from components.data import events as ev
-    from components.data import ranking_features as rf
-    from serving import batch_embeddings as B
-    from serving import constants as C
-    from serving import local_server as LS
-    from serving.action_store import open_store
-    from serving.client import ServingClient
-    from serving.ingest import ingest_dataset
-    from serving.service import ColdStart, Recommender
+    from pinrank.components.data import events as ev
+    from pinrank.components.data import ranking_features as rf
+    from pinrank.serving import batch_embeddings as B
+    from pinrank.serving import constants as C
+    from pinrank.serving import local_server as LS
+    from pinrank.serving.action_store import open_store
+    from pinrank.serving.client import ServingClient
+    from pinrank.serving.ingest import ingest_dataset
+    from pinrank.serving.service import ColdStart, Recommender
 
     paths = RunPaths.for_config(cfg, home)
     manifest = ev.read_dataset_manifest(paths.data_dir)
@@ -71,7 +71,7 @@ def run(cfg: PipelineConfig, home: str, user: Optional[str] = None, k: int = 10,
 
 def _first_user(data_dir: str) -> str:
     """The smallest user id of the first event shard ("1" on MovieLens)."""
-    from components.data import events as ev
+    from pinrank.components.data import events as ev
 
     df = ev.read_event_shard(ev.event_shards(data_dir)[0])
     ids = sorted(df["user_id"].unique(), key=lambda u: (len(u), u))

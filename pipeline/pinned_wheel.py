@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from pipeline.artifacts import sha256_file
+from pinrank.pipeline.artifacts import sha256_file
 
 CACHE_ENV = "PINRANK_CACHE"
 

@@ -18,28 +18,28 @@ from typing import List, Optional
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from components.anomalies_gate import AnomaliesGate
-from components.atomic_pusher import AtomicPusher
-from components.event_example_gen import EventExampleGen
-from components.item_embedding_gen import ItemEmbeddingGen
-from components.ranker_eval.baseline_check import RankerBaselineCheck
-from components.ranker_eval.eval_config import pipeline_eval_config
-from components.ranker_eval.evaluator import RankerEvaluator
-from components.ranking_example_gen import RankingExampleGen
-from components.retrieval_evaluator.component import RetrievalEvaluator
-from components.trainer import ItemAwareTrainer
-from pipeline import features as F
-from pipeline.config import PipelineConfig, check_consistency
-from transform import pinnerformer as pinnerformer_transform
-from transform import ranker as ranker_transform
+from pinrank.components.anomalies_gate import AnomaliesGate
+from pinrank.components.atomic_pusher import AtomicPusher
+from pinrank.components.event_example_gen import EventExampleGen
+from pinrank.components.item_embedding_gen import ItemEmbeddingGen
+from pinrank.components.ranker_eval.baseline_check import RankerBaselineCheck
+from pinrank.components.ranker_eval.eval_config import pipeline_eval_config
+from pinrank.components.ranker_eval.evaluator import RankerEvaluator
+from pinrank.components.ranking_example_gen import RankingExampleGen
+from pinrank.components.retrieval_evaluator.component import RetrievalEvaluator
+from pinrank.components.trainer import ItemAwareTrainer
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import PipelineConfig, check_consistency
+from pinrank.transform import pinnerformer as pinnerformer_transform
+from pinrank.transform import ranker as ranker_transform
 
 PINNERFORMER_SCHEMA = os.path.join(os.path.dirname(__file__), "schema", "pinnerformer_raw.pbtxt")
-PREPROCESSING_FN = "transform.pinnerformer.preprocessing_fn"
-RUN_FN = "models.pinnerformer.run.run_fn"
+PREPROCESSING_FN = "pinrank.transform.pinnerformer.preprocessing_fn"
+RUN_FN = "pinrank.models.pinnerformer.run.run_fn"
 PINNERFORMER_MODEL_NAME = "pinnerformer"
 RANKER_SCHEMA = os.path.join(os.path.dirname(__file__), "schema", "ranker_raw.pbtxt")
-RANKER_PREPROCESSING_FN = "transform.ranker.preprocessing_fn"
-RANKER_RUN_FN = "models.realtime.run.run_fn"
+RANKER_PREPROCESSING_FN = "pinrank.transform.ranker.preprocessing_fn"
+RANKER_RUN_FN = "pinrank.models.realtime.run.run_fn"
 RANKER_MODEL_NAME = "ranker"
 
 

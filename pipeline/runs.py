@@ -11,10 +11,10 @@ from typing import Dict, List, Optional
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 
-from components.data.events import read_dataset_manifest
-from components.data.sources import prepare_dataset
-from pipeline.config import PipelineConfig
-from pipeline.pipeline import create_pipeline
+from pinrank.components.data.events import read_dataset_manifest
+from pinrank.components.data.sources import prepare_dataset
+from pinrank.pipeline.config import PipelineConfig
+from pinrank.pipeline.pipeline import create_pipeline
 
 DEFAULT_HOME = os.environ.get("PINRANK_HOME", os.path.join(os.getcwd(), "runs"))
 # In-memory DirectRunner: on 2 cores, multi-process workers spend more time importing TF than
@@ -45,7 +45,7 @@ class RunPaths:
 def _data_key(cfg: PipelineConfig) -> str:
     d = cfg.data
     if d.source == "synthetic":
-        from components.data.sources import SYNTHETIC_FIELDS
+        from pinrank.components.data.sources import SYNTHETIC_FIELDS
         # Readable size in the name; every other world knob in a short hash, so two worlds
         # never share a data directory or an MLMD store.
         knobs = hashlib.sha256(json.dumps({f: getattr(d, f) for f in SYNTHETIC_FIELDS},

@@ -87,9 +87,9 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import pandas as pd
 
-from components.data import events as ev
-from components.data.ranking_features import day_start  # the snapshot a request uses
-from pipeline.config import PipelineConfig
+from pinrank.components.data import events as ev
+from pinrank.components.data.ranking_features import day_start  # the snapshot a request uses
+from pinrank.pipeline.config import PipelineConfig
 
 EVENT_ID = "event_id"
 DEFAULT_KEEP_SNAPSHOTS = 3

@@ -47,13 +47,13 @@ def add_subcommands(subparsers) -> None:
 def cmd_embed_users(args) -> int:
     import logging
 
-    from serving import batch_embeddings as B
+    from pinrank.serving import batch_embeddings as B
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger(B.log.name).setLevel(logging.INFO)  # Beam's INFO chatter stays off
     store = None
     if args.store:  # checked before the job: an unreachable store fails in a second, not after
-        from serving import action_store as S
+        from pinrank.serving import action_store as S
         try:
             store = S.open_store(args.store)
         except S.StoreUnavailableError as e:
@@ -81,7 +81,7 @@ def _embed_users(args, B, store) -> int:
             out["kv_loaded"] = B.load_into_kv(path, kv)
             out["kv"] = os.path.abspath(args.kv_sqlite)
     if store is not None:
-        from serving.action_store import StoreUnavailableError
+        from pinrank.serving.action_store import StoreUnavailableError
         try:
             out["store_loaded"] = B.load_snapshot_into_store(path, store)
         except StoreUnavailableError as e:

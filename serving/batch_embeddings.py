@@ -88,13 +88,13 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from components.data import events as ev
-from components.data import ranking_features as rf
-from pipeline import features as F
-from pipeline.artifacts import sha256_file
-from serving import constants as C
+from pinrank.components.data import events as ev
+from pinrank.components.data import ranking_features as rf
+from pinrank.pipeline import features as F
+from pinrank.pipeline.artifacts import sha256_file
+from pinrank.serving import constants as C
 
-log = logging.getLogger("serving.batch_embeddings")
+log = logging.getLogger("pinrank.serving.batch_embeddings")
 
 EMBEDDINGS_FILE = "embeddings.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -198,7 +198,7 @@ def model_seq_len(model_path: str) -> Optional[int]:
 def history_width(model_path: str, max_len: Optional[int]) -> int:
     """Width of the embed_raw rows: the signature's fixed L, else max_len, else the model's M,
     else DEFAULT_MAX_LEN."""
-    from serving.local_server import signature_defs
+    from pinrank.serving.local_server import signature_defs
 
     sigs = signature_defs(model_path)
     if C.EMBED_RAW not in sigs:

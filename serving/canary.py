@@ -1,5 +1,5 @@
 """The canary AtomicPusher runs on a candidate version before making it visible
-(components/atomic_pusher.py starts `python -m serving.canary` in a fresh process, so that
+(components/atomic_pusher.py starts `python -m pinrank.serving.canary` in a fresh process, so that
 nothing the pipeline process has loaded (TF functions, op registrations, resources) can hide a
 broken export). Like a server would, it:
 
@@ -24,9 +24,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from components.data import ranking_features as rf
-from pipeline import features as F
-from serving import constants as C
+from pinrank.components.data import ranking_features as rf
+from pinrank.pipeline import features as F
+from pinrank.serving import constants as C
 
 
 class CanaryError(Exception):
@@ -134,7 +134,7 @@ def _build(signature: str, sig_defs: Dict[str, Any], u: _Unit,
         items = items[items != C.PAD_ITEM]
         return {C.ITEM_ID: items} if items.size else None
     if signature == C.RANK:
-        from serving.client import rank_request_inputs
+        from pinrank.serving.client import rank_request_inputs
 
         if not u.cands.size:
             return None
@@ -153,7 +153,7 @@ def build_requests(servable, example_stream: Iterator[bytes], n: int) -> List[An
     """PredictRequests for every signature of `servable` (serving.local_server.Servable)."""
     from tensorflow_serving.apis import predict_pb2
 
-    from serving.client import to_tensor_proto
+    from pinrank.serving.client import to_tensor_proto
 
     signatures = sorted(s for s in servable.signature_defs if s != C.SAVED_MODEL_INIT_OP)
     ranker = C.RANK in signatures
@@ -183,8 +183,8 @@ def build_requests(servable, example_stream: Iterator[bytes], n: int) -> List[An
 
 
 def _canary(model_dir: str, example_files: Sequence[str], n: int) -> int:
-    from serving import local_server as LS
-    from serving import warmup as W
+    from pinrank.serving import local_server as LS
+    from pinrank.serving import warmup as W
 
     try:
         servable = LS.Servable("candidate", 0, model_dir)
@@ -203,9 +203,9 @@ def _canary(model_dir: str, example_files: Sequence[str], n: int) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from serving.warmup import WarmupError
+    from pinrank.serving.warmup import WarmupError
 
-    p = argparse.ArgumentParser(prog="python -m serving.canary", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m pinrank.serving.canary", description=__doc__)
     p.add_argument("--model-dir", required=True)
     p.add_argument("--examples", action="append", default=[])
     p.add_argument("--requests", type=int, default=C.WARMUP_REQUESTS_PER_SIGNATURE)

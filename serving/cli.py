@@ -22,13 +22,13 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
-from pipeline import features as F
-from serving import constants as C
+from pinrank.pipeline import features as F
+from pinrank.serving import constants as C
 
 
 def add_subcommands(subparsers) -> None:
     """Registers `serve` and `query` on an argparse sub-parsers object (func -> exit code)."""
-    from serving.local_server import DESCRIPTION, add_serve_arguments
+    from pinrank.serving.local_server import DESCRIPTION, add_serve_arguments
 
     p = subparsers.add_parser("serve", help="run the local TF-Serving stand-in (development)",
                               description=DESCRIPTION)
@@ -97,7 +97,7 @@ def add_subcommands(subparsers) -> None:
 
 
 def _client(args):
-    from serving.client import ServingClient
+    from pinrank.serving.client import ServingClient
 
     return ServingClient(args.target, timeout_s=args.timeout, retries=args.retries)
 
@@ -120,7 +120,7 @@ def _json_default(o):
 
 
 def _run(fn, args) -> int:
-    from serving.client import ServingError
+    from pinrank.serving.client import ServingError
 
     try:
         return fn(args)
@@ -132,7 +132,7 @@ def _run(fn, args) -> int:
 def cmd_serve(args) -> int:
     import logging
 
-    from serving.local_server import serve_from_args
+    from pinrank.serving.local_server import serve_from_args
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -170,7 +170,7 @@ def snapshot_staleness_error(versions: Sequence[int], max_age_hours: float,
 
 
 def cmd_query_snapshot(args) -> int:
-    from serving import action_store as S
+    from pinrank.serving import action_store as S
 
     now = time.time() if args.now_ts is None else float(args.now_ts)
     try:
@@ -235,7 +235,7 @@ def read_events(path: str, user_ids: Sequence[str]):
     """Events of `user_ids` from a dataset dir, a parquet shard or a csv (canonical columns)."""
     import pandas as pd
 
-    from components.data import events as ev
+    from pinrank.components.data import events as ev
 
     if os.path.isdir(path):
         shards = ev.event_shards(path)
@@ -250,7 +250,7 @@ def read_events(path: str, user_ids: Sequence[str]):
 
 
 def _signature(client, args):
-    from serving.client import ServingError
+    from pinrank.serving.client import ServingError
 
     sigs = client.metadata(args.model, args.version)
     if args.signature not in sigs:
@@ -288,7 +288,7 @@ def _cast_to_signature(inputs: Dict[str, Any], sig) -> Dict[str, Any]:
 
 
 def _history_inputs(client, args):
-    from serving.client import embed_request_from_events
+    from pinrank.serving.client import embed_request_from_events
 
     sig = _signature(client, args)
     now_ts = args.now_ts if args.now_ts is not None else int(time.time())
@@ -323,7 +323,7 @@ def cmd_query_rank(args) -> int:
             raise SystemExit("query rank takes exactly one --user")
         candidates = [int(x) for x in args.candidates.split(",") if x.strip()]
         with _client(args) as c:
-            from serving.client import embed_request_from_events, rank_request_inputs
+            from pinrank.serving.client import embed_request_from_events, rank_request_inputs
 
             sig = _signature(client=c, args=args)
             now_ts = args.now_ts if args.now_ts is not None else int(time.time())
@@ -348,14 +348,14 @@ def cmd_query_rank(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving.cli", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pinrank.serving.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_subcommands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+    from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

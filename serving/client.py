@@ -24,9 +24,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from components.data import ranking_features as rf
-from pipeline import features as F
-from serving import constants as C
+from pinrank.components.data import ranking_features as rf
+from pinrank.pipeline import features as F
+from pinrank.serving import constants as C
 
 
 class ServingError(Exception):

@@ -21,8 +21,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from google.protobuf import text_format
 
-from serving import constants as C
-from serving import tfs_protos
+from pinrank.serving import constants as C
+from pinrank.serving import tfs_protos
 
 
 class ConfigError(ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import features as F
+from pinrank.pipeline import features as F
 
 # Models (one TF Serving base path each: <model_root>/<name>).
 PINNERFORMER = "pinnerformer"

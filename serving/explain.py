@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from components.data import ranking_features as rf
-from pipeline import features as F
-from serving.service import ModelUnavailable, Recommender, ServiceError
+from pinrank.components.data import ranking_features as rf
+from pinrank.pipeline import features as F
+from pinrank.serving.service import ModelUnavailable, Recommender, ServiceError
 
 # Feature groups taken away from the ranker's request: (name, drop the embedding, drop the actions).
 GROUPS = (("PinnerFormer embedding", True, False), ("realtime actions", False, True),

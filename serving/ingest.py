@@ -34,11 +34,11 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Text
 import numpy as np
 import pandas as pd
 
-from components.data import events as ev
-from pipeline import features as F
-from serving.action_store import EVENT_ID, ActionStore, StoreError, StoreUnavailableError
+from pinrank.components.data import events as ev
+from pinrank.pipeline import features as F
+from pinrank.serving.action_store import EVENT_ID, ActionStore, StoreError, StoreUnavailableError
 
-log = logging.getLogger("serving.ingest")
+log = logging.getLogger("pinrank.serving.ingest")
 
 MALFORMED = "malformed"
 DEFAULT_GROUP = "pinrank-ingest"

@@ -71,7 +71,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.set_defaults(func=cmd_forget_user)
 
-    from pipeline.config_args import add_config_args
+    from pinrank.pipeline.config_args import add_config_args
 
     p = subparsers.add_parser(
         "purge", help="retention: delete actions older than online.retention_days",
@@ -118,7 +118,7 @@ def _stop_on_sigterm():
 
 def _open(url: str):
     """The store, or exit 1 (unreachable, one line) / 2 (a malformed URL: usage)."""
-    from serving import action_store as S
+    from pinrank.serving import action_store as S
 
     try:
         return S.open_store(url)
@@ -138,7 +138,7 @@ def _report(args, counts: dict, line: str) -> None:
 
 
 def cmd_forget_user(args) -> int:
-    from serving.action_store import StoreUnavailableError, mask_url
+    from pinrank.serving.action_store import StoreUnavailableError, mask_url
 
     if not args.user.strip():
         raise SystemExit("pinrank forget-user: --user must not be empty")
@@ -160,9 +160,9 @@ def cmd_purge(args) -> int:
     import datetime
     import time
 
-    from pipeline.config import DAY_S
-    from pipeline.config_args import config_from_args
-    from serving.action_store import StoreUnavailableError, mask_url
+    from pinrank.pipeline.config import DAY_S
+    from pinrank.pipeline.config_args import config_from_args
+    from pinrank.serving.action_store import StoreUnavailableError, mask_url
 
     days = config_from_args(args).online.retention_days  # a config error: exit 2, store untouched
     now = int(time.time()) if args.now_ts is None else args.now_ts
@@ -187,8 +187,8 @@ def cmd_ingest(args) -> int:
     import logging
 
     _check_args(args)
-    from serving import action_store as S
-    from serving import ingest as I
+    from pinrank.serving import action_store as S
+    from pinrank.serving import ingest as I
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     known = I.known_item_ids(args.items)  # a bad item table: exit 1 before anything is read

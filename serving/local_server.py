@@ -50,10 +50,10 @@ import grpc
 import numpy as np
 
 # No TensorFlow at module level: `pinrank --help` builds its parser from add_serve_arguments.
-from serving import constants as C
-from serving.configs import BatchingParameters, load_batching_parameters, load_model_server_config
+from pinrank.serving import constants as C
+from pinrank.serving.configs import BatchingParameters, load_batching_parameters, load_model_server_config
 
-log = logging.getLogger("serving.local_server")
+log = logging.getLogger("pinrank.serving.local_server")
 
 DESCRIPTION = (
     "Development stand-in for TensorFlow Serving where docker is absent: serves the pipeline's "
@@ -97,7 +97,7 @@ class Servable:
                  warmup: bool = False):
         import tensorflow as tf
 
-        from serving import warmup as W
+        from pinrank.serving import warmup as W
 
         self.model, self.version, self.path = model, version, path
         # --enable_per_model_batching_parameters: the version's own batching_params.pbtxt
@@ -916,8 +916,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
-    parser = argparse.ArgumentParser(prog="python -m serving.local_server",
+    from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+    parser = argparse.ArgumentParser(prog="python -m pinrank.serving.local_server",
                                      description=DESCRIPTION)
     add_serve_arguments(parser)
     args = parser.parse_args(argv)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import sys
 
-from pipeline.config_args import add_config_args, config_from_args
-from serving import constants as C
+from pinrank.pipeline.config_args import add_config_args, config_from_args
+from pinrank.serving import constants as C
 
 
 def _common(p) -> None:
@@ -70,10 +70,10 @@ def add_subcommands(subparsers) -> None:
 
 def build_recommender(args, cfg):
     """(Recommender, things to close) from the command's flags and the resolved config."""
-    from components.data import events as ev
-    from serving.action_store import open_store
-    from serving.client import ServingClient
-    from serving.service import ColdStart, Recommender
+    from pinrank.components.data import events as ev
+    from pinrank.serving.action_store import open_store
+    from pinrank.serving.client import ServingClient
+    from pinrank.serving.service import ColdStart, Recommender
 
     store = open_store(cfg.online.store)
     snapshots = open_store(cfg.online.snapshot_store) if cfg.online.snapshot_store else None
@@ -100,7 +100,7 @@ def format_recommendations(rec) -> str:
 def _answer_one(args, cfg, call, fmt) -> int:
     """Build the Recommender, run call(rec) once, print it (--json: its to_dict()). A
     ServiceError is one line: exit 2 for a bad request, 1 otherwise."""
-    from serving.service import ServiceError
+    from pinrank.serving.service import ServiceError
 
     rec, closers = build_recommender(args, cfg)
     try:
@@ -130,7 +130,7 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from serving.explain import explain, format_explanation
+    from pinrank.serving.explain import explain, format_explanation
 
     cfg = config_from_args(args)
     if args.actions < 0:
@@ -143,7 +143,7 @@ def cmd_explain(args) -> int:
 def cmd_serve_recs(args) -> int:
     import logging
 
-    from serving.recs_http import serve
+    from pinrank.serving.recs_http import serve
 
     cfg = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -20,9 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pipeline import features as F
+from pinrank.pipeline import features as F
 
-log = logging.getLogger("serving.recs_http")
+log = logging.getLogger("pinrank.serving.recs_http")
 DEFAULT_PORT = 8080
 PREFIX = "/v1/recommendations/"
 
@@ -91,7 +91,7 @@ OPENAPI: Dict[str, Any] = {
 
 
 def _int_param(q: Dict[str, list], name: str) -> Optional[int]:
-    from serving.service import ServiceError
+    from pinrank.serving.service import ServiceError
 
     if name not in q:
         return None
@@ -103,7 +103,7 @@ def _int_param(q: Dict[str, list], name: str) -> Optional[int]:
 
 def make_handler(recommender, health):
     """A request handler class bound to a service.Recommender and a health() -> (ok, dict)."""
-    from serving.service import ServiceError
+    from pinrank.serving.service import ServiceError
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "pinrank-recs/1"
@@ -153,7 +153,7 @@ def make_handler(recommender, health):
 
 def health_check(recommender):
     """health() for make_handler: the store answers and PinnerFormer has an AVAILABLE version."""
-    from serving.service import available_version
+    from pinrank.serving.service import available_version
 
     def health():
         doc: Dict[str, Any] = {"store": "ok", "models": {}}

@@ -40,12 +40,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from components.data import ranking_features as rf
-from pipeline import features as F
-from pipeline.config import DAY_S, PipelineConfig
-from serving import constants as C
+from pinrank.components.data import ranking_features as rf
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DAY_S, PipelineConfig
+from pinrank.serving import constants as C
 
-log = logging.getLogger("serving.service")
+log = logging.getLogger("pinrank.serving.service")
 
 RANKED = "ranked"
 RETRIEVAL_ONLY = "retrieval-only"
@@ -101,7 +101,7 @@ class ColdStart:
 
     @classmethod
     def from_dataset(cls, dataset_dir: str, window_days: int) -> "ColdStart":
-        from components.data import events as ev
+        from pinrank.components.data import events as ev
 
         catalog = ev.item_arrays(dataset_dir)[0]
         items, ts = [], []
@@ -178,7 +178,7 @@ class Recommender:
         degraded: List[str] = []
         models: Dict[str, Optional[int]] = {self.pf_model: None, self.ranker_model: None}
 
-        from serving.action_store import StoreUnavailableError
+        from pinrank.serving.action_store import StoreUnavailableError
         t = time.perf_counter()
         try:
             events = self.history(user_id, now)
@@ -308,7 +308,7 @@ class Recommender:
 
 def available_version(client, model: str) -> Optional[int]:
     """Newest AVAILABLE version of `model`, or None when the server does not serve it."""
-    from serving.client import ServingError
+    from pinrank.serving.client import ServingError
 
     try:
         st = client.status(model)
@@ -339,7 +339,7 @@ class ModelUnavailable(Exception):
 
 def _check_unavailable(e: Exception, model: str) -> Exception:
     """A serving failure becomes ModelUnavailable (degrade); anything else is re-raised."""
-    from serving.client import ServingError
+    from pinrank.serving.client import ServingError
 
     if isinstance(e, ServingError) and e.code.name in _UNAVAILABLE:
         return ModelUnavailable(f"{model}: {e.code.name}: {e.details}")
@@ -373,6 +373,6 @@ def rank_inputs(feats: Mapping[str, np.ndarray], candidates: np.ndarray) -> Dict
 
 def _cast(inputs: Mapping[str, Any], sig) -> Dict[str, Any]:
     """The signature's inputs only, in its dtypes."""
-    from serving.cli import _cast_to_signature
+    from pinrank.serving.cli import _cast_to_signature
 
     return _cast_to_signature({k: inputs[k] for k in sig.inputs}, sig)

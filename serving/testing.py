@@ -17,9 +17,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from components.data import ranking_features as rf
-from pipeline import features as F
-from serving import constants as C
+from pinrank.components.data import ranking_features as rf
+from pinrank.pipeline import features as F
+from pinrank.serving import constants as C
 
 DIM = 4  # D
 SEQ_LEN = 5  # L
@@ -112,7 +112,7 @@ def save_toy_pinnerformer(path: str, scale: float, catalog=None) -> str:
     signatures = {C.SERVING_DEFAULT: m.serving_default, C.EMBED_RAW: m.embed_raw,
                   C.ITEM_EMBEDDING: m.item_embedding}
     if catalog is not None:
-        from models.pinnerformer.retrieval import CatalogIndex
+        from pinrank.models.pinnerformer.retrieval import CatalogIndex
 
         ids = np.asarray(catalog, np.int64)
         m.index = CatalogIndex(ids, m.item_embedding(tf.constant(ids))[C.EMBEDDING].numpy())
@@ -279,7 +279,7 @@ def run_load(target: str, clients: int, requests: int,
     `tail` of each client's requests waits until every event is done, so that however slowly
     an event runs (a model load on a busy machine), requests follow it (`held_s` says how long
     the clients waited)."""
-    from serving.client import ServingClient, ServingError  # TF import only when used
+    from pinrank.serving.client import ServingClient, ServingError  # TF import only when used
 
     embed_in, rank_in = toy_history(embed_batch, seed=1), rank_inputs(rank_candidates, seed=2)
     total = clients * requests
@@ -340,7 +340,7 @@ def wait_for_versions(target: str, model: str, available: Sequence[int],
                       gone: Sequence[int] = (), timeout_s: float = 60.0) -> None:
     """Blocks until every version in `available` is AVAILABLE and every one in `gone` has left
     the server (END or no longer listed)."""
-    from serving.client import ServingClient
+    from pinrank.serving.client import ServingClient
 
     deadline = time.monotonic() + timeout_s
     with ServingClient(target) as client:

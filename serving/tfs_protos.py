@@ -35,7 +35,7 @@ from typing import Dict, Tuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from pipeline import pinned_wheel
+from pinrank.pipeline import pinned_wheel
 
 WHEEL_REQUIREMENT = "min-tfs-client==1.0.2"
 WHEEL = "min_tfs_client-1.0.2-py3-none-any.whl"

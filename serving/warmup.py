@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from serving import constants as C
+from pinrank.serving import constants as C
 
 
 class WarmupError(Exception):
@@ -93,7 +93,7 @@ def replay(servable, requests: Sequence[Any], require_finite: bool = False
            ) -> List[Dict[str, np.ndarray]]:
     """Runs each request on `servable` (serving.local_server.Servable) with the checks a
     Predict call gets; returns the outputs. WarmupError names the first failing request."""
-    from serving.local_server import RequestError, check_inputs
+    from pinrank.serving.local_server import RequestError, check_inputs
 
     results = []
     for i, req in enumerate(requests):

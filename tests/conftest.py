@@ -1,4 +1,4 @@
 
 # Must be set before anything touches tf.keras (docs/tfx-notes.md, "Keras 2: TF_USE_LEGACY_KERAS=1").
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 # isort: split

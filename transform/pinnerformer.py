@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from pipeline import features as F
-from pipeline.config import config_values
-from transform.sequence import newest_first, oldest_first, vocab_index
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import config_values
+from pinrank.transform.sequence import newest_first, oldest_first, vocab_index
 
 # What this Transform reads from the config (pipeline.pipeline passes exactly these): M, the one
 # value the Trainer also builds the model with, and F, the training positives kept per anchor.
@@ -23,7 +23,7 @@ CONFIG_PATHS = ("model.seq_len", "examples.max_future")
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Optional[Dict[str, Any]] = None):
     """custom_config: {"config_json": PipelineConfig.sections_json(*CONFIG_PATHS)} (no defaults)."""
     if not custom_config or "config_json" not in custom_config:
-        raise ValueError("transform.pinnerformer needs custom_config={'config_json': "
+        raise ValueError("pinrank.transform.pinnerformer needs custom_config={'config_json': "
                          "cfg.sections_json(*CONFIG_PATHS)}")
     m, f = config_values(custom_config["config_json"], *CONFIG_PATHS)
     out = {}

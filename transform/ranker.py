@@ -10,9 +10,9 @@ from typing import Any, Dict, Optional
 
 import tensorflow as tf
 
-from pipeline import features as F
-from pipeline.config import config_values
-from transform.sequence import newest_first, vocab_index
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import config_values
+from pinrank.transform.sequence import newest_first, vocab_index
 
 # What this Transform reads from the config (pipeline.pipeline passes exactly these): P, the one
 # value the Trainer also builds the model with, and the PinnerFormer embedding width.
@@ -27,7 +27,7 @@ def _scalar(x):
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Optional[Dict[str, Any]] = None):
     """custom_config: {"config_json": PipelineConfig.sections_json(*CONFIG_PATHS)} (no defaults)."""
     if not custom_config or "config_json" not in custom_config:
-        raise ValueError("transform.ranker needs custom_config={'config_json': "
+        raise ValueError("pinrank.transform.ranker needs custom_config={'config_json': "
                          "cfg.sections_json(*CONFIG_PATHS)}")
     p, pf_dim = config_values(custom_config["config_json"], *CONFIG_PATHS)
     out = {}

@@ -7,8 +7,8 @@ from typing import Dict, Iterable, Optional
 import apache_beam as beam
 import numpy as np
 
-from components.data import events as ev
-from pipeline import features as F
+from pinrank.components.data import events as ev
+from pinrank.pipeline import features as F
 
 
 class ReadValidatedEvents(beam.DoFn):

@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import features as F
+from pinrank.pipeline import features as F
 
 EVENTS_DIR = "events"
 IMPRESSIONS_DIR = "impressions"

@@ -39,9 +39,9 @@ from typing import Iterable, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from components.data import events as E
-from pipeline import pinned_wheel
-from pipeline.artifacts import sha256_file
+from pinrank.components.data import events as E
+from pinrank.pipeline import pinned_wheel
+from pinrank.pipeline.artifacts import sha256_file
 
 # Bump whenever the conversion's output for the same inputs changes (invalidates caches).
 CONVERSION_VERSION = 3  # 3: users.parquet (gender, age_group) from ml-100k.user

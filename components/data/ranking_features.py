@@ -16,9 +16,9 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from pipeline import features as F
-from pipeline.config import DAY_S
-from serving import constants as C
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DAY_S
+from pinrank.serving import constants as C
 
 # Order of the history features in examples and requests, and the event column each comes from.
 HIST_FEATURES = (F.HIST_ITEM, F.HIST_ACTION, F.HIST_SURFACE, F.HIST_TS, F.HIST_DURATION)

@@ -18,10 +18,10 @@ import hashlib
 import json
 import os
 
-from components.data import events as E
-from components.data import movielens, synthetic
-from pipeline.artifacts import sha256_file
-from pipeline.config import ConfigError, DataConfig
+from pinrank.components.data import events as E
+from pinrank.components.data import movielens, synthetic
+from pinrank.pipeline.artifacts import sha256_file
+from pinrank.pipeline.config import ConfigError, DataConfig
 
 SOURCES = ("synthetic", "movielens", "path")
 SYNTHETIC_FIELDS = ("num_users", "num_items", "num_interests", "events_per_user", "content_dim",

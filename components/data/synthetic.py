@@ -63,9 +63,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.data import events as E
-from pipeline import features as F
-from pipeline.config import DAY_S, DataConfig
+from pinrank.components.data import events as E
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DAY_S, DataConfig
 
 # Bump whenever the simulation's output for the same DataConfig changes (invalidates caches).
 WORLD_VERSION = 2
@@ -558,7 +558,7 @@ def generate(out_dir: str, cfg: DataConfig, with_impressions: bool = True, *,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m components.data.synthetic",
+        prog="python -m pinrank.components.data.synthetic",
         description="Generate a synthetic Pinterest-like dataset in the canonical layout.")
     d = DataConfig()
     p.add_argument("--out", required=True, help="output dataset directory")

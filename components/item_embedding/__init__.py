@@ -1,5 +1,5 @@
 """Pure item-embedding math used by the ItemEmbeddingGen component (no TFX / Beam imports)."""
-from components.item_embedding.embedding import (
+from pinrank.components.item_embedding.embedding import (
     build_item_embeddings,
     content_projection,
     cooccurrence,

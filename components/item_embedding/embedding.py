@@ -35,8 +35,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from pipeline import features
-from pipeline.config import ItemEmbeddingConfig
+from pinrank.pipeline import features
+from pinrank.pipeline.config import ItemEmbeddingConfig
 
 PPMI_ALPHA = 0.75  # context-distribution smoothing (Levy et al. 2015); 1.0 disables it
 PPMI_SHIFT = 0.0  # log k shift (SGNS negatives analogue); 0 = plain PPMI

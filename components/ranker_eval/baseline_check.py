@@ -35,14 +35,14 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
-from components.data import events as ev
-from components.retrieval_evaluator import stats
-from components.retrieval_evaluator.baselines import TrainPositives
-from components.types import ItemEmbeddings
-from models.realtime import metrics as RM
-from pipeline import features as F
-from pipeline.artifacts import load_item_embeddings
-from pipeline.config import DAY_S, PipelineConfig
+from pinrank.components.data import events as ev
+from pinrank.components.retrieval_evaluator import stats
+from pinrank.components.retrieval_evaluator.baselines import TrainPositives
+from pinrank.components.types import ItemEmbeddings
+from pinrank.models.realtime import metrics as RM
+from pinrank.pipeline import features as F
+from pinrank.pipeline.artifacts import load_item_embeddings
+from pinrank.pipeline.config import DAY_S, PipelineConfig
 
 HEAD = "repin"
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"

@@ -76,14 +76,14 @@ from typing import Mapping, Optional, Sequence, Union
 
 import tensorflow_model_analysis as tfma
 
-from components.ranker_eval.hit_at_k import hit_at_k_name
-from pipeline.config import RankerEvalConfig
-from pipeline.features import HEADS, REQUEST_ID, SURFACE, label_key
+from pinrank.components.ranker_eval.hit_at_k import hit_at_k_name
+from pinrank.pipeline.config import RankerEvalConfig
+from pinrank.pipeline.features import HEADS, REQUEST_ID, SURFACE, label_key
 
 AUC_NAME = "auc"
 NDCG_NAME = "ndcg"
 EXAMPLE_COUNT_NAME = "example_count"
-HIT_AT_K_MODULE = "components.ranker_eval.hit_at_k"
+HIT_AT_K_MODULE = "pinrank.components.ranker_eval.hit_at_k"
 HIDE_HEAD = "hide"
 OVERALL = "overall"
 

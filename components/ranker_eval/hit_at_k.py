@@ -27,7 +27,7 @@ Usage (needs ``MetricsSpec.query_key``; multi-output models need ``output_names=
 
     tfma.MetricsSpec(
         query_key="request_id", output_names=["repin"],
-        metrics=[tfma.MetricConfig(class_name="HitAtK", module="components.ranker_eval.hit_at_k",
+        metrics=[tfma.MetricConfig(class_name="HitAtK", module="pinrank.components.ranker_eval.hit_at_k",
                                    config='{"k": 3}')],
         thresholds={"hit@3": tfma.MetricThreshold(...)})
 

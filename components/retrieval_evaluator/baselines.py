@@ -20,7 +20,7 @@ from typing import Callable, Dict, Sequence
 
 import numpy as np
 
-from pipeline.config import DAY_S
+from pinrank.pipeline.config import DAY_S
 
 
 class TrainPositives:

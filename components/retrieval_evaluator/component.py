@@ -22,17 +22,17 @@ from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
-from components.data import events as E
-from components.event_example_gen import read_train_positives
-from components.retrieval_evaluator import baselines as B
-from components.retrieval_evaluator import metrics as M
-from components.retrieval_evaluator import report
-from components.retrieval_evaluator import slices as SL
-from components.retrieval_evaluator import stats as S
-from components.types import ItemEmbeddings
-from pipeline import features as F
-from pipeline.artifacts import load_item_embeddings
-from pipeline.config import PipelineConfig
+from pinrank.components.data import events as E
+from pinrank.components.event_example_gen import read_train_positives
+from pinrank.components.retrieval_evaluator import baselines as B
+from pinrank.components.retrieval_evaluator import metrics as M
+from pinrank.components.retrieval_evaluator import report
+from pinrank.components.retrieval_evaluator import slices as SL
+from pinrank.components.retrieval_evaluator import stats as S
+from pinrank.components.types import ItemEmbeddings
+from pinrank.pipeline import features as F
+from pinrank.pipeline.artifacts import load_item_embeddings
+from pinrank.pipeline.config import PipelineConfig
 
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
 

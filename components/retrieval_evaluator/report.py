@@ -13,8 +13,8 @@ import math
 import os
 from typing import Any
 
-from components.retrieval_evaluator.metrics import PER_USER
-from components.retrieval_evaluator.slices import slice_gate_reasons
+from pinrank.components.retrieval_evaluator.metrics import PER_USER
+from pinrank.components.retrieval_evaluator.slices import slice_gate_reasons
 
 CANDIDATE, LAST_BLESSED = "candidate", "last_blessed"
 

@@ -20,9 +20,9 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from components.data.events import UNKNOWN_ATTRIBUTE as UNKNOWN
-from components.retrieval_evaluator import stats as S
-from components.retrieval_evaluator.metrics import PER_USER
+from pinrank.components.data.events import UNKNOWN_ATTRIBUTE as UNKNOWN
+from pinrank.components.retrieval_evaluator import stats as S
+from pinrank.components.retrieval_evaluator.metrics import PER_USER
 
 HISTORY_LENGTH = "history_length"
 # UNKNOWN: a user without a row or value in the attribute table (not a group: no gap, no gate).

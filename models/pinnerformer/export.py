@@ -22,9 +22,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from models.pinnerformer import retrieval
-from pipeline import features as F
-from serving import constants as C
+from pinrank.models.pinnerformer import retrieval
+from pinrank.pipeline import features as F
+from pinrank.serving import constants as C
 
 # Raw inputs needed to embed a user: the history lists, nothing about labels.
 SERVING_RAW_FEATURES = (F.HIST_ITEM, F.HIST_ACTION, F.HIST_SURFACE, F.HIST_TS, F.HIST_DURATION)

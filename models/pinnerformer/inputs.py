@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipeline import features as F
+from pinrank.pipeline import features as F
 
 
 def sequence(features, name: str, dtype=tf.int64) -> tf.Tensor:

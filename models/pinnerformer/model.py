@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import features as F
-from pipeline.config import PinnerFormerConfig
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import PinnerFormerConfig
 
 from . import inputs, losses, objectives
 from .layers import ActionFeatures, ItemTower, OutputHead, TransformerBlock, attention_mask, history_mean

@@ -22,8 +22,8 @@ from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
-from pipeline import features as F
-from pipeline.config import DAY_S, PinnerFormerConfig
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DAY_S, PinnerFormerConfig
 
 from . import inputs
 

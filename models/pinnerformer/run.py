@@ -1,4 +1,4 @@
-"""TFX Trainer entry point (`run_fn="models.pinnerformer.run.run_fn"`): glue only."""
+"""TFX Trainer entry point (`run_fn="pinrank.models.pinnerformer.run.run_fn"`): glue only."""
 from __future__ import annotations
 
 import os
@@ -12,11 +12,11 @@ from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
-from models.pinnerformer import export, train  # noqa: E402
-from models.pinnerformer.model import PinnerFormer  # noqa: E402
-from pipeline import features as F  # noqa: E402
-from pipeline.artifacts import ITEM_EMBEDDINGS_URI, load_item_embeddings  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
+from pinrank.models.pinnerformer import export, train  # noqa: E402
+from pinrank.models.pinnerformer.model import PinnerFormer  # noqa: E402
+from pinrank.pipeline import features as F  # noqa: E402
+from pinrank.pipeline.artifacts import ITEM_EMBEDDINGS_URI, load_item_embeddings  # noqa: E402
+from pinrank.pipeline.config import PipelineConfig  # noqa: E402
 
 
 def make_dataset(fn_args: tfx.components.FnArgs, files, tf_transform_output, batch_size: int,

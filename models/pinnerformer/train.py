@@ -6,8 +6,8 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from models.schedules import WarmupCosine
-from pipeline.config import PipelineConfig
+from pinrank.models.schedules import WarmupCosine
+from pinrank.pipeline.config import PipelineConfig
 
 
 class NonFiniteLossError(RuntimeError):

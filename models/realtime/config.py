@@ -8,7 +8,7 @@ included). This module keeps the ranker's names for models/realtime and its test
 Presets (functions): `tiny()` (unit tests), `cpu()` (2-core demo, dims matching the `cpu` pipeline preset),
 `paper()` (TransAct paper scale: |S| = 100, d = 32 + 2*32 = 96, K = 10, W = 24 h, peak LR 0.0048).
 """
-from pipeline.config import (  # noqa: F401
+from pinrank.pipeline.config import (  # noqa: F401
     DAY_S,
     DEFAULT_HEADS,
     FUSIONS,
@@ -17,8 +17,8 @@ from pipeline.config import (  # noqa: F401
     RealtimeConfig,
     default_label_weights,
 )
-from pipeline.config import RANKER_PRESETS as PRESETS  # noqa: F401
-from pipeline.config import ranker_cpu as cpu  # noqa: F401
-from pipeline.config import ranker_paper as paper  # noqa: F401
-from pipeline.config import ranker_preset as preset  # noqa: F401
-from pipeline.config import ranker_tiny as tiny  # noqa: F401
+from pinrank.pipeline.config import RANKER_PRESETS as PRESETS  # noqa: F401
+from pinrank.pipeline.config import ranker_cpu as cpu  # noqa: F401
+from pinrank.pipeline.config import ranker_paper as paper  # noqa: F401
+from pinrank.pipeline.config import ranker_preset as preset  # noqa: F401
+from pinrank.pipeline.config import ranker_tiny as tiny  # noqa: F401

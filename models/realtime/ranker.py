@@ -34,7 +34,7 @@ from typing import Dict, Optional
 import tensorflow as tf
 import tf_keras as keras
 
-from models.schedules import WarmupCosine
+from pinrank.models.schedules import WarmupCosine
 
 from . import losses
 from .config import RankerConfig

@@ -1,4 +1,4 @@
-"""TFX Trainer entry point for the realtime ranker (`run_fn="models.realtime.run.run_fn"`): glue."""
+"""TFX Trainer entry point for the realtime ranker (`run_fn="pinrank.models.realtime.run.run_fn"`): glue."""
 import os
 
 assert os.environ.get("TF_USE_LEGACY_KERAS") == "1", "export TF_USE_LEGACY_KERAS=1 (Keras 2 only)"
@@ -8,13 +8,13 @@ import tf_keras as keras  # noqa: E402
 from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
-from models.pinnerformer import train  # noqa: E402
-from models.pinnerformer.run import make_dataset  # noqa: E402
-from models.realtime import ranker as R  # noqa: E402
-from models.realtime import serving_model as S  # noqa: E402
-from pipeline import features as F  # noqa: E402
-from pipeline.artifacts import ITEM_EMBEDDINGS_URI, load_item_embeddings  # noqa: E402
-from pipeline.config import ConfigError, PipelineConfig, RankerConfig  # noqa: E402
+from pinrank.models.pinnerformer import train  # noqa: E402
+from pinrank.models.pinnerformer.run import make_dataset  # noqa: E402
+from pinrank.models.realtime import ranker as R  # noqa: E402
+from pinrank.models.realtime import serving_model as S  # noqa: E402
+from pinrank.pipeline import features as F  # noqa: E402
+from pinrank.pipeline.artifacts import ITEM_EMBEDDINGS_URI, load_item_embeddings  # noqa: E402
+from pinrank.pipeline.config import ConfigError, PipelineConfig, RankerConfig  # noqa: E402
 
 
 def ranker_config(cfg: PipelineConfig, tft_out: tft.TFTransformOutput, item_dim: int,

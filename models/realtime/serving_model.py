@@ -17,8 +17,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from models.realtime import ranker as R
-from pipeline import features as F
+from pinrank.models.realtime import ranker as R
+from pinrank.pipeline import features as F
 
 # Raw request-level inputs of the `rank` signature (one request; batch dim 1).
 RANK_USER_INPUTS = {

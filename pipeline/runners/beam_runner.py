@@ -8,20 +8,19 @@ PINRANK_PRESET (tiny|cpu|paper, default cpu), PINRANK_SOURCE (movielens|syntheti
 PINRANK_DATA_PATH (for source=path), PINRANK_HOME (default ./runs), PINRANK_SET (comma-separated
 section.field=value overrides).
 
-It lives in its own folder because the CLI runs it as a script: Python then puts the script's
-folder first on sys.path, and next to pipeline/pipeline.py `import pipeline` would find the module
-instead of the package.
+The CLI runs it as a script, so Python puts the script's folder first on sys.path; it lives in a
+folder of its own, where that adds no module names, and imports the installed `pinrank` package.
 """
 import os
 
-from pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
 
 # isort: split
 
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
-from pipeline.config import apply_overrides, preset
-from pipeline.runs import DEFAULT_HOME, RunPaths, build
+from pinrank.pipeline.config import apply_overrides, preset
+from pinrank.pipeline.runs import DEFAULT_HOME, RunPaths, build
 
 
 def config_from_env():

@@ -91,18 +91,18 @@ def _pushed_versions(metadata_path, node):
 
 
 def test_kill_9_during_each_long_component_then_rerun(tmp_path):
-    from pipeline.config import preset
-    from pipeline.runs import RunPaths
-    from serving import constants as C
-    from serving import local_server as LS
-    from serving.client import ServingClient
+    from pinrank.pipeline.config import preset
+    from pinrank.pipeline.runs import RunPaths
+    from pinrank.serving import constants as C
+    from pinrank.serving import local_server as LS
+    from pinrank.serving.client import ServingClient
 
     home = str(tmp_path / "home")
     cfg = preset("tiny")
     paths = RunPaths.for_config(cfg, home)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
     summary_path = str(tmp_path / "summary.json")
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", *RUN_ARGS, "--home", home,
+    cmd = [sys.executable, "-m", "pinrank.pipeline.cli", "run", *RUN_ARGS, "--home", home,
            "--json-out", summary_path]
     seen_incomplete = []
     last_id = 0

@@ -41,7 +41,7 @@ def _pad(lists, dtype, pad):
 
 
 def test_every_component_ran_once_and_model_was_pushed(tiny_run):
-    from serving import constants as C
+    from pinrank.serving import constants as C
 
     cfg, first, _ = tiny_run
     paths = first["paths"]
@@ -90,7 +90,7 @@ def test_second_run_hits_the_cache(tiny_run):
 def test_pushed_model_matches_trained_model(tiny_run):
     import tensorflow as tf
 
-    from pipeline import features as F
+    from pinrank.pipeline import features as F
     cfg, first, second = tiny_run
     pushed = tf.saved_model.load(first["pushed_destination"])
     trainer_models = glob.glob(os.path.join(first["paths"]["pipeline_root"], "ItemAwareTrainer",
@@ -125,7 +125,7 @@ def test_ranker_rank_signature_matches_example_scoring(tiny_run):
     """`rank` (one request, user work once) == `serving_default` on the request's examples."""
     import tensorflow as tf
 
-    from pipeline import features as F
+    from pinrank.pipeline import features as F
     _, first, _ = tiny_run
     model = tf.saved_model.load(first["ranker"]["pushed_destination"])
     examples_dir = glob.glob(os.path.join(first["paths"]["pipeline_root"], "RankingExampleGen",
@@ -158,8 +158,8 @@ def test_ranker_rank_signature_matches_example_scoring(tiny_run):
 
 def test_label_shuffled_ranker_is_not_blessed_or_pushed(tiny_run, tmp_path):
     """Randomisation test: the same pipeline with shuffled training labels must not push."""
-    from pipeline import local_runner
-    from pipeline.config import apply_overrides
+    from pinrank.pipeline import local_runner
+    from pinrank.pipeline.config import apply_overrides
     cfg, first, _ = tiny_run
     shuffled = apply_overrides(cfg, ["ranker_train.shuffle_labels=true"]).replace(
         name="pinrank-shuffled")
@@ -188,8 +188,8 @@ def test_weak_model_loses_to_popularity_and_is_not_pushed(tiny_run):
     pushed. (It is also compared with the last blessed model, pairwise; the tiny preset's
     trained model is itself too weak for that comparison to be significant, so the paired
     refusal is covered by tests/unit/test_retrieval_report.py.)"""
-    from pipeline import local_runner
-    from pipeline.config import apply_overrides
+    from pinrank.pipeline import local_runner
+    from pinrank.pipeline.config import apply_overrides
     cfg, first, _ = tiny_run
     weak = apply_overrides(cfg, ["train.train_steps=1", "train.warmup_steps=1",
                                  "ranker_train.enabled=false",

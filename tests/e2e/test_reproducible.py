@@ -32,7 +32,7 @@ def _run(home: str, hash_seed: int) -> dict:
     env = dict(os.environ, PYTHONHASHSEED=str(hash_seed), TF_USE_LEGACY_KERAS="1",
                TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", *RUN_ARGS, "--home", home,
+        [sys.executable, "-m", "pinrank.pipeline.cli", "run", *RUN_ARGS, "--home", home,
          "--json-out", out],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, f"pinrank run failed ({proc.returncode}):\n{proc.stderr[-4000:]}"

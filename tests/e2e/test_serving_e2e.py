@@ -18,7 +18,7 @@ def pushed(tiny_run):
     push of the tiny run."""
     import pandas as pd
 
-    from components.data import events as ev
+    from pinrank.components.data import events as ev
 
     cfg, first, second = tiny_run
     dest = second.get("pushed_destination") or first["pushed_destination"]
@@ -32,9 +32,9 @@ def pushed(tiny_run):
 
 @pytest.fixture(scope="module")
 def server(pushed):
-    from serving import constants as C
-    from serving import local_server as LS
-    from serving.configs import load_batching_parameters
+    from pinrank.serving import constants as C
+    from pinrank.serving import local_server as LS
+    from pinrank.serving.configs import load_batching_parameters
 
     # As deployed: batching on, per model (the pushed pinnerformer carries its parameters).
     h = LS.serve(model_base_path=pushed["serving_dir"], port=0, file_system_poll_wait_seconds=0,
@@ -81,8 +81,8 @@ def _exact_top_k(ids, items, user, k, exclude):
 def _examples(req):
     import tensorflow as tf
 
-    from pipeline import features as F
-    from serving import constants as C
+    from pinrank.pipeline import features as F
+    from pinrank.serving import constants as C
 
     out = []
     for i, n in enumerate(req[C.HIST_LEN].tolist()):
@@ -98,8 +98,8 @@ def _examples(req):
 
 
 def test_grpc_predict_matches_in_process_saved_model(pushed, server, in_process, cohort):
-    from serving import constants as C
-    from serving.client import ServingClient, embed_request_from_events
+    from pinrank.serving import constants as C
+    from pinrank.serving.client import ServingClient, embed_request_from_events
 
     users, as_of = cohort
     m = pushed["cfg"].model.seq_len
@@ -122,9 +122,9 @@ def test_grpc_predict_matches_in_process_saved_model(pushed, server, in_process,
 
 
 def test_daily_job_matches_in_process_embeddings(pushed, in_process, cohort, tmp_path):
-    from serving import batch_embeddings as B
-    from serving import constants as C
-    from serving.client import embed_request_from_events
+    from pinrank.serving import batch_embeddings as B
+    from pinrank.serving import constants as C
+    from pinrank.serving.client import embed_request_from_events
 
     users, as_of = cohort
     root = str(tmp_path / "snapshots")
@@ -157,11 +157,11 @@ def test_online_path_on_the_pushed_models(pushed, in_process, tmp_path, capsys):
     agrees with an exact in-process search and the ranker answered."""
     import tensorflow as tf
 
-    from components.data import events as evm
-    from pipeline import cli as pinrank_cli
-    from pipeline import online_demo
-    from serving import constants as C
-    from serving.client import embed_request_from_events
+    from pinrank.components.data import events as evm
+    from pinrank.pipeline import cli as pinrank_cli
+    from pinrank.pipeline import online_demo
+    from pinrank.serving import constants as C
+    from pinrank.serving.client import embed_request_from_events
 
     cfg = pushed["cfg"].replace(online={"store": f"sqlite:///{tmp_path}/actions.db", "k": 10,
                                         "num_candidates": 50})

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.e2e
 def test_retrained_with_another_seed_is_blessed_by_the_paired_gates(tiny_run):
     """Same config, other seeds: neither model is worse beyond its margin with 95 % confidence,
     so both gates bless, and the ranker's compares with the last blessed ranker pairwise."""
-    from pipeline import local_runner
-    from pipeline.config import apply_overrides
+    from pinrank.pipeline import local_runner
+    from pinrank.pipeline.config import apply_overrides
     cfg, first, _ = tiny_run
     reseeded = apply_overrides(cfg, ["train.seed=1", "ranker.seed=1"])
     summary = local_runner.run(reseeded, first["paths"]["home"])

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import features as F
-from serving import action_store as S
+from pinrank.pipeline import features as F
+from pinrank.serving import action_store as S
 
 BACKENDS = ["sqlite", "redis"]
 
@@ -273,7 +273,7 @@ def test_unavailable_or_bad_urls(tmp_path):
 
 
 def test_invalid_events_are_refused_naming_the_rows(tmp_path):
-    from components.data.events import EventValidationError
+    from pinrank.components.data.events import EventValidationError
 
     with S.open_store(f"sqlite:///{tmp_path}/a.db") as store:
         with pytest.raises(EventValidationError, match="unknown action"):
@@ -283,7 +283,7 @@ def test_invalid_events_are_refused_naming_the_rows(tmp_path):
 
 
 def test_default_capacity_covers_m_p_and_the_ranking_history():
-    from pipeline.config import preset
+    from pinrank.pipeline.config import preset
 
     for name in ("tiny", "cpu", "paper"):
         cfg = preset(name)

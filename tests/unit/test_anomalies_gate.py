@@ -10,7 +10,7 @@ def _stats_and_anomalies(tmp_path, action: bytes, duration: float):
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    from pipeline.pipeline import PINNERFORMER_SCHEMA
+    from pinrank.pipeline.pipeline import PINNERFORMER_SCHEMA
 
     os.makedirs(tmp_path, exist_ok=True)
     path = str(tmp_path / "ex.tfrecord")
@@ -39,7 +39,7 @@ def _stats_and_anomalies(tmp_path, action: bytes, duration: float):
 
 
 def test_clean_data_passes_and_bad_data_is_described(tmp_path):
-    from components.anomalies_gate import describe_anomalies
+    from pinrank.components.anomalies_gate import describe_anomalies
     clean = _stats_and_anomalies(tmp_path / "a", b"click", 3.0)
     assert describe_anomalies(clean, ["eval"]) == []
     bad = _stats_and_anomalies(tmp_path / "b", b"like", -1.0)
@@ -52,7 +52,7 @@ def test_clean_data_passes_and_bad_data_is_described(tmp_path):
 def test_gate_executor_raises_on_anomalies(tmp_path):
     from tfx.types import artifact_utils, standard_artifacts
 
-    from components.anomalies_gate import AnomaliesGate, DataAnomaliesError
+    from pinrank.components.anomalies_gate import AnomaliesGate, DataAnomaliesError
     bad = _stats_and_anomalies(tmp_path, b"like", 0.0)
     art = standard_artifacts.ExampleAnomalies()
     art.uri = bad

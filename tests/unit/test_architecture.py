@@ -1,5 +1,5 @@
-"""The layer rules of docs/architecture.md: imports only point down, and the contract layer
-imports without TensorFlow."""
+"""The layer rules of docs/architecture.md: imports only point down, the contract layer imports
+without TensorFlow, and the code imports itself as `pinrank.*`, never by the generic folder names."""
 import ast
 import os
 import subprocess
@@ -7,9 +7,11 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGES = ("pipeline", "components", "models", "transform", "serving")
+DIST = "pinrank"  # installed, the card's folders are pinrank.pipeline, pinrank.models, ...
 
-# Most specific prefix wins. 0 = contract, 1 = libraries (data format, model and metric code),
-# 2 = TFX components and run_fn glue, 3 = serving runtime, 4 = assembly and entry points.
+# Keys are relative to `pinrank.`; the most specific prefix wins. 0 = contract, 1 = libraries
+# (data format, model and metric code), 2 = TFX components and run_fn glue, 3 = serving runtime,
+# 4 = assembly and entry points.
 LAYERS = {
     "pipeline": 0, "pipeline.features": 0, "pipeline.config": 0, "pipeline.artifacts": 0,
     "pipeline.bootstrap": 0, "pipeline.pinned_wheel": 0, "serving.constants": 0,
@@ -28,7 +30,7 @@ CONTRACT = sorted(m for m, layer in LAYERS.items() if layer == 0)
 
 
 def layer_of(module: str) -> int:
-    parts = module.split(".")
+    parts = module.removeprefix(DIST + ".").split(".")
     for n in range(len(parts), 0, -1):
         if ".".join(parts[:n]) in LAYERS:
             return LAYERS[".".join(parts[:n])]
@@ -42,11 +44,12 @@ def modules():
                 if f.endswith(".py"):
                     path = os.path.join(dirpath, f)
                     rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-                    yield rel.removesuffix(".__init__"), path
+                    yield f"{DIST}.{rel.removesuffix('.__init__')}", path
 
 
-def imported(module: str, path: str):
-    """Project modules imported anywhere in the file (function-level imports included)."""
+def imported(module: str, path: str, generic: bool = False):
+    """Project modules imported anywhere in the file (function-level imports included); with
+    `generic`, imports of the bare folder names (`import pipeline`, `from models import ...`)."""
     package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.Import):
@@ -62,12 +65,15 @@ def imported(module: str, path: str):
         else:
             continue
         for name in names:
-            if name.split(".")[0] in PACKAGES:
+            parts = name.split(".")
+            if generic and parts[0] in PACKAGES:
+                yield node.lineno, name
+            elif not generic and parts[0] == DIST and len(parts) > 1 and parts[1] in PACKAGES:
                 yield node.lineno, name
 
 
 def _is_module(name: str) -> bool:
-    p = os.path.join(ROOT, *name.split("."))
+    p = os.path.join(ROOT, *name.removeprefix(DIST + ".").split("."))
     return os.path.isfile(p + ".py") or os.path.isfile(os.path.join(p, "__init__.py"))
 
 
@@ -88,11 +94,23 @@ def test_imports_only_point_down():
 
 
 def test_contract_layer_imports_without_tensorflow():
-    code = ("import sys\n" + "".join(f"import {m}\n" for m in CONTRACT)
+    code = ("import sys\n" + "".join(f"import {DIST}.{m}\n" for m in CONTRACT)
             + "heavy = [m for m in ('tensorflow', 'tfx', 'pandas', 'apache_beam') "
               "if m in sys.modules]\nassert not heavy, heavy\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = ROOT
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+    # From outside the checkout: only the installed `pinrank` package can answer.
+    proc = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(ROOT), env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_code_never_imports_the_generic_folder_names():
+    """`from pipeline import x` works from a checkout's root by accident (the working directory
+    is on sys.path) but not where the package is installed: in the image, tasks run from /."""
+    files = [(m, p) for m, p in modules()]
+    for top in ("tests", "benchmarks"):
+        for dirpath, _, names in os.walk(os.path.join(ROOT, top)):
+            files += [("", os.path.join(dirpath, f)) for f in sorted(names) if f.endswith(".py")]
+    bare = [f"{os.path.relpath(path, ROOT)}:{line} imports {name}"
+            for module, path in files for line, name in imported(module or "x", path, generic=True)]
+    assert not bare, "\n".join(bare)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipeline import cli
+from pinrank.pipeline import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RATINGS = ("userId,movieId,rating,timestamp\n1,10,4.0,880000000\n2,10,5.0,880000100\n"

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data import events as ev
-from pipeline import features as F
-from serving import batch_embeddings as B
-from serving import constants as C
-from serving import testing as T
-from serving.client import embed_request_from_events
+from pinrank.components.data import events as ev
+from pinrank.pipeline import features as F
+from pinrank.serving import batch_embeddings as B
+from pinrank.serving import constants as C
+from pinrank.serving import testing as T
+from pinrank.serving.client import embed_request_from_events
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -263,8 +263,8 @@ def test_merge_histories_keeps_the_newest_m_in_any_order():
 def test_cli_embed_users_with_sqlite_kv(world, tmp_path, capsys):
     import argparse
 
-    from pipeline import cli as pinrank_cli
-    from serving import batch_cli
+    from pinrank.pipeline import cli as pinrank_cli
+    from pinrank.serving import batch_cli
 
     sub = argparse.ArgumentParser().add_subparsers()
     batch_cli.add_subcommands(sub)
@@ -282,7 +282,7 @@ def test_cli_embed_users_with_sqlite_kv(world, tmp_path, capsys):
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_load_snapshot_into_the_action_store(two_runs, tmp_path, backend, request):
-    from serving import action_store as S
+    from pinrank.serving import action_store as S
 
     _, s1, s2 = two_runs
     url = (f"sqlite:///{tmp_path}/store.db" if backend == "sqlite"
@@ -303,8 +303,8 @@ def test_load_snapshot_into_the_action_store(two_runs, tmp_path, backend, reques
 
 
 def test_cli_embed_users_loads_the_store_and_checks_it_first(world, tmp_path, capsys):
-    from pipeline import cli as pinrank_cli
-    from serving import action_store as S
+    from pinrank.pipeline import cli as pinrank_cli
+    from pinrank.serving import action_store as S
 
     root, url = str(tmp_path / "snaps"), f"sqlite:///{tmp_path}/store.db"
     argv = ["embed-users", "--model", world["pf1"], "--data", world["data"], "--out", root,

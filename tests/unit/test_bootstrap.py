@@ -1,7 +1,7 @@
 """pipeline/bootstrap.py's log filter: known-harmless warnings dropped, everything else kept."""
 import logging
 
-from pipeline.bootstrap import KnownNoise
+from pinrank.pipeline.bootstrap import KnownNoise
 
 
 def _record(msg, *args):

@@ -14,17 +14,17 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from components.atomic_pusher import PushError, canary, publish
-from components.event_example_gen import user_examples
-from components.ranking_example_gen import request_examples
-from pipeline import cli
-from pipeline import features as F
-from pipeline.config import ExampleGenConfig
-from serving import constants as C
-from serving import local_server as LS
-from serving import testing as T
-from serving import warmup as W
-from serving.client import ServingClient
+from pinrank.components.atomic_pusher import PushError, canary, publish
+from pinrank.components.event_example_gen import user_examples
+from pinrank.components.ranking_example_gen import request_examples
+from pinrank.pipeline import cli
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import ExampleGenConfig
+from pinrank.serving import constants as C
+from pinrank.serving import local_server as LS
+from pinrank.serving import testing as T
+from pinrank.serving import warmup as W
+from pinrank.serving.client import ServingClient
 
 V1, V2 = 1_700_000_000, 1_700_000_100
 DAY = 86_400
@@ -160,7 +160,7 @@ def test_ranker_pushed_by_the_pipeline_component_with_rank_requests_from_eval(tm
     requests, grouped by request_id across shards, become the rank warmup requests."""
     from tfx import v1 as tfx
 
-    from components.atomic_pusher import AtomicPusher
+    from pinrank.components.atomic_pusher import AtomicPusher
 
     model_uri = tmp_path / "model"
     shutil.copytree(store["rk"], model_uri / "Format-Serving")
@@ -237,7 +237,7 @@ def test_non_finite_allows_only_retrieve_padding():
 
 
 def _request(signature, inputs):
-    from serving.client import to_tensor_proto
+    from pinrank.serving.client import to_tensor_proto
 
     req = predict_pb2.PredictRequest()
     req.model_spec.name, req.model_spec.signature_name = C.PINNERFORMER, signature

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from pipeline import cli
+from pinrank.pipeline import cli
 
 
 def _parsers(parser, path=("pinrank",)):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipeline.config import (
+from pinrank.pipeline.config import (
     ConfigError,
     PipelineConfig,
     RankerConfig,
@@ -227,7 +227,7 @@ def test_cross_section_consistency():
 
 def test_config_module_imports_no_tensorflow():
     out = subprocess.run(
-        [sys.executable, "-c", "import pipeline.config, sys; print('tensorflow' in sys.modules)"],
+        [sys.executable, "-c", "import pinrank.pipeline.config, sys; print('tensorflow' in sys.modules)"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -235,7 +235,7 @@ def test_config_module_imports_no_tensorflow():
 
 def _pinrank(*argv, importtime=False):
     cmd = [sys.executable] + (["-X", "importtime"] if importtime else []) + \
-        ["-m", "pipeline.cli", *argv]
+        ["-m", "pinrank.pipeline.cli", *argv]
     start = time.monotonic()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -254,7 +254,7 @@ def test_cli_config_error_is_one_line_fast_and_before_tensorflow():
     assert traced.returncode == 2
     imported = [ln.rsplit("|", 1)[-1].strip() for ln in traced.stderr.splitlines()
                 if ln.startswith("import time:")]
-    assert "pipeline.config" in imported
+    assert "pinrank.pipeline.config" in imported
     assert not [m for m in imported if m.split(".")[0] in ("tensorflow", "tfx", "tf_keras")]
 
 
@@ -267,7 +267,7 @@ def test_cli_debug_shows_the_traceback():
 
 
 def test_cli_user_errors_in_process(tmp_path, capsys):
-    from pipeline import cli
+    from pinrank.pipeline import cli
     assert cli.main(["run", "--set", "train.seed=1.5"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["error: train.seed must be an integer, got '1.5'"]
@@ -288,7 +288,7 @@ def test_cli_user_errors_in_process(tmp_path, capsys):
 def test_cli_config_show_and_version(capsys):
     from importlib import metadata
 
-    from pipeline import cli
+    from pinrank.pipeline import cli
     assert cli.main(["config", "show", "--preset", "tiny", "--source", "synthetic",
                      "--set", "ranker.realtime.seq_len=9", "--set", "ranker.mlp_dims=[8]"]) == 0
     shown = PipelineConfig.from_json(capsys.readouterr().out)

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.data import events as E
-from pipeline import features as F
+from pinrank.components.data import events as E
+from pinrank.pipeline import features as F
 
 KNOWN_ITEMS = np.arange(1, 11)
 

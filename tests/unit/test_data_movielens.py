@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data import events as E
-from components.data import movielens as M
-from components.data import sources
-from pipeline.artifacts import sha256_file
-from pipeline.config import DataConfig
+from pinrank.components.data import events as E
+from pinrank.components.data import movielens as M
+from pinrank.components.data import sources
+from pinrank.pipeline.artifacts import sha256_file
+from pinrank.pipeline.config import DataConfig
 
 MOVIES_CSV = """movieId,title,genres
 1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy
@@ -384,7 +384,7 @@ def test_manifest_without_fallbacks_is_rebuilt(tmp_path):
 
 
 def test_cli_reports_fallbacks(tmp_path, capsys):
-    from pipeline import cli
+    from pinrank.pipeline import cli
     write_inputs(str(tmp_path / "in"), movies=NO_YEARS_CSV)
     args = ["data", "--source", "path", "--data-path", str(tmp_path / "in"),
             "--out", str(tmp_path / "data")]
@@ -398,7 +398,7 @@ def test_cli_reports_fallbacks(tmp_path, capsys):
 
 
 def test_fallback_config_fields():
-    from pipeline.config import apply_overrides, preset
+    from pinrank.pipeline.config import apply_overrides, preset
     cfg = apply_overrides(preset("tiny"), ["data.allow_fallbacks=true",
                                            "data.max_fallback_share=0.9"])
     assert cfg.data.allow_fallbacks is True and cfg.data.max_fallback_share == 0.9

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data import events as E
-from components.data import sources
-from pipeline import features as F
-from pipeline.config import DataConfig
+from pinrank.components.data import events as E
+from pinrank.components.data import sources
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DataConfig
 
 CFG = DataConfig(source="synthetic", num_users=40, num_items=120, num_interests=6,
                  events_per_user=15, content_dim=4, seed=7)

@@ -12,10 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from components.data import events as E
-from components.data import sources, synthetic
-from pipeline import features as F
-from pipeline.config import DAY_S, DataConfig
+from pinrank.components.data import events as E
+from pinrank.components.data import sources, synthetic
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DAY_S, DataConfig
 
 CFG = DataConfig(source="synthetic", num_users=120, num_items=400, num_interests=8,
                  events_per_user=40, content_dim=8, seed=3)

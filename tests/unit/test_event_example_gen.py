@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import event_example_gen as eg
-from components.data import events as ev
-from pipeline import features as F
-from pipeline.config import DAY_S, ExampleGenConfig
+from pinrank.components import event_example_gen as eg
+from pinrank.components.data import events as ev
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DAY_S, ExampleGenConfig
 
 
 def _rows(events):

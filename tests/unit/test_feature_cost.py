@@ -3,7 +3,7 @@ computation on a tiny config, and against the count on the executed graph."""
 import pytest
 
 from benchmarks import feature_cost as fc
-from models.realtime import RankerConfig, RealtimeConfig
+from pinrank.models.realtime import RankerConfig, RealtimeConfig
 
 # d = action 2 + item 3 (+ item 3 with concat) = 8, P = 2, f = 4, one layer, K = 1 + max-pool;
 # user block 2 (surface) + 5 (PinnerFormer) = 7, candidate block 3 + 1 = 4, TransAct out 2d = 16.

@@ -90,7 +90,7 @@ def test_every_pin_is_the_locked_version_and_hashed():
 
 
 def test_dockerfile_installs_the_lock_and_the_package_on_the_locked_tfx():
-    from pipeline.kubeflow_v2_runner import IMAGE_SITE_PACKAGES
+    from pinrank.pipeline.kubeflow_v2_runner import IMAGE_SITE_PACKAGES
     steps = _dockerfile()
     tfx = _pins()["tfx"]
     assert steps[0] == ("FROM", f"gcr.io/tfx-oss-public/tfx:{tfx}")
@@ -107,7 +107,7 @@ def test_dockerfile_installs_the_lock_and_the_package_on_the_locked_tfx():
     assert ("ARG", f"SITE_PACKAGES={IMAGE_SITE_PACKAGES}") in steps
     assert '[ "$installed" = "$SITE_PACKAGES" ]' in project_install
     for name in ("pinnerformer_raw.pbtxt", "ranker_raw.pbtxt"):
-        assert f"$SITE_PACKAGES/pipeline/schema/{name}" in project_install
+        assert f"$SITE_PACKAGES/pinrank/pipeline/schema/{name}" in project_install
     python = re.search(r"python(\d+\.\d+)", IMAGE_SITE_PACKAGES).group(1)
     assert _lock()["requires-python"] == f"=={python}.*"
     assert steps[-1] == ("WORKDIR", "/")
@@ -136,12 +136,12 @@ def test_dockerignore_sends_only_what_the_image_installs():
     assert kept == {"requirements.lock.txt", "pyproject.toml", "README.md", "pipeline",
                     "components", "models", "transform", "serving"}
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
-        include = tomli.load(fh)["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert {p.rstrip("*") for p in include} <= kept
+        package_dir = tomli.load(fh)["tool"]["setuptools"]["package-dir"]
+    assert set(package_dir.values()) <= kept
 
 
 def test_default_image_is_the_makefiles_tag():
-    from pipeline.kubeflow_v2_runner import project_image
+    from pinrank.pipeline.kubeflow_v2_runner import project_image
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
         version = tomli.load(fh)["project"]["version"]
     assert project_image() == f"pinrank:{version}"
@@ -156,9 +156,10 @@ def test_default_image_is_the_makefiles_tag():
 
 def test_the_wheel_ships_the_schemas_where_the_compiled_job_names_them(tmp_path):
     """`pip install .` in the image: the files land in site-packages at the paths image_path
-    gives (built from a copy, so the checkout's build/ is left alone)."""
-    from pipeline.kubeflow_v2_runner import IMAGE_SITE_PACKAGES, image_path
-    from pipeline.pipeline import PINNERFORMER_SCHEMA, RANKER_SCHEMA
+    gives (built from a copy, so the checkout's build/ is left alone). The wheel claims one name,
+    `pinrank`: every tracked module and data file of the card's folders under it, nothing else."""
+    from pinrank.pipeline.kubeflow_v2_runner import IMAGE_SITE_PACKAGES, image_path
+    from pinrank.pipeline.pipeline import PINNERFORMER_SCHEMA, RANKER_SCHEMA
     files = subprocess.run(["git", "ls-files", "pyproject.toml", "README.md", "pipeline",
                             "components", "models", "transform", "serving"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
@@ -170,6 +171,9 @@ def test_the_wheel_ships_the_schemas_where_the_compiled_job_names_them(tmp_path)
                     "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("pinrank-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert {n.split("/")[0] for n in names} == {"pinrank", "pinrank-0.1.0.dist-info"}
+    assert not any(n.endswith("__init__.py") for n in names if n.count("/") == 1)  # namespace
+    assert {f"pinrank/{f}" for f in files if "/" in f} - names == set()
     for schema in (PINNERFORMER_SCHEMA, RANKER_SCHEMA):
         in_image = image_path(schema)
         assert in_image.startswith(IMAGE_SITE_PACKAGES + "/")

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.data import events as E
-from pipeline import cli
-from pipeline import features as F
-from serving import action_store as S
-from serving import ingest as I
+from pinrank.components.data import events as E
+from pinrank.pipeline import cli
+from pinrank.pipeline import features as F
+from pinrank.serving import action_store as S
+from pinrank.serving import ingest as I
 
 ITEMS = np.arange(1, 41, dtype=np.int64)
 
@@ -90,7 +90,7 @@ def test_jsonl_replay_counts_invalid_events_and_logs_each(store_url, tmp_path, c
     lines += [json.dumps(rows[0])]  # re-sent
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    with caplog.at_level(logging.WARNING, logger="serving.ingest"):
+    with caplog.at_level(logging.WARNING, logger="pinrank.serving.ingest"):
         code = cli.main(["ingest", "--store", store_url, "--file", str(path), "--items", d,
                          "--json"])
     out = capsys.readouterr().out
@@ -143,7 +143,7 @@ def test_invalid_log_lines_are_rate_limited(tmp_path, caplog):
     with S.open_store(f"sqlite:///{tmp_path}/a.db") as store:
         ing = I.Ingestor(store, limiter=limiter)
         bad = pd.DataFrame([dict(INVALID[0], timestamp=1_000_000 + i) for i in range(10)])
-        with caplog.at_level(logging.WARNING, logger="serving.ingest"):
+        with caplog.at_level(logging.WARNING, logger="pinrank.serving.ingest"):
             ing.batch(bad, "f.jsonl")
             clock[0] = 11.0
             ing.batch(bad.iloc[:1], "f.jsonl")
@@ -258,8 +258,8 @@ def test_bad_cli_input_is_one_line(argv, fragment, code, tmp_path, capsys):
 def _batch_histories(events: pd.DataFrame, T: int, m: int, client_every: int = 1):
     """Per user, the batch path's history before T: RankingExampleGen's _sorted_events +
     _history, and (for every `client_every`-th user) client.embed_request_from_events."""
-    from components.ranking_example_gen import _history, _sorted_events
-    from serving.client import embed_request_from_events
+    from pinrank.components.ranking_example_gen import _history, _sorted_events
+    from pinrank.serving.client import embed_request_from_events
 
     groups = {u: g for u, g in events.groupby("user_id", sort=True)}
     sampled = sorted(groups)[::client_every]
@@ -312,8 +312,8 @@ def _replay_and_compare(dataset_dir: str, urls, T: int, m: int, capacity: int,
 
 
 def test_synthetic_replay_until_t_equals_the_batch_history(tmp_path, redis_url):
-    from components.data import synthetic
-    from pipeline.config import preset
+    from pinrank.components.data import synthetic
+    from pinrank.pipeline.config import preset
 
     cfg = preset("tiny")
     d = str(tmp_path / "syn")
@@ -325,7 +325,7 @@ def test_synthetic_replay_until_t_equals_the_batch_history(tmp_path, redis_url):
 
 
 def test_movielens_replay_until_t_equals_the_batch_history(tmp_path, redis_url):
-    from components.data import movielens as M
+    from pinrank.components.data import movielens as M
 
     src = os.path.join(M.cache_root(""), M.ML100K_DIR)
     if not M._cache_valid(src):

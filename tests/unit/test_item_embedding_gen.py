@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from components.item_embedding.embedding import (
+from pinrank.components.item_embedding.embedding import (
     build_item_embeddings,
     content_projection,
     cooccurrence,
@@ -18,7 +18,7 @@ from components.item_embedding.embedding import (
     interests_matrix,
     ppmi,
 )
-from pipeline.config import ItemEmbeddingConfig, PipelineConfig, preset
+from pinrank.pipeline.config import ItemEmbeddingConfig, PipelineConfig, preset
 
 DAY = 86400
 
@@ -88,7 +88,7 @@ def test_factorise_sparse_path_matches_dense(monkeypatch):
     m = sp.random(60, 60, density=0.2, random_state=4, format="csr")
     m = m + m.T
     dense, s_dense = factorise(m, k=5, seed=0)
-    monkeypatch.setattr("components.item_embedding.embedding.DENSE_SVD_MAX", 10)
+    monkeypatch.setattr("pinrank.components.item_embedding.embedding.DENSE_SVD_MAX", 10)
     arpack, s_arpack = factorise(m, k=5, seed=0)
     again, _ = factorise(m, k=5, seed=0)
     np.testing.assert_allclose(s_arpack, s_dense, rtol=1e-8)
@@ -194,7 +194,7 @@ def test_interests_matrix_pads_with_minus_one():
 def test_example_positives_union_and_cap(tmp_path):
     import tensorflow as tf
 
-    from components.item_embedding_gen import LatestPositives, capped_user_record, example_positives
+    from pinrank.components.item_embedding_gen import LatestPositives, capped_user_record, example_positives
 
     _write_split(str(tmp_path), {"u": [(5, 100, 1), (6, 200, 0), (7, 300, 1), (5, 400, 1),
                                        (8, 500, 1), (9, 600, 0)]})
@@ -264,8 +264,8 @@ def _users(prefix, groups, seed, n_per_group=8):
 def _run_executor(root, train_users, eval_users, name, corrupt_eval=False):
     from tfx.types import artifact_utils, standard_artifacts
 
-    from components.item_embedding_gen import ItemEmbeddingGen
-    from components.types import ItemCatalog, ItemEmbeddings
+    from pinrank.components.item_embedding_gen import ItemEmbeddingGen
+    from pinrank.components.types import ItemCatalog, ItemEmbeddings
 
     ex_dir = root / f"examples_{name}"
     _write_split(str(ex_dir / "Split-train"), train_users)
@@ -359,8 +359,8 @@ def test_executor_layout_and_no_eval_leakage(tmp_path):
 def test_component_spec_types():
     from tfx.types import channel, standard_artifacts
 
-    from components.item_embedding_gen import ItemEmbeddingGen
-    from components.types import ItemCatalog, ItemEmbeddings
+    from pinrank.components.item_embedding_gen import ItemEmbeddingGen
+    from pinrank.components.types import ItemCatalog, ItemEmbeddings
 
     comp = ItemEmbeddingGen(examples=channel.Channel(type=standard_artifacts.Examples),
                             items=channel.Channel(type=ItemCatalog),

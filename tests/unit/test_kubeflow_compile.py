@@ -17,8 +17,8 @@ ABS_PATH = re.compile(r"(?<![\w.:/~-])/[\w.@+~-][^\s\"'<>|,;)}\]]*")
 
 
 def test_compile_offline_with_gcs_paths(tmp_path):
-    from pipeline.config import preset
-    from pipeline.kubeflow_v2_runner import compile_pipeline
+    from pinrank.pipeline.config import preset
+    from pinrank.pipeline.kubeflow_v2_runner import compile_pipeline
     out = compile_pipeline(preset("cpu"), pipeline_root="gs://b/root", dataset_dir="gs://b/data",
                            dataset_fingerprint="f" * 64, serving_dir="gs://b/serving",
                            output_path=str(tmp_path / "p.json"), image="example.com/pinrank:abc",
@@ -31,8 +31,8 @@ def test_compile_offline_with_gcs_paths(tmp_path):
             "RetrievalEvaluator", "Pusher"} <= tasks
     assert any("resolver" in t for t in tasks)
     text = json.dumps(job)
-    assert "models.pinnerformer.run.run_fn" in text            # dotted path, no module_file wheel
-    assert "transform.pinnerformer.preprocessing_fn" in text
+    assert "pinrank.models.pinnerformer.run.run_fn" in text            # dotted path, no module_file wheel
+    assert "pinrank.transform.pinnerformer.preprocessing_fn" in text
     assert "_wheels" not in text
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()
               if "container" in e}
@@ -73,9 +73,9 @@ def _executor(spec, task):
 def vertex_job(tmp_path_factory):
     """`pinrank compile` as a user runs it for Vertex: gs:// everywhere, the default image, the
     fingerprint from the local copy of the uploaded dataset, Dataflow settings by --set."""
-    from components.data.sources import prepare_dataset
-    from pipeline import cli
-    from pipeline.config import preset
+    from pinrank.components.data.sources import prepare_dataset
+    from pinrank.pipeline import cli
+    from pinrank.pipeline.config import preset
     tmp = tmp_path_factory.mktemp("compile")
     local_data = prepare_dataset(preset("tiny").data, str(tmp / "data"))  # what was uploaded
     out = str(tmp / "job.json")
@@ -92,7 +92,7 @@ def vertex_job(tmp_path_factory):
 
 
 def test_every_path_in_the_job_is_remote_or_inside_the_image(vertex_job):
-    from pipeline.kubeflow_v2_runner import IMAGE_SITE_PACKAGES
+    from pinrank.pipeline.kubeflow_v2_runner import IMAGE_SITE_PACKAGES
     job, local_data, tmp = vertex_job
     local = []
     for where, s in _walk(job):
@@ -120,20 +120,20 @@ def test_the_path_check_sees_local_paths_inside_any_string():
 
 
 def test_schemas_are_the_installed_package_files_inside_the_image(vertex_job):
-    from pipeline.kubeflow_v2_runner import IMAGE_SITE_PACKAGES
+    from pinrank.pipeline.kubeflow_v2_runner import IMAGE_SITE_PACKAGES
     spec = vertex_job[0]["pipelineSpec"]
     for task, name in (("ImportSchemaGen", "pinnerformer_raw.pbtxt"),
                        ("ImportSchemaGenRanker", "ranker_raw.pbtxt")):
         path = _param(spec, task, "schema_file")
-        assert path == f"{IMAGE_SITE_PACKAGES}/pipeline/schema/{name}"
+        assert path == f"{IMAGE_SITE_PACKAGES}/pinrank/pipeline/schema/{name}"
         # the same file relative to the packages' root (test_image.py: the wheel ships it there)
         assert os.path.isfile(os.path.join(ROOT, "pipeline", "schema", name))
 
 
 def test_the_fingerprint_is_the_datasets(vertex_job):
-    from components.data.events import read_dataset_manifest
-    from components.data.sources import dataset_fingerprint
-    from pipeline.config import preset
+    from pinrank.components.data.events import read_dataset_manifest
+    from pinrank.components.data.sources import dataset_fingerprint
+    from pinrank.pipeline.config import preset
     job, local_data, _ = vertex_job
     real = dataset_fingerprint(preset("tiny").data)
     assert read_dataset_manifest(local_data)["fingerprint"] == real  # what the local runner passes
@@ -164,7 +164,7 @@ def test_beam_components_run_on_dataflow_in_the_projects_image(vertex_job):
 
 
 def _compile_error(capsys, *argv):
-    from pipeline import cli
+    from pinrank.pipeline import cli
     code = cli.main(["compile", "--preset", "tiny", "--pipeline-root", "gs://b/root",
                      "--serving-dir", "gs://b/serving", "--out", "/nonexistent/job.json",
                      *argv])
@@ -182,9 +182,9 @@ def test_a_remote_dataset_needs_its_fingerprint(capsys):
 
 
 def test_a_local_dataset_gives_its_own_fingerprint(tmp_path, capsys):
-    from components.data.sources import prepare_dataset
-    from pipeline.config import preset
-    from pipeline.kubeflow_v2_runner import dataset_fingerprint_for
+    from pinrank.components.data.sources import prepare_dataset
+    from pinrank.pipeline.config import preset
+    from pinrank.pipeline.kubeflow_v2_runner import dataset_fingerprint_for
     d = prepare_dataset(preset("tiny").data, str(tmp_path / "data"))
     real = dataset_fingerprint_for(d)
     assert real == dataset_fingerprint_for(d, real)

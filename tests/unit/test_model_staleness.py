@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from serving import cli
-from serving import constants as C
-from serving import local_server as LS
-from serving import testing as T
-from serving.client import VersionStatus
+from pinrank.serving import cli
+from pinrank.serving import constants as C
+from pinrank.serving import local_server as LS
+from pinrank.serving import testing as T
+from pinrank.serving.client import VersionStatus
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data import events as ev
-from components.data import ranking_features as rf
-from pipeline import features as F
-from pipeline.config import preset
+from pinrank.components.data import events as ev
+from pinrank.components.data import ranking_features as rf
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import preset
 
 USERS = 30  # sampled users (every k-th of the sorted ids)
 DAYS = 8  # request days replayed with a snapshot (the busiest of the sample)
@@ -31,7 +31,7 @@ DAYS = 8  # request days replayed with a snapshot (the busiest of the sample)
 
 @pytest.fixture(scope="module")
 def movielens_sample(tmp_path_factory):
-    from components.data import movielens
+    from pinrank.components.data import movielens
 
     root = tmp_path_factory.mktemp("parity")
     full = str(root / "full")
@@ -57,8 +57,8 @@ def offline(movielens_sample):
     import apache_beam as beam
     import tensorflow as tf
 
-    from components import ranking_example_gen as rg
-    from serving import testing as T
+    from pinrank.components import ranking_example_gen as rg
+    from pinrank.serving import testing as T
 
     root, ds, _ = movielens_sample
     model = T.save_toy_pinnerformer(str(root / "pf"), scale=1.0)
@@ -106,9 +106,9 @@ def _equal(a, b) -> bool:
 
 
 def _online_features(store_url, tmp, movielens_sample, offline):
-    from serving import batch_embeddings as B
-    from serving.action_store import open_store
-    from serving.service import Recommender, rank_inputs
+    from pinrank.serving import batch_embeddings as B
+    from pinrank.serving.action_store import open_store
+    from pinrank.serving.service import Recommender, rank_inputs
 
     _, ds, events = movielens_sample
     model, requests = offline

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data import events as ev
-from components.data import ranking_features as rf
-from pipeline import features as F
-from pipeline.config import DAY_S, preset
-from serving import constants as C
-from serving import testing as T
+from pinrank.components.data import events as ev
+from pinrank.components.data import ranking_features as rf
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DAY_S, preset
+from pinrank.serving import constants as C
+from pinrank.serving import testing as T
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,7 +42,7 @@ def _events():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Dataset (titles, items, events), the toy models pushed, the local server."""
-    from serving import local_server as LS
+    from pinrank.serving import local_server as LS
 
     root = tmp_path_factory.mktemp("online")
     data = str(root / "data")
@@ -80,14 +80,14 @@ def _fill_store(store, events, pf_sigs):
 
 
 def _embed_inputs(events, user, before):
-    from serving.client import embed_request_from_events
+    from pinrank.serving.client import embed_request_from_events
 
     return embed_request_from_events(events, [user], T.SEQ_LEN, before)
 
 
 def _recommender(world, store, cfg=None, target=None, snapshot_store=None):
-    from serving.client import ServingClient
-    from serving.service import ColdStart, Recommender
+    from pinrank.serving.client import ServingClient
+    from pinrank.serving.service import ColdStart, Recommender
 
     cfg = cfg or preset("cpu", "movielens").replace(online={"num_candidates": 8, "k": 5})
     # A generous deadline: the first call to a freshly loaded model traces it, which takes
@@ -115,7 +115,7 @@ def _reference_retrieval(world, user, k):
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):
-    from serving.action_store import open_store
+    from pinrank.serving.action_store import open_store
 
     url = (f"sqlite:///{tmp_path}/actions.db" if request.param == "sqlite"
            else request.getfixturevalue("redis_url"))
@@ -124,7 +124,7 @@ def store(request, tmp_path):
 
 
 def test_retrieval_only_then_ranked_then_ranker_gone(world, store):
-    from serving import service as S
+    from pinrank.serving import service as S
 
     snap = _fill_store(store, world["events"], _sigs(world["pf"]))
     rec = _recommender(world, store)
@@ -173,7 +173,7 @@ def test_retrieval_only_then_ranked_then_ranker_gone(world, store):
 
 
 def test_unknown_user_gets_the_cold_start_list(world, store):
-    from serving import service as S
+    from pinrank.serving import service as S
 
     _fill_store(store, world["events"], _sigs(world["pf"]))
     out = _recommender(world, store).recommend("nobody", request_ts=NOW, k=4)
@@ -188,8 +188,8 @@ def test_unknown_user_gets_the_cold_start_list(world, store):
 
 
 def test_store_down_is_an_error_or_batch_only(world, tmp_path):
-    from serving import service as S
-    from serving.action_store import open_store
+    from pinrank.serving import service as S
+    from pinrank.serving.action_store import open_store
 
     actions = open_store(f"sqlite:///{tmp_path}/a.db")
     snapshots = open_store(f"sqlite:///{tmp_path}/s.db")
@@ -212,7 +212,7 @@ def test_store_down_is_an_error_or_batch_only(world, tmp_path):
 
 
 def test_retrieval_down_answers_the_popular_list(world, store):
-    from serving import service as S
+    from pinrank.serving import service as S
 
     _fill_store(store, world["events"], _sigs(world["pf"]))
     rec = _recommender(world, store, target="127.0.0.1:1")  # nothing listens there
@@ -222,9 +222,9 @@ def test_retrieval_down_answers_the_popular_list(world, store):
 
 
 def test_http_api_and_recommend_command(world, tmp_path, capsys):
-    from pipeline import cli as pinrank_cli
-    from serving import recs_http
-    from serving.action_store import open_store
+    from pinrank.pipeline import cli as pinrank_cli
+    from pinrank.serving import recs_http
+    from pinrank.serving.action_store import open_store
 
     url = f"sqlite:///{tmp_path}/actions.db"
     with open_store(url) as store:
@@ -272,7 +272,7 @@ def _status(url):
 
 def test_openapi_file_is_the_served_description():
     """serving/deploy/openapi.json (for gateways and client generators) is OPENAPI."""
-    from serving import recs_http
+    from pinrank.serving import recs_http
 
     with open(os.path.join(C.DEPLOY_DIR, "openapi.json")) as f:
         assert json.load(f) == recs_http.OPENAPI
@@ -284,9 +284,9 @@ def test_explain_repeats_the_request_without_each_part(world, store, capsys):
     PinnerFormer's embedding of the shortened history."""
     import tensorflow as tf
 
-    from pipeline import cli as pinrank_cli
-    from serving import service as S
-    from serving.explain import explain, format_explanation
+    from pinrank.pipeline import cli as pinrank_cli
+    from pinrank.serving import service as S
+    from pinrank.serving.explain import explain, format_explanation
 
     snap = _fill_store(store, world["events"], _sigs(world["pf"]))
     T.push_version(world["rk"], str(world["serving"] / C.RANKER), 2)

@@ -5,10 +5,10 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from models.pinnerformer import layers
-from models.pinnerformer.model import PinnerFormer
-from pipeline import features as F
-from pipeline.config import PinnerFormerConfig
+from pinrank.models.pinnerformer import layers
+from pinrank.models.pinnerformer.model import PinnerFormer
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import PinnerFormerConfig
 
 
 def _value_and_grads(fn, *args):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.pinnerformer.losses import (
+from pinrank.models.pinnerformer.losses import (
     assemble_negatives,
     in_batch_log_q,
     per_user_mean,
@@ -135,8 +135,8 @@ def test_assemble_negatives_cap_subsamples_and_rescales_q():
 
 
 def test_temperature_clamp():
-    from models.pinnerformer import PinnerFormer
-    from pipeline.config import PinnerFormerConfig
+    from pinrank.models.pinnerformer import PinnerFormer
+    from pinrank.pipeline.config import PinnerFormerConfig
     cfg = PinnerFormerConfig(seq_len=4, hidden=8, num_heads=2, num_layers=1, output_dim=4, sketch_width=8)
     m = PinnerFormer(cfg, np.arange(3), np.eye(3, dtype=np.float32), num_actions=4, num_surfaces=4)
     assert m.temperature.numpy() == pytest.approx(0.07, rel=1e-5)

@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from models.pinnerformer import PinnerFormer, attention_mask
-from pipeline import features as F
-from pipeline.config import OBJECTIVES, PinnerFormerConfig
+from pinrank.models.pinnerformer import PinnerFormer, attention_mask
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import OBJECTIVES, PinnerFormerConfig
 
 M, FUT, N_ITEMS, DIN = 8, 5, 40, 6
 CFG = PinnerFormerConfig(seq_len=M, hidden=16, num_layers=2, num_heads=2, output_dim=8, action_emb_dim=4,

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.pinnerformer import objectives as O
-from pipeline import features as F
-from pipeline.config import PinnerFormerConfig
+from pinrank.models.pinnerformer import objectives as O
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import PinnerFormerConfig
 
 DAY = 86400
 T0 = 1_600_000_000

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.pinnerformer import retrieval
-from pipeline import features as F
-from serving import constants as C
+from pinrank.models.pinnerformer import retrieval
+from pinrank.pipeline import features as F
+from pinrank.serving import constants as C
 
 
 def numpy_top_k(ids, emb, users, exclude, ks):
@@ -112,10 +112,10 @@ def exported(tmp_path_factory):
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
     from tfx_bsl.public import tfxio
 
-    from models.pinnerformer import PinnerFormer, export
-    from pipeline.config import PipelineConfig
-    from pipeline.pipeline import PINNERFORMER_SCHEMA
-    from transform.pinnerformer import CONFIG_PATHS, preprocessing_fn
+    from pinrank.models.pinnerformer import PinnerFormer, export
+    from pinrank.pipeline.config import PipelineConfig
+    from pinrank.pipeline.pipeline import PINNERFORMER_SCHEMA
+    from pinrank.transform.pinnerformer import CONFIG_PATHS, preprocessing_fn
 
     tmp = str(tmp_path_factory.mktemp("retrieval_export"))
     cfg = PipelineConfig().replace(model={"seq_len": M}, examples={"max_future": 2})
@@ -172,7 +172,7 @@ def _tensors(d):
 
 
 def test_signature_defs_have_the_documented_dtypes_and_shapes(exported):
-    from serving.local_server import signature_defs
+    from pinrank.serving.local_server import signature_defs
 
     sigs = signature_defs(exported)
     assert {C.SERVING_DEFAULT, C.EMBED_RAW, C.ITEM_EMBEDDING, C.RETRIEVE,
@@ -224,9 +224,9 @@ def test_retrieve_matches_numpy_over_item_embedding_and_embed_raw(exported):
 
 @pytest.mark.timeout(300)
 def test_client_retrieve_through_the_local_server(exported, tmp_path):
-    from serving import local_server as LS
-    from serving import testing as T
-    from serving.client import ServingClient
+    from pinrank.serving import local_server as LS
+    from pinrank.serving import testing as T
+    from pinrank.serving.client import ServingClient
 
     T.push_version(exported, str(tmp_path / C.PINNERFORMER), 3)
     sigs = tf.saved_model.load(exported).signatures

@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from models.pinnerformer.sketch import CountMinSketch, hash_ids
+from pinrank.models.pinnerformer.sketch import CountMinSketch, hash_ids
 
 
 def _numpy_count_min(batches, a, b, prime, width):

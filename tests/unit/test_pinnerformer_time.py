@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.pinnerformer.time_encoding import PeriodicTimeEncoding, abs_periods, rel_periods
+from pinrank.models.pinnerformer.time_encoding import PeriodicTimeEncoding, abs_periods, rel_periods
 
 H, D = 3600.0, 86400.0
 

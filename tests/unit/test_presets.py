@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from pipeline.config import preset
+from pinrank.pipeline.config import preset
 
 PRESETS_DIR = pathlib.Path(__file__).resolve().parents[2] / "docs" / "presets"
 

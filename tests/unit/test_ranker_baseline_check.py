@@ -1,9 +1,9 @@
 """RankerBaselineCheck's pure parts: popularity as of the request and the decision."""
 import numpy as np
 
-from components.ranker_eval import baseline_check as bc
-from components.retrieval_evaluator.baselines import TrainPositives
-from pipeline.config import DAY_S
+from pinrank.components.ranker_eval import baseline_check as bc
+from pinrank.components.retrieval_evaluator.baselines import TrainPositives
+from pinrank.pipeline.config import DAY_S
 
 
 def test_popularity_as_of_the_request_matches_brute_force():
@@ -68,8 +68,8 @@ def _requests(n_req=300, per=8, seed=0):
 
 def test_weighted_auc_equals_the_auc_of_the_replicated_sample():
     """A bootstrap replicate = the data set with every request repeated its draw count."""
-    from components.retrieval_evaluator import stats
-    from models.realtime import metrics as RM
+    from pinrank.components.retrieval_evaluator import stats
+    from pinrank.models.realtime import metrics as RM
     rng = np.random.default_rng(3)
     rid = np.repeat(np.arange(6), 4)
     s = np.round(rng.normal(size=24), 1)  # rounding makes ties

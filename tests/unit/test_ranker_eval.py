@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
-from components.ranker_eval import (
+from pinrank.components.ranker_eval import (
     AUC_NAME,
     HitAtK,
     gate_slicing_specs,
@@ -21,9 +21,9 @@ from components.ranker_eval import (
     query_hit_at_k,
     ranker_eval_config,
 )
-from components.ranker_eval.eval_config import pipeline_eval_config
-from pipeline.config import apply_overrides, preset
-from pipeline.features import HEADS, label_key
+from pinrank.components.ranker_eval.eval_config import pipeline_eval_config
+from pinrank.pipeline.config import apply_overrides, preset
+from pinrank.pipeline.features import HEADS, label_key
 
 K = 3
 HIT = hit_at_k_name(K)
@@ -434,7 +434,7 @@ def test_each_gated_slice_must_pass_on_its_own(env):
               for s in vr.metric_validations_per_slice for f in s.failures]
     assert failed == [((("pf_present", weak),), HIT, pytest.approx(hit[weak]))], failed
     # The run summary reports every slice and names the failed one.
-    from pipeline.runs import ranker_metrics
+    from pinrank.pipeline.runs import ranker_metrics
     summary = ranker_metrics(out)
     assert summary["validation_ok"] is False
     assert set(summary["slices"]) == {"surface=homefeed", "surface=search", "pf_present=0",

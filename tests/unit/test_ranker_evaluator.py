@@ -6,7 +6,7 @@ def test_executor_batches_by_byte_size_while_it_runs_and_restores(monkeypatch):
     from tfx.components.evaluator import executor as stock
     from tfx_bsl.coders import batch_util
 
-    from components.ranker_eval import evaluator as E
+    from pinrank.components.ranker_eval import evaluator as E
 
     seen = {}
 
@@ -25,9 +25,9 @@ def test_executor_batches_by_byte_size_while_it_runs_and_restores(monkeypatch):
 
 
 def test_pipeline_uses_it_for_the_ranker():
-    from components.ranker_eval import evaluator as E
-    from pipeline.config import preset
-    from pipeline.pipeline import create_pipeline
+    from pinrank.components.ranker_eval import evaluator as E
+    from pinrank.pipeline.config import preset
+    from pinrank.pipeline.pipeline import create_pipeline
 
     p = create_pipeline(preset("tiny"), pipeline_root="/tmp/r", dataset_dir="/tmp/d",
                         dataset_fingerprint="x", serving_dir="/tmp/s")

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import ranking_example_gen as rg
-from components.data import events as ev
-from components.data import ranking_features as rf
-from pipeline import features as F
-from pipeline.config import DAY_S, PipelineConfig, RankingConfig
+from pinrank.components import ranking_example_gen as rg
+from pinrank.components.data import events as ev
+from pinrank.components.data import ranking_features as rf
+from pinrank.pipeline import features as F
+from pinrank.pipeline.config import DAY_S, PipelineConfig, RankingConfig
 
 SCHEMA = os.path.join(os.path.dirname(__file__), "..", "..", "pipeline", "schema",
                       "ranker_raw.pbtxt")
@@ -599,7 +599,7 @@ def test_embed_dofn_batches_mixed_rows_and_probes_dim(model_uri):
 
 
 def test_embed_dofn_feeds_a_fixed_width_signature_the_newest_actions(tmp_path):
-    from serving import testing as T
+    from pinrank.serving import testing as T
     path = T.save_toy_pinnerformer(str(tmp_path / "toy"), scale=1.0)  # embed_raw [B, 5]
     fn = rg.EmbedUserDays(path)
     fn.setup()

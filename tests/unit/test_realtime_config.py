@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from models.realtime import RankerConfig, RealtimeConfig, default_label_weights, preset
-from models.realtime.config import PRESETS
+from pinrank.models.realtime import RankerConfig, RealtimeConfig, default_label_weights, preset
+from pinrank.models.realtime.config import PRESETS
 
 
 def test_paper_defaults():
@@ -100,9 +100,9 @@ class _FakeTransformOutput:
 def test_trainer_derives_only_the_documented_sizes_and_checks_the_rest():
     """The data decides vocabulary sizes (derived); configured widths and P are checked against
     the data and never overwritten."""
-    from models.realtime.run import ranker_config
-    from pipeline.config import ConfigError, apply_overrides
-    from pipeline.config import preset as pipeline_preset
+    from pinrank.models.realtime.run import ranker_config
+    from pinrank.pipeline.config import ConfigError, apply_overrides
+    from pinrank.pipeline.config import preset as pipeline_preset
     cfg = pipeline_preset("tiny")
     r = ranker_config(cfg, _FakeTransformOutput(12, actions=3), item_dim=16, num_interests=9)
     assert r.realtime.num_action_types == 3
@@ -131,9 +131,9 @@ def test_featurizer_provides_every_context_feature_the_config_allows():
     the Featurizer maps Transform's outputs to exactly those names, values unchanged."""
     import numpy as np
 
-    from models.realtime.serving_model import Featurizer
-    from pipeline import features as F
-    from pipeline.config import RANKER_CANDIDATE_CATEGORICAL, RANKER_CONTEXT_CATEGORICAL
+    from pinrank.models.realtime.serving_model import Featurizer
+    from pinrank.pipeline import features as F
+    from pinrank.pipeline.config import RANKER_CANDIDATE_CATEGORICAL, RANKER_CONTEXT_CATEGORICAL
     fz = Featurizer(np.array([10, 20]), np.ones((2, 4), np.float32), np.array([[0], [1]]))
     ts = np.array([0, 86400 * 3 + 7200], np.int64)  # Thu 00:00, Sun 02:00 (1970-01-01 = Thu)
     xf = {F.xf(F.SURFACE): np.array([1, 2]), "hour_xf": (ts % 86400) // 3600,

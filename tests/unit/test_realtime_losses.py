@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from models.realtime import (
+from pinrank.models.realtime import (
     CrossLayer,
     CrossNetwork,
     default_label_weights,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from models.realtime import auc, hit_at_k
+from pinrank.models.realtime import auc, hit_at_k
 
 
 def hit_reference(scores, labels, queries, k, seed):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.realtime import (
+from pinrank.models.realtime import (
     CANDIDATE_EMB,
     PINNERFORMER_EMB,
     REQUEST_TS,

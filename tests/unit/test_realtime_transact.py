@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.realtime import RealtimeConfig, TransAct
+from pinrank.models.realtime import RealtimeConfig, TransAct
 
 P, DE, V, B = 8, 4, 4, 3
 REQ = 100_000

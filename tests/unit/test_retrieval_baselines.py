@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from components.retrieval_evaluator import baselines as B
-from components.retrieval_evaluator import stats as S
-from components.retrieval_evaluator.metrics import PER_USER, scored_metrics
-from pipeline.config import DAY_S
+from pinrank.components.retrieval_evaluator import baselines as B
+from pinrank.components.retrieval_evaluator import stats as S
+from pinrank.components.retrieval_evaluator.metrics import PER_USER, scored_metrics
+from pinrank.pipeline.config import DAY_S
 
 
 def _world(seed=0, n_users=6, n_items=9, n=60):

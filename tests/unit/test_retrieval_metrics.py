@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from components.retrieval_evaluator.metrics import (
+from pinrank.components.retrieval_evaluator.metrics import (
     PER_USER,
     p90_coverage,
     popularity_baseline_metrics,

@@ -2,7 +2,7 @@
 import json
 import math
 
-from components.retrieval_evaluator.report import gate_decision, write_report
+from pinrank.components.retrieval_evaluator.report import gate_decision, write_report
 
 GATE = dict(k=10, min_recall=0.1, min_coverage=0.01, max_recall_drop=0.02)
 

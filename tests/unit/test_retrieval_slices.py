@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.retrieval_evaluator import slices as SL
-from components.retrieval_evaluator import stats as S
-from components.retrieval_evaluator.metrics import PER_USER
-from components.retrieval_evaluator.report import gate_decision, write_report
+from pinrank.components.retrieval_evaluator import slices as SL
+from pinrank.components.retrieval_evaluator import stats as S
+from pinrank.components.retrieval_evaluator.metrics import PER_USER
+from pinrank.components.retrieval_evaluator.report import gate_decision, write_report
 
 GATE = dict(k=10, min_recall=0.0, min_coverage=0.0, max_recall_drop=0.0,
             min_lift_over_popularity=None)
@@ -235,7 +235,7 @@ def test_report_without_slices_has_no_slice_section(tmp_path):
 
 
 def test_slice_config_fields_defaults_overrides_and_errors():
-    from pipeline.config import ConfigError, PipelineConfig, apply_overrides, preset
+    from pinrank.pipeline.config import ConfigError, PipelineConfig, apply_overrides, preset
     e = PipelineConfig().eval
     assert (e.history_length_edges, e.min_slice_users, e.gate_slices,
             e.min_slice_lift_over_popularity) == ((20, 100), 20, ("history_length",), 0.0)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from models.schedules import WarmupCosine
+from pinrank.models.schedules import WarmupCosine
 
 STEPS = tf.range(0, 25000, dtype=tf.int64)
 CASES = [(3e-4, 100, 2900, 0.0), (3e-3, 10, 50, 0.0), (1e-3, 100, 5000, 0.1),

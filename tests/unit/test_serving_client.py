@@ -15,9 +15,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from pipeline import features as F
-from serving import constants as C
-from serving.client import ServingClient, ServingError, embed_request_from_events
+from pinrank.pipeline import features as F
+from pinrank.serving import constants as C
+from pinrank.serving.client import ServingClient, ServingError, embed_request_from_events
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -186,8 +186,8 @@ def test_embed_request_batches_users_and_pads_after_len():
 def test_every_embed_raw_builder_gives_the_same_inputs():
     """The daily job's compact histories (action/surface codes) and the online service's rows
     go through the same padding as embed_request_from_events: equal arrays, equal dtypes."""
-    from components.data import ranking_features as rf
-    from serving.batch_embeddings import embed_inputs
+    from pinrank.components.data import ranking_features as rf
+    from pinrank.serving.batch_embeddings import embed_inputs
 
     req = embed_request_from_events(_events(), ["u2", "u1", "nobody"], max_len=4, now_ts=1000)
     ev = _events().sort_values(["timestamp", "item_id"])

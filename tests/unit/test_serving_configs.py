@@ -11,8 +11,8 @@ import threading
 import pytest
 import yaml
 
-from serving import configs, tfs_protos
-from serving import constants as C
+from pinrank.serving import configs, tfs_protos
+from pinrank.serving import constants as C
 
 DEPLOY = C.DEPLOY_DIR
 
@@ -309,7 +309,7 @@ def _pinrank_argv(container):
 def test_online_commands_parse_with_the_pinrank_cli():
     """Every pinrank command in online.yaml and docker-compose.yml is accepted by the real
     parser, and the stores and targets agree with the services that exist."""
-    from pipeline import cli as pinrank_cli
+    from pinrank.pipeline import cli as pinrank_cli
 
     parser = pinrank_cli.build_parser()
     docs = _online()

@@ -20,11 +20,11 @@ import grpc
 import numpy as np
 import pytest
 
-from components.atomic_pusher import TMP_PREFIX, PushError, publish
-from serving import constants as C
-from serving import local_server as LS
-from serving import testing as T
-from serving.client import ServingClient, ServingError
+from pinrank.components.atomic_pusher import TMP_PREFIX, PushError, publish
+from pinrank.serving import constants as C
+from pinrank.serving import local_server as LS
+from pinrank.serving import testing as T
+from pinrank.serving.client import ServingClient, ServingError
 
 V1, V2, V3 = 1_700_000_000, 1_700_000_100, 1_700_000_200
 pytestmark = pytest.mark.timeout(180)
@@ -140,7 +140,7 @@ def _push_pipeline(tmp_path, model_dir, serving_base):
     """Importer(Model) -> AtomicPusher, the pipeline's Pusher with its executor, no blessing."""
     from tfx import v1 as tfx
 
-    from components.atomic_pusher import AtomicPusher
+    from pinrank.components.atomic_pusher import AtomicPusher
     importer = tfx.dsl.Importer(source_uri=str(model_dir),
                                 artifact_type=tfx.types.standard_artifacts.Model,
                                 reimport=True).with_id("import_model")
@@ -175,7 +175,7 @@ def _run(pipeline):
 
 @pytest.mark.parametrize("fault", ["read-only", "disk-full"])
 def test_push_into_a_read_only_or_full_serving_dir(tmp_path, store, tmpfs, fault):
-    from pipeline import cli
+    from pinrank.pipeline import cli
 
     serving = tmpfs.path / "serving"
     base = serving / C.PINNERFORMER

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from pipeline import features as F
-from serving import constants as C
-from serving import local_server as LS
-from serving import testing as T
-from serving.client import ServingClient, ServingError
+from pinrank.pipeline import features as F
+from pinrank.serving import constants as C
+from pinrank.serving import local_server as LS
+from pinrank.serving import testing as T
+from pinrank.serving.client import ServingClient, ServingError
 
 V1, V2, V3 = 1_700_000_000, 1_700_000_100, 1_700_000_200
 MAX_MESSAGE = 1 << 20  # small, so the oversized request stays cheap

@@ -17,13 +17,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from pipeline import features as F
-from serving import cli
-from serving import constants as C
-from serving import local_server as LS
-from serving import testing as T
-from serving.client import ServingClient, ServingError, to_tensor_proto
-from serving.configs import BatchingParameters
+from pinrank.pipeline import features as F
+from pinrank.serving import cli
+from pinrank.serving import constants as C
+from pinrank.serving import local_server as LS
+from pinrank.serving import testing as T
+from pinrank.serving.client import ServingClient, ServingError, to_tensor_proto
+from pinrank.serving.configs import BatchingParameters
 
 V1, V2, V3 = 1_700_000_000, 1_700_000_100, 1_700_000_200
 pytestmark = pytest.mark.timeout(120)  # threads and sockets: a deadlock must fail, not hang
@@ -123,7 +123,7 @@ def test_predict_matches_in_process_signatures(servers, serving_dir, reference):
                                                        {C.ITEM_ID: items})[C.EMBEDDING],
                                atol=1e-6)
 
-    from serving.client import rank_request_inputs
+    from pinrank.serving.client import rank_request_inputs
     rank_in = rank_request_inputs(hist, [10, 20, 30], request_ts=5000,
                                   pf_embedding=np.ones(4, np.float32))
     out = client.predict(C.RANKER, C.RANK, rank_in)
@@ -400,8 +400,8 @@ def test_per_model_batching_as_deployed(servers, tmp_path, store, reference, mon
     deploy configs. The pinnerformer version carries the deploy batching_params.pbtxt (as its
     export does) and is batched; the ranker carries none, so its `rank` request (1-row context,
     N candidates) is served, which global batching must refuse."""
-    from serving.client import rank_request_inputs
-    from serving.configs import load_batching_parameters
+    from pinrank.serving.client import rank_request_inputs
+    from pinrank.serving.configs import load_batching_parameters
 
     root = tmp_path / "serving"
     pf = T.push_version(store["pf1"], str(root / C.PINNERFORMER), V1)
@@ -484,7 +484,7 @@ def test_cli_query_commands(servers, serving_dir, tmp_path, reference):
     assert rc == 0 and doc["version"] == V1 and doc["hist_len"] == {"u1": 5, "u2": 1}
     import pandas as pd
 
-    from serving.client import embed_request_from_events
+    from pinrank.serving.client import embed_request_from_events
     req = embed_request_from_events(pd.read_csv(events), ["u1", "u2"], T.SEQ_LEN, 2000)
     want = _call(reference["pf1"], C.EMBED_RAW, req)[C.EMBEDDING]
     np.testing.assert_allclose([doc["outputs"][C.EMBEDDING]["u1"],
@@ -501,7 +501,7 @@ def test_cli_query_commands(servers, serving_dir, tmp_path, reference):
 
 
 def test_local_server_module_help_says_it_is_a_stand_in():
-    r = subprocess.run([sys.executable, "-m", "serving.local_server", "--help"],
+    r = subprocess.run([sys.executable, "-m", "pinrank.serving.local_server", "--help"],
                        capture_output=True, text=True, timeout=60,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(LS.__file__))))
     assert r.returncode == 0
@@ -516,7 +516,7 @@ def test_local_server_module_runs_prints_port_and_stops_on_sigterm(serving_dir):
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.local_server", "--model_base_path", str(serving_dir),
+        [sys.executable, "-m", "pinrank.serving.local_server", "--model_base_path", str(serving_dir),
          "--port", "0", "--file_system_poll_wait_seconds", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(LS.__file__))))

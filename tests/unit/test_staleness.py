@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from benchmarks import staleness as st
-from components.event_example_gen import eval_cut
-from pipeline.config import ExampleGenConfig
+from pinrank.components.event_example_gen import eval_cut
+from pinrank.pipeline.config import ExampleGenConfig
 
 
 def _window_ref(t, cut, edges):

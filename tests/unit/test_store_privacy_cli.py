@@ -7,10 +7,10 @@ import socket
 import numpy as np
 import pytest
 
-from pipeline import cli
-from pipeline.config import DAY_S
-from serving import action_store as S
-from serving import cli as serving_cli
+from pinrank.pipeline import cli
+from pinrank.pipeline.config import DAY_S
+from pinrank.serving import action_store as S
+from pinrank.serving import cli as serving_cli
 
 T0 = 1_700_006_400  # a day start (multiple of 86400)
 

@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from models.pinnerformer import train
-from pipeline.config import preset
+from pinrank.models.pinnerformer import train
+from pinrank.pipeline.config import preset
 
 
 def _model():

@@ -45,9 +45,9 @@ def transformed():
     from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.public import tfxio
 
-    from pipeline.config import PipelineConfig
-    from pipeline.pipeline import PINNERFORMER_SCHEMA
-    from transform.pinnerformer import CONFIG_PATHS, preprocessing_fn
+    from pinrank.pipeline.config import PipelineConfig
+    from pinrank.pipeline.pipeline import PINNERFORMER_SCHEMA
+    from pinrank.transform.pinnerformer import CONFIG_PATHS, preprocessing_fn
 
     # M = model.seq_len = 3, F = examples.max_future = 2, as the pipeline passes them.
     cfg = PipelineConfig().replace(model={"seq_len": 3}, examples={"max_future": 2})

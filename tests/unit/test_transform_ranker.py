@@ -23,7 +23,7 @@ REQUESTS = [
 def _example(ts, surface, cand, hist, pf, present, labels):
     import tensorflow as tf
 
-    from pipeline import features as F
+    from pinrank.pipeline import features as F
     ex = tf.train.Example()
     f = ex.features.feature
     f[F.REQUEST_ID].bytes_list.value.append(b"r")
@@ -54,9 +54,9 @@ def transformed(tmp_path_factory):
     from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.public import tfxio
 
-    from pipeline.config import PipelineConfig
-    from pipeline.pipeline import RANKER_SCHEMA
-    from transform.ranker import CONFIG_PATHS, preprocessing_fn
+    from pinrank.pipeline.config import PipelineConfig
+    from pinrank.pipeline.pipeline import RANKER_SCHEMA
+    from pinrank.transform.ranker import CONFIG_PATHS, preprocessing_fn
 
     cfg = PipelineConfig().replace(ranker={"realtime": {"seq_len": P, "latest_k": P}},
                                    model={"output_dim": D})
@@ -89,7 +89,7 @@ def _index(out, vocab_name, values):
 
 def test_realtime_sequence_is_the_p_newest_newest_first(transformed):
     out, res = transformed
-    from pipeline import features as F
+    from pinrank.pipeline import features as F
     for i, (_, _, _, hist, *_) in enumerate(REQUESTS):
         recent = hist[-P:][::-1]
         n = len(recent)
@@ -105,7 +105,7 @@ def test_realtime_sequence_is_the_p_newest_newest_first(transformed):
 
 def test_request_context_hour_day_of_week_and_surface(transformed):
     out, res = transformed
-    from pipeline import features as F
+    from pinrank.pipeline import features as F
     for i, (ts, surface, cand, *_) in enumerate(REQUESTS):
         t = datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)
         assert res[F.xf(F.REQUEST_TS)][i] == ts
@@ -120,7 +120,7 @@ def test_request_context_hour_day_of_week_and_surface(transformed):
 
 def test_embedding_presence_and_labels_pass_through(transformed):
     _, res = transformed
-    from pipeline import features as F
+    from pinrank.pipeline import features as F
     np.testing.assert_allclose(res[F.xf(F.PF_EMBEDDING)], [r[4] for r in REQUESTS])
     assert res[F.xf(F.PF_EMBEDDING)].shape == (len(REQUESTS), D)
     np.testing.assert_array_equal(res[F.xf(F.PF_PRESENT)], [r[5] for r in REQUESTS])

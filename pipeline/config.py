@@ -161,6 +161,9 @@ class PinnerFormerConfig:
     max_labels: int = 32  # all action labels per sequence
     max_in_batch_negatives: int = 5000
     num_random_negatives: int = 512
+    # Multi-worker training: the in-batch negatives are every replica's labels (gathered), as in
+    # the paper; false: each replica's own batch only. One replica: no difference.
+    cross_replica_negatives: bool = True
     logq_correction: bool = True
     sketch_width: int = 4096
     sketch_depth: int = 4

@@ -7,7 +7,9 @@ positives (FUT_ITEM / FUT_TS / FUT_LEN_XF).
 Deviations from the paper, or choices it leaves open (all listed in docs/models.md, "Deviations"):
   * label items with no frozen embedding (not in `item_ids`) are never used as labels: their pin-tower input
     would be the all-zero "unknown" row, a constant that would only teach the model about missing data;
-  * negatives are per replica (no cross-replica gather), and the count-min sketch assumes one replica;
+  * under a multi-replica strategy (models/distribute.py) the in-batch negatives are every replica's labels,
+    gathered as in the paper (`cross_replica_negatives`), and every replica's count-min sketch counts them
+    all, so each replica sees the pool and log Q a single replica would see with the global batch;
   * the loss is divided by the number of replicas so `fit` under a strategy sums gradients correctly.
 """
 from __future__ import annotations
@@ -201,19 +203,31 @@ class PinnerFormer(keras.Model):
         pair_user = tf.boolean_mask(users, valid)
         label = tf.boolean_mask(label_item, valid)
         n_labels = tf.size(label)
+        # The in-batch pool: this replica's labels, or every replica's (the paper's gather; the
+        # batch shapes are equal on all replicas, so the padded [B, S] labels can be gathered).
+        pool = label
+        ctx = tf.distribute.get_replica_context()
+        if cfg.cross_replica_negatives and ctx is not None and ctx.num_replicas_in_sync > 1:
+            pool = tf.boolean_mask(ctx.all_gather(tf.where(valid, label_item, tf.zeros_like(label_item)), 0),
+                                   ctx.all_gather(tf.cast(valid, tf.int32), 0) > 0)
+        n_pool = tf.size(pool)
 
         if update_sketch:
-            self.sketch.update(label)
-        label_log_q = losses.in_batch_log_q(self.sketch.estimate(label), self.sketch.total, n_labels)
+            self.sketch.update(pool)
+        label_log_q = losses.in_batch_log_q(self.sketch.estimate(label), self.sketch.total, n_pool)
 
         label_rows = self.item_rows(label)
+        pool_rows, pool_log_q = label_rows, label_log_q
+        if pool is not label:
+            pool_rows = self.item_rows(pool)
+            pool_log_q = losses.in_batch_log_q(self.sketch.estimate(pool), self.sketch.total, n_pool)
         user_pos_rows = tf.concat([self.item_rows(tl.hist_item), self.item_rows(tl.fut_item)], axis=1)
         user_pos_valid = tf.concat([tl.hist_label, tl.fut_label], axis=1)
         n_rand = cfg.num_random_negatives
         rand_rows = tf.random.stateless_uniform([n_rand], seed=seeds[1], minval=1, maxval=self.num_items + 1,
                                                 dtype=tf.int64)
         rand_log_q = math.log(n_rand / self.num_items) if n_rand > 0 else 0.0
-        neg = losses.assemble_negatives(label_rows, label_log_q, pair_user, user_pos_rows, user_pos_valid,
+        neg = losses.assemble_negatives(pool_rows, pool_log_q, pair_user, user_pos_rows, user_pos_valid,
                                         rand_rows, rand_log_q, cfg.max_in_batch_negatives, seeds[2])
         loss, _ = losses.sampled_softmax_loss(
             user_emb, self.item_embedding_from_rows(label_rows), label_log_q,

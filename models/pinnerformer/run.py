@@ -12,6 +12,7 @@ from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
+from pinrank.models import distribute  # noqa: E402
 from pinrank.models.pinnerformer import export, train  # noqa: E402
 from pinrank.models.pinnerformer.model import PinnerFormer  # noqa: E402
 from pinrank.pipeline import features as F  # noqa: E402
@@ -45,9 +46,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                             cfg.train.seed, shuffle=True)
     eval_ds = make_dataset(fn_args, fn_args.eval_files, tft_out, cfg.train.batch_size,
                            cfg.train.seed, shuffle=False)
-    model = build_model(cfg, tft_out, fn_args.custom_config[ITEM_EMBEDDINGS_URI])
-    model.compile(optimizer=train.make_optimizer(cfg))
-    logging.info("PinnerFormer objective=%s, %d steps", cfg.model.objective,
-                 cfg.train.train_steps)
+    strategy = distribute.strategy()  # several workers when TF_CONFIG names them
+    with strategy.scope():
+        model = build_model(cfg, tft_out, fn_args.custom_config[ITEM_EMBEDDINGS_URI])
+        model.compile(optimizer=train.make_optimizer(cfg))
+    logging.info("PinnerFormer objective=%s, %d steps, %d replica(s)", cfg.model.objective,
+                 cfg.train.train_steps, strategy.num_replicas_in_sync)
     train.fit(model, cfg, train_ds, eval_ds, log_dir=fn_args.model_run_dir)
-    export.export(model, tft_out, fn_args.serving_model_dir)
+    export.export(model, tft_out, distribute.save_dir(fn_args.serving_model_dir))

@@ -7,8 +7,9 @@ TF and numpy agree bit for bit. Ids are reduced mod p first: ids that differ by 
 which a count-min sketch tolerates (it only ever over-estimates).
 
 State lives in non-trainable int64 variables placed on the CPU (int64 scatter kernels are not guaranteed on
-accelerators; the sketch is tiny). Deviation/limitation: under a multi-replica strategy each replica would
-need its own sketch; this module assumes a single replica (see model.py).
+accelerators; the sketch is tiny). Under a multi-replica strategy every replica keeps its own copy (ON_READ
+variables, saved from the first replica); model.py updates every copy with all replicas' labels, so the
+copies stay equal.
 """
 from __future__ import annotations
 
@@ -49,11 +50,12 @@ class CountMinSketch(tf.Module):
         a, b = hash_params(self.depth, seed)
         with tf.device("/CPU:0"):
             # Hash parameters are variables too, so a restored sketch always hashes like the saved one.
-            self.a = tf.Variable(a, trainable=False, name="hash_a")
-            self.b = tf.Variable(b, trainable=False, name="hash_b")
-            self.counts = tf.Variable(tf.zeros([self.depth, self.width], tf.int64), trainable=False,
-                                      name="counts")
-            self.total = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="total")
+            local = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.a = tf.Variable(a, name="hash_a", **local)
+            self.b = tf.Variable(b, name="hash_b", **local)
+            self.counts = tf.Variable(tf.zeros([self.depth, self.width], tf.int64), name="counts", **local)
+            self.total = tf.Variable(tf.constant(0, tf.int64), name="total", **local)
 
     def hash_params(self):
         """(a, b, prime, width) as numpy, for an independent reference implementation."""
@@ -70,8 +72,9 @@ class CountMinSketch(tf.Module):
         with tf.device("/CPU:0"):
             ids, idx = self._indices(ids)
             n = tf.size(ids, out_type=tf.int64)
-            self.counts.scatter_nd_add(tf.reshape(idx, [-1, 2]),
-                                       tf.ones([self.depth * n], tf.int64))
+            # A dense delta (depth x width) and assign_add: distributed variables have no scatter_nd_add.
+            self.counts.assign_add(tf.scatter_nd(tf.reshape(idx, [-1, 2]), tf.ones([self.depth * n], tf.int64),
+                                                 tf.constant([self.depth, self.width], tf.int64)))
             return self.total.assign_add(n)
 
     def estimate(self, ids):

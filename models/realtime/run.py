@@ -8,6 +8,7 @@ import tf_keras as keras  # noqa: E402
 from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
+from pinrank.models import distribute  # noqa: E402
 from pinrank.models.pinnerformer import train  # noqa: E402
 from pinrank.models.pinnerformer.run import make_dataset  # noqa: E402
 from pinrank.models.realtime import ranker as R  # noqa: E402
@@ -69,8 +70,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     eval_ds = S.featurized_dataset(
         make_dataset(fn_args, fn_args.eval_files, tft_out, rcfg.batch_size, rcfg.seed, False),
         featurizer)
-    model = R.Ranker(rcfg, seed=rcfg.seed)
-    model.compile(optimizer=R.make_optimizer(rcfg))
+    strategy = distribute.strategy()  # several workers when TF_CONFIG names them
+    with strategy.scope():
+        model = R.Ranker(rcfg, seed=rcfg.seed)
+        model.compile(optimizer=R.make_optimizer(rcfg))
     steps = fn_args.train_steps
     per_epoch = max(1, min(100, steps))
     logging.info("Ranker: realtime=%s pinnerformer=%s, %d steps", rcfg.use_realtime,
@@ -78,5 +81,5 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     model.fit(train_ds, steps_per_epoch=per_epoch, epochs=max(1, steps // per_epoch),
               validation_data=eval_ds, validation_steps=fn_args.eval_steps, verbose=2,
               callbacks=train.callbacks(fn_args.model_run_dir))
-    model.save(fn_args.serving_model_dir, save_format="tf",
+    model.save(distribute.save_dir(fn_args.serving_model_dir), save_format="tf",
                signatures=S.signatures(model, featurizer, tft_out))

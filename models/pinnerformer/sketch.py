@@ -72,9 +72,12 @@ class CountMinSketch(tf.Module):
         with tf.device("/CPU:0"):
             ids, idx = self._indices(ids)
             n = tf.size(ids, out_type=tf.int64)
-            # A dense delta (depth x width) and assign_add: distributed variables have no scatter_nd_add.
-            self.counts.assign_add(tf.scatter_nd(tf.reshape(idx, [-1, 2]), tf.ones([self.depth * n], tf.int64),
-                                                 tf.constant([self.depth, self.width], tf.int64)))
+            idx, ones = tf.reshape(idx, [-1, 2]), tf.ones([self.depth * n], tf.int64)
+            if isinstance(self.counts, tf.distribute.DistributedValues):
+                # Distributed variables have no scatter_nd_add: a dense depth x width delta.
+                self.counts.assign_add(tf.scatter_nd(idx, ones, tf.constant([self.depth, self.width], tf.int64)))
+            else:
+                self.counts.scatter_nd_add(idx, ones)
             return self.total.assign_add(n)
 
     def estimate(self, ids):

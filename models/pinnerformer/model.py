@@ -207,7 +207,8 @@ class PinnerFormer(keras.Model):
         # batch shapes are equal on all replicas, so the padded [B, S] labels can be gathered).
         pool = label
         ctx = tf.distribute.get_replica_context()
-        if cfg.cross_replica_negatives and ctx is not None and ctx.num_replicas_in_sync > 1:
+        gathered = cfg.cross_replica_negatives and ctx is not None and ctx.num_replicas_in_sync > 1
+        if gathered:
             pool = tf.boolean_mask(ctx.all_gather(tf.where(valid, label_item, tf.zeros_like(label_item)), 0),
                                    ctx.all_gather(tf.cast(valid, tf.int32), 0) > 0)
         n_pool = tf.size(pool)
@@ -218,7 +219,7 @@ class PinnerFormer(keras.Model):
 
         label_rows = self.item_rows(label)
         pool_rows, pool_log_q = label_rows, label_log_q
-        if pool is not label:
+        if gathered:
             pool_rows = self.item_rows(pool)
             pool_log_q = losses.in_batch_log_q(self.sketch.estimate(pool), self.sketch.total, n_pool)
         user_pos_rows = tf.concat([self.item_rows(tl.hist_item), self.item_rows(tl.fut_item)], axis=1)

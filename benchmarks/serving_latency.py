@@ -71,11 +71,15 @@ def newest_serving_dir(roots: List[str]) -> Optional[str]:
 
 
 def dataset_for(serving_dir: str) -> Optional[str]:
-    """pipeline/runs.py layout: <home>/<pipeline>/<key>/serving <-> <home>/data/<key>."""
+    """The dataset the run behind `serving_dir` ingested (pipeline/runs.py layout:
+    <home>/<pipeline>/<key>/{serving, pipeline_root, metadata.sqlite}; its MLMD knows)."""
+    from pinrank.pipeline.runs import RunPaths, dataset_dir
+
     key_dir = os.path.dirname(os.path.abspath(serving_dir))
-    home = os.path.dirname(os.path.dirname(key_dir))
-    cand = os.path.join(home, "data", os.path.basename(key_dir))
-    return cand if os.path.isdir(os.path.join(cand, "events")) else None
+    return dataset_dir(RunPaths(home=os.path.dirname(os.path.dirname(key_dir)),
+                                pipeline_root=os.path.join(key_dir, "pipeline_root"),
+                                metadata_path=os.path.join(key_dir, "metadata.sqlite"),
+                                serving_dir=serving_dir))
 
 
 # ------------------------------------------------------------------------------ inputs

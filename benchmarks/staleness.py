@@ -282,7 +282,6 @@ def evaluate_windows(seed: int, stale: dict, fresh: dict, examples, *, cut: int,
 def cmd_run(args) -> None:
     from pinrank.components.data.sources import prepare_dataset
     from pinrank.pipeline.config import DAY_S, apply_overrides, preset
-    from pinrank.pipeline.runs import RunPaths
 
     base_sets = [f"train.train_steps={args.train_steps}", *args.set]
     cfg = apply_overrides(preset(args.preset, args.source), base_sets)
@@ -293,8 +292,8 @@ def cmd_run(args) -> None:
             raise ValueError(f"--fresh-weeks {d // 7}: {d} days is not the start of a window "
                              f"(--edges-days {args.edges_days})")
 
-    data_dir = prepare_dataset(cfg.data, RunPaths.for_config(
-        cfg, _run_home(args.home, args.seeds[0], args.cut_days)).data_dir)
+    data_dir = prepare_dataset(cfg.data, os.path.join(
+        _run_home(args.home, args.seeds[0], args.cut_days), "data"))
     user_rows, (start_ts, end_ts) = read_user_events(data_dir)
     uncut_positives = uncut_train_positives(user_rows, cfg.examples)
     cut = start_ts + args.cut_days * DAY_S

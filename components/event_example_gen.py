@@ -32,7 +32,7 @@ from tfx.types import artifact_utils, standard_artifacts
 
 from pinrank.components.data import beam_io
 from pinrank.components.data import events as ev
-from pinrank.components.types import ItemCatalog
+from pinrank.components.types import EventLog, ItemCatalog
 from pinrank.pipeline import features as F
 from pinrank.pipeline.config import DAY_S, ExampleGenConfig, PipelineConfig
 
@@ -222,17 +222,12 @@ def build_examples(p: beam.Pipeline, input_base: str, cfg: ExampleGenConfig,
 def EventExampleGen(
     examples: tfx.dsl.components.OutputArtifact[standard_artifacts.Examples],
     items: tfx.dsl.components.OutputArtifact[ItemCatalog],
-    input_base: tfx.dsl.components.Parameter[str],
-    input_fingerprint: tfx.dsl.components.Parameter[str],
+    events: tfx.dsl.components.InputArtifact[EventLog],
     config_json: tfx.dsl.components.Parameter[str],
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
-    """Events + item table under `input_base` -> Examples (train/eval) + ItemCatalog.
-
-    `input_fingerprint` (DATASET.json's fingerprint) is a parameter only so that changed data
-    invalidates the cache even when the path is the same.
-    """
-    del input_fingerprint
+    """The canonical dataset (DatasetGen's EventLog) -> Examples (train/valid/eval) + ItemCatalog."""
+    input_base = events.uri
     cfg = PipelineConfig.from_json(config_json).examples
     with beam_pipeline as p:
         build_examples(p, input_base, cfg, examples.uri)

@@ -91,6 +91,7 @@ from tfx.utils import path_utils
 from pinrank.components.data import beam_io
 from pinrank.components.data import events as ev
 from pinrank.components.data import ranking_features as rf
+from pinrank.components.types import EventLog
 from pinrank.pipeline import features as F
 from pinrank.pipeline.config import DAY_S, PipelineConfig, RankingConfig
 from pinrank.serving import constants as C
@@ -655,16 +656,14 @@ def RankingExampleGen(
     model: InputArtifact[standard_artifacts.Model],
     model_blessing: InputArtifact[standard_artifacts.ModelBlessing],
     examples: OutputArtifact[standard_artifacts.Examples],
-    input_base: Parameter[str],
-    input_fingerprint: Parameter[str],
+    events: InputArtifact[EventLog],
     config_json: Parameter[str],
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
-    """Events (+ impressions) under `input_base` and a blessed PinnerFormer -> ranking Examples
-    (splits train / eval by request time). config_json: PipelineConfig JSON; its `ranking` and
-    `examples` (drop_invalid_events) sections are used. `input_fingerprint` only invalidates the
-    cache when the data at the same path changed."""
-    del input_fingerprint
+    """Events (+ impressions) of the canonical dataset (DatasetGen's EventLog) and a blessed
+    PinnerFormer -> ranking Examples (splits train / eval by request time). config_json:
+    PipelineConfig JSON; its `ranking` and `examples` (drop_invalid_events) sections are used."""
+    input_base = events.uri
     check_blessed(model_blessing, model.uri)
     full = PipelineConfig.from_json(config_json)
     model_dir = path_utils.serving_model_path(model.uri)

@@ -16,3 +16,21 @@ class ItemEmbeddings(Artifact):
     plus `meta.json` (dim, method, counts)."""
     TYPE_NAME = "pinrank.ItemEmbeddings"
     TYPE_ANNOTATION = Dataset
+
+
+class RawData(Artifact):
+    """The input files a run ingests, where they already are (imported, not copied): a
+    directory of MovieLens-100K atomic files (`movielens-100k`), of ratings.csv + movies.csv
+    (`movielens-csv`), or a canonical dataset written by `pinrank data` (`canonical`). Custom
+    properties: `format`, and `fingerprint` (sha256 of the files' contents, or the canonical
+    dataset's own), so changed files at the same path are a new artifact."""
+    TYPE_NAME = "pinrank.RawData"
+    TYPE_ANNOTATION = Dataset
+
+
+class EventLog(Artifact):
+    """The canonical dataset (components/data/events.py: `events/` shards, `items.parquet`,
+    optional impressions and user attributes, `DATASET.json`), built by DatasetGen from a
+    RawData artifact or generated (synthetic)."""
+    TYPE_NAME = "pinrank.EventLog"
+    TYPE_ANNOTATION = Dataset

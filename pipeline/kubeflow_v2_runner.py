@@ -114,7 +114,9 @@ def compile_pipeline(cfg: PipelineConfig, *, pipeline_root: str, dataset_dir: st
                      ranker_schema_path: Optional[str] = None,
                      site_packages: str = IMAGE_SITE_PACKAGES) -> str:
     """Writes the PipelineJob JSON; dataset_dir/serving_dir are gs:// paths on Vertex.
-    dataset_fingerprint: from `dataset_fingerprint_for`. Schema paths default to the package's
+    dataset_dir: a canonical dataset (`pinrank data --out`, uploaded), the job's RawData: its
+    DatasetGen copies it, so MLMD links each model to it. dataset_fingerprint: from
+    `dataset_fingerprint_for`. Schema paths default to the package's
     files inside the image (site_packages: the image's); pass gs:// copies to override."""
     if not dataset_fingerprint:
         raise ConfigError("compile needs the dataset's fingerprint (dataset_fingerprint_for)")
@@ -123,10 +125,13 @@ def compile_pipeline(cfg: PipelineConfig, *, pipeline_root: str, dataset_dir: st
 
     from tfx import v1 as tfx
 
+    from pinrank.components.data.sources import RawInput, suppression_fingerprint
     from pinrank.pipeline.pipeline import PINNERFORMER_SCHEMA, RANKER_SCHEMA, create_pipeline
     pipeline = create_pipeline(
-        cfg, pipeline_root=pipeline_root, dataset_dir=dataset_dir,
-        dataset_fingerprint=dataset_fingerprint, serving_dir=serving_dir, beam_pipeline_args=args,
+        cfg, pipeline_root=pipeline_root,
+        raw_data=RawInput(dataset_dir, "canonical", dataset_fingerprint),
+        suppression_fingerprint=suppression_fingerprint(cfg.data),
+        serving_dir=serving_dir, beam_pipeline_args=args,
         schema_path=schema_path or image_path(PINNERFORMER_SCHEMA, site_packages),
         ranker_schema_path=ranker_schema_path or image_path(RANKER_SCHEMA, site_packages))
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(

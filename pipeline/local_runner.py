@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 from tfx import v1 as tfx
 
 from pinrank.pipeline.config import PipelineConfig
-from pinrank.pipeline.runs import RunPaths, build, summarize
+from pinrank.pipeline.runs import RunPaths, build, link_dataset, summarize
 
 
 def run(cfg: PipelineConfig, home: str, beam_args: Optional[List[str]] = None,
@@ -19,6 +19,7 @@ def run(cfg: PipelineConfig, home: str, beam_args: Optional[List[str]] = None,
     paths = RunPaths.for_config(cfg, home)
     start = time.time()
     tfx.orchestration.LocalDagRunner().run(build(cfg, paths, beam_args, enable_cache))
+    link_dataset(paths)
     summary = summarize(paths)
     summary["wall_s"] = round(time.time() - start, 1)
     summary["paths"] = paths.__dict__

@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, Optional
 
 from pinrank.pipeline.config import PipelineConfig
-from pinrank.pipeline.runs import RunPaths
+from pinrank.pipeline.runs import RunPaths, dataset_dir
 
 
 def run(cfg: PipelineConfig, home: str, user: Optional[str] = None, k: int = 10,
@@ -34,7 +34,8 @@ def run(cfg: PipelineConfig, home: str, user: Optional[str] = None, k: int = 10,
     from pinrank.serving.service import ColdStart, Recommender
 
     paths = RunPaths.for_config(cfg, home)
-    manifest = ev.read_dataset_manifest(paths.data_dir)
+    data_dir = dataset_dir(paths) or ""
+    manifest = ev.read_dataset_manifest(data_dir) if data_dir else None
     if manifest is None or not os.path.isdir(os.path.join(paths.serving_dir, C.PINNERFORMER)):
         raise FileNotFoundError(f"{paths.serving_dir}: no pushed {C.PINNERFORMER} (run "
                                 f"`pinrank run` with the same preset/--set first)")
@@ -45,12 +46,12 @@ def run(cfg: PipelineConfig, home: str, user: Optional[str] = None, k: int = 10,
         with open_store(cfg.online.store) as store, \
                 ServingClient(h.target, timeout_s=30) as client:
             t = time.perf_counter()
-            out["ingest"] = counts = ingest_dataset(paths.data_dir, store, until=t_end)
-            log(f"online: ingested {paths.data_dir} into {store!r} ({counts}, "
+            out["ingest"] = counts = ingest_dataset(data_dir, store, until=t_end)
+            log(f"online: ingested {data_dir} into {store!r} ({counts}, "
                 f"{time.perf_counter() - t:.1f} s)")
             t = time.perf_counter()
             day = rf.day_start(t_end)
-            snap = B.run_daily_embeddings(paths.serving_dir, paths.data_dir,
+            snap = B.run_daily_embeddings(paths.serving_dir, data_dir,
                                           os.path.join(os.path.dirname(paths.serving_dir),
                                                        "online", "snapshots"), day,
                                           overwrite=True)
@@ -58,10 +59,10 @@ def run(cfg: PipelineConfig, home: str, user: Optional[str] = None, k: int = 10,
             log(f"online: snapshot as of {day} ({out['snapshot_users']} users) loaded "
                 f"({time.perf_counter() - t:.1f} s)")
             client.wait_until_available(C.PINNERFORMER, timeout_s=60)
-            rec = Recommender(client, store, cfg, titles=ev.read_titles(paths.data_dir),
+            rec = Recommender(client, store, cfg, titles=ev.read_titles(data_dir),
                               cold_start=ColdStart.from_dataset(
-                                  paths.data_dir, cfg.online.cold_start_window_days))
-            user = user or _first_user(paths.data_dir)
+                                  data_dir, cfg.online.cold_start_window_days))
+            user = user or _first_user(data_dir)
             result = rec.recommend(user, request_ts=t_end, k=k)
             out["recommendations"] = result.to_dict()
     finally:

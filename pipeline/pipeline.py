@@ -1,5 +1,6 @@
 """create_pipeline(cfg, ...) -> tfx.dsl.Pipeline: pure, no I/O, no runner (runners are thin files).
 
+raw files ─► RawDataImporter ─► DatasetGen ─► events (synthetic: DatasetGen generates them)
 events ─► EventExampleGen ─► StatisticsGen ─► ExampleValidator ─► AnomaliesGate
               │  └► ItemCatalog     ImportSchemaGen ┘                     │ (must pass)
               ├─► ItemEmbeddingGen (train users only)                      ▼
@@ -20,6 +21,8 @@ from tfx import v1 as tfx
 
 from pinrank.components.anomalies_gate import AnomaliesGate
 from pinrank.components.atomic_pusher import AtomicPusher
+from pinrank.components.data.sources import RawInput
+from pinrank.components.dataset_gen import DatasetGen
 from pinrank.components.event_example_gen import EventExampleGen
 from pinrank.components.item_embedding_gen import ItemEmbeddingGen
 from pinrank.components.ranker_eval.baseline_check import RankerBaselineCheck
@@ -28,6 +31,7 @@ from pinrank.components.ranker_eval.evaluator import RankerEvaluator
 from pinrank.components.ranking_example_gen import RankingExampleGen
 from pinrank.components.retrieval_evaluator.component import RetrievalEvaluator
 from pinrank.components.trainer import ItemAwareTrainer
+from pinrank.components.types import RawData
 from pinrank.pipeline import features as F
 from pinrank.pipeline.config import PipelineConfig, check_consistency
 from pinrank.transform import pinnerformer as pinnerformer_transform
@@ -65,23 +69,44 @@ def _latest_blessed(trainer_id: str, evaluator_id: str, name: str):
     ).with_id(name)
 
 
+def _ingestion(cfg: PipelineConfig, raw: Optional[RawInput], suppression_fingerprint: str) -> list:
+    """[RawDataImporter,] DatasetGen: the raw files become an MLMD artifact upstream of every
+    model; their content fingerprint makes new files at the same path a cache miss."""
+    nodes: list = []
+    inputs = {}
+    if raw is not None:
+        importer = tfx.dsl.Importer(
+            source_uri=raw.uri, artifact_type=RawData, reimport=False,
+            custom_properties={"format": raw.format, "fingerprint": raw.fingerprint},
+        ).with_id("RawDataImporter")
+        nodes.append(importer)
+        inputs["raw"] = importer.outputs["result"]
+    nodes.append(DatasetGen(config_json=cfg.sections_json("data"),
+                            drop_invalid_events=int(cfg.examples.drop_invalid_events),
+                            suppression_fingerprint=suppression_fingerprint, **inputs))
+    return nodes
+
+
 def create_pipeline(
     cfg: PipelineConfig,
     *,
     pipeline_root: str,
-    dataset_dir: str,
-    dataset_fingerprint: str,
+    raw_data: Optional[RawInput],
     serving_dir: str,
+    suppression_fingerprint: str = "",
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
     schema_path: str = PINNERFORMER_SCHEMA,
     ranker_schema_path: str = RANKER_SCHEMA,
 ) -> tfx.dsl.Pipeline:
-    """schema paths: the curated raw schemas; on Vertex pass where the image (or GCS) has them."""
+    """raw_data: the input files (sources.raw_input; None for synthetic data);
+    suppression_fingerprint: sources.suppression_fingerprint (the list's contents). schema
+    paths: the curated raw schemas; on Vertex pass where the image (or GCS) has them."""
     check_consistency(cfg)
-    example_gen = EventExampleGen(input_base=dataset_dir, input_fingerprint=dataset_fingerprint,
-                                  config_json=cfg.sections_json("examples"))
+    ingestion = _ingestion(cfg, raw_data, suppression_fingerprint)
+    events = ingestion[-1].outputs["events"]
+    example_gen = EventExampleGen(events=events, config_json=cfg.sections_json("examples"))
     validation, schema_gen, anomalies_gate = _validated(example_gen.outputs["examples"],
                                                         schema_path, "")
 
@@ -113,7 +138,7 @@ def create_pipeline(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         item_embeddings=item_embedding_gen.outputs["item_embeddings"],
         baseline_model=baseline_resolver.outputs["model"], config_json=cfg.sections_json("eval"),
-        input_base=dataset_dir, input_fingerprint=dataset_fingerprint)
+        events=events)
     # AtomicPusher: a version dir appears complete or not at all (kill -9, full disk), and only
     # after a canary on eval users, which also become its TF Serving warmup requests.
     pusher = AtomicPusher(
@@ -124,10 +149,10 @@ def create_pipeline(
                 base_directory=os.path.join(serving_dir, PINNERFORMER_MODEL_NAME))),
     ).with_id("Pusher")
 
-    components = [example_gen, *validation, item_embedding_gen, transform, trainer,
+    components = [*ingestion, example_gen, *validation, item_embedding_gen, transform, trainer,
                   baseline_resolver, evaluator, pusher]
     if cfg.ranker_train.enabled:
-        components += _ranker_branch(cfg, dataset_dir, dataset_fingerprint, serving_dir, trainer,
+        components += _ranker_branch(cfg, events, serving_dir, trainer,
                                      evaluator, item_embedding_gen, ranker_schema_path)
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.name,
@@ -139,13 +164,11 @@ def create_pipeline(
     )
 
 
-def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: str,
-                   serving_dir: str, pf_trainer, pf_evaluator, item_embedding_gen,
+def _ranker_branch(cfg: PipelineConfig, events, serving_dir: str, pf_trainer, pf_evaluator, item_embedding_gen,
                    schema_path: str) -> list:
     ranking_gen = RankingExampleGen(
         model=pf_trainer.outputs["model"], model_blessing=pf_evaluator.outputs["blessing"],
-        input_base=dataset_dir, input_fingerprint=dataset_fingerprint,
-        config_json=cfg.sections_json("ranking", "examples"))
+        events=events, config_json=cfg.sections_json("ranking", "examples"))
     validation, schema_gen, gate = _validated(ranking_gen.outputs["examples"], schema_path, "Ranker")
     transform = tfx.components.Transform(
         examples=ranking_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
@@ -180,8 +203,8 @@ def _ranker_branch(cfg: PipelineConfig, dataset_dir: str, dataset_fingerprint: s
     check = RankerBaselineCheck(
         examples=ranking_gen.outputs["examples"], model=trainer.outputs["model"],
         pinnerformer=pf_trainer.outputs["model"], tfma_blessing=evaluator.outputs["blessing"],
-        item_embeddings=item_embedding_gen.outputs["item_embeddings"], input_base=dataset_dir,
-        input_fingerprint=dataset_fingerprint, config_json=cfg.sections_json("ranker_eval"),
+        item_embeddings=item_embedding_gen.outputs["item_embeddings"], events=events,
+        config_json=cfg.sections_json("ranker_eval"),
         baseline_model=resolver.outputs["model"])
     pusher = AtomicPusher(
         model=trainer.outputs["model"], model_blessing=check.outputs["blessing"],

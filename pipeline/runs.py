@@ -1,4 +1,4 @@
-"""What every runner shares: where a run lives, data preparation, and the closing summary."""
+"""What every runner shares: where a run lives, its input files, and the closing summary."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,13 +6,14 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 from typing import Dict, List, Optional
 
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 
 from pinrank.components.data.events import read_dataset_manifest
-from pinrank.components.data.sources import prepare_dataset
+from pinrank.components.data.sources import raw_input, suppression_fingerprint
 from pinrank.pipeline.config import PipelineConfig
 from pinrank.pipeline.pipeline import create_pipeline
 
@@ -28,7 +29,7 @@ class RunPaths:
     pipeline_root: str
     metadata_path: str
     serving_dir: str
-    data_dir: str
+    data_dir: str  # a link to the latest ingested dataset (link_dataset), for the serving CLIs
 
     @classmethod
     def for_config(cls, cfg: PipelineConfig, home: str = DEFAULT_HOME) -> "RunPaths":
@@ -58,12 +59,12 @@ def _data_key(cfg: PipelineConfig) -> str:
 
 def build(cfg: PipelineConfig, paths: RunPaths, beam_args: Optional[List[str]] = None,
           enable_cache: bool = True) -> tfx.dsl.Pipeline:
-    """Prepares the data set (idempotent) and returns the pipeline for any runner."""
-    dataset_dir = prepare_dataset(cfg.data, paths.data_dir,
-                                  drop_invalid=cfg.examples.drop_invalid_events)
+    """The pipeline for any runner; the input files are checked (and MovieLens fetched) first,
+    the conversion itself runs inside the DAG (DatasetGen)."""
     return create_pipeline(
-        cfg, pipeline_root=paths.pipeline_root, dataset_dir=dataset_dir,
-        dataset_fingerprint=read_dataset_manifest(dataset_dir)["fingerprint"], serving_dir=paths.serving_dir,
+        cfg, pipeline_root=paths.pipeline_root,
+        raw_data=None if cfg.data.source == "synthetic" else raw_input(cfg.data),
+        serving_dir=paths.serving_dir, suppression_fingerprint=suppression_fingerprint(cfg.data),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             paths.metadata_path),
         beam_pipeline_args=list(beam_args if beam_args is not None else DEFAULT_BEAM_ARGS),
@@ -125,12 +126,42 @@ def ranker_metrics(evaluation_uri: str) -> Dict:
             "validation_ok": bool(validation.validation_ok), "failures": failures}
 
 
+def dataset_dir(paths: RunPaths) -> Optional[str]:
+    """The canonical dataset of the run's latest ingestion (DatasetGen's EventLog), for what
+    reads the data outside the DAG (online demo, benchmarks); None before the first run."""
+    if not os.path.exists(paths.metadata_path):
+        return None
+    conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata_path)
+    with metadata.Metadata(conn) as m:
+        art = _latest(m.store, "pinrank.EventLog", os.path.join(paths.pipeline_root, "DatasetGen"))
+    return art.uri if art is not None else None
+
+
+def link_dataset(paths: RunPaths) -> Optional[str]:
+    """Point `paths.data_dir` (<home>/data/<key>, what `pinrank recommend --data` and friends
+    take) at the run's latest ingested dataset; the link is swapped atomically. A directory
+    left there by an older version (a prepared copy of the same data) is replaced."""
+    target = dataset_dir(paths)
+    if target is None:
+        return None
+    link = paths.data_dir
+    if os.path.isdir(link) and not os.path.islink(link):
+        if read_dataset_manifest(link) is None:
+            raise FileExistsError(f"{link} exists and is not a pinrank dataset; move it away")
+        shutil.rmtree(link)
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    tmp = f"{link}.tmp-{os.getpid()}"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    return target
+
+
 def summarize(paths: RunPaths) -> Dict:
     """Latest evaluations, blessings and pushes recorded in MLMD (what the run produced), and
     the data set's fallback counts."""
     conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata_path)
     node = lambda name: os.path.join(paths.pipeline_root, name)  # noqa: E731
-    out: Dict = {}
+    out: Dict = {"data_dir": dataset_dir(paths)}
     with metadata.Metadata(conn) as m:
         ev = _latest(m.store, "ModelEvaluation", node("RetrievalEvaluator"))
         if ev is not None:
@@ -151,7 +182,7 @@ def summarize(paths: RunPaths) -> Dict:
                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     out["peak_rss_mb"] = round(usage / 1024, 1)
     # Items whose content features fell back to "unknown" (only non-zero counts).
-    manifest = read_dataset_manifest(paths.data_dir) or {}
+    manifest = (read_dataset_manifest(out["data_dir"]) if out["data_dir"] else None) or {}
     out["fallbacks"] = {k: v for k, v in manifest.get("fallbacks", {}).items() if v.get("count")}
     # Rows dropped at ingestion (only with examples.drop_invalid_events=true), per problem.
     out["dropped"] = manifest.get("counts", {}).get("dropped", {})

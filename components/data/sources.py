@@ -73,6 +73,7 @@ def dataset_fingerprint(cfg: DataConfig, *, with_impressions: bool = True,
 def prepare_dataset(cfg: DataConfig, out_dir: str, *, drop_invalid: bool = False,
                     with_impressions: bool = True) -> str:
     """Build (or reuse) the canonical dataset for `cfg` in `out_dir`; returns `out_dir`.
+    (`pinrank data` and the benchmarks; a pipeline run ingests inside its DAG: DatasetGen.)
 
     synthetic -> synthetic.generate; movielens -> ML-100K fetched into the cache and converted;
     path -> convert_movielens_csv(cfg.path/ratings.csv, cfg.path/movies.csv). drop_invalid drops
@@ -91,26 +92,128 @@ def prepare_dataset(cfg: DataConfig, out_dir: str, *, drop_invalid: bool = False
              # built before fallbacks were counted: rebuild (same data, same fingerprint)
              and (cfg.source == "synthetic" or "fallbacks" in manifest))
     if not reuse:
-        os.makedirs(out_dir, exist_ok=True)
-        if cfg.source == "synthetic":
-            synthetic.generate(out_dir, cfg, with_impressions=with_impressions)
-        elif cfg.source == "movielens":
-            src = movielens.fetch_movielens_100k(cfg.cache_dir)
-            movielens.convert_movielens_100k(src, out_dir, drop_invalid=drop_invalid)
-        else:
-            ratings, movies = path_inputs(cfg)
-            movielens.convert_movielens_csv(ratings, movies, out_dir, drop_invalid=drop_invalid)
-        manifest = E.read_dataset_manifest(out_dir) or {}
-        if cfg.suppressed_users:
-            _suppress(out_dir, manifest, E.read_user_list(cfg.suppressed_users,
-                                                          "data.suppressed_users"))
-        manifest.pop("format_version", None)
-        manifest.update(fingerprint=fingerprint, data_config=dataclasses.asdict(cfg))
-        E.write_dataset_manifest(out_dir, manifest)
+        raw = None if cfg.source == "synthetic" else raw_input(cfg)
+        manifest = _build(cfg, out_dir, raw, fingerprint, drop_invalid=drop_invalid,
+                          with_impressions=with_impressions)
     if "fallbacks" in manifest:
         movielens.check_fallbacks(manifest["fallbacks"], _items_file(cfg), cfg.max_fallback_share,
                                   cfg.allow_fallbacks)
     return out_dir
+
+
+# ------------------------------------------------------------------ ingestion inside the DAG
+RAW_FORMATS = ("movielens-100k", "movielens-csv", "canonical")
+_ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawInput:
+    """Input files as the pipeline's importer records them (components/types.py RawData)."""
+    uri: str
+    format: str
+    fingerprint: str
+
+
+def _files_fingerprint(files) -> str:
+    return hashlib.sha256(json.dumps({os.path.basename(f): sha256_file(f) for f in files},
+                                     sort_keys=True).encode()).hexdigest()
+
+
+def raw_input(cfg: DataConfig) -> RawInput:
+    """The files a run of `cfg` ingests (MovieLens is fetched into the cache first: a download,
+    not ingestion). Synthetic data has none: DatasetGen generates it from the config."""
+    if cfg.source == "movielens":
+        src = movielens.fetch_movielens_100k(cfg.cache_dir)
+        return RawInput(os.path.abspath(src), "movielens-100k",
+                        _files_fingerprint([os.path.join(src, f) for f in _ML100K_FILES]))
+    if cfg.source == "path":
+        return RawInput(os.path.abspath(cfg.path), "movielens-csv",
+                        _files_fingerprint(path_inputs(cfg)))
+    raise ValueError(f"data.source={cfg.source!r} has no input files (synthetic data is "
+                     f"generated inside the pipeline)")
+
+
+def suppression_fingerprint(cfg: DataConfig) -> str:
+    """sha256 of data.suppressed_users' contents ("" without a list): part of DatasetGen's cache
+    key, so an edited list at the same path rebuilds the dataset."""
+    if not cfg.suppressed_users:
+        return ""
+    E.read_user_list(cfg.suppressed_users, "data.suppressed_users")  # readable, or one line
+    return sha256_file(cfg.suppressed_users)
+
+
+def ingested_fingerprint(cfg: DataConfig, raw: RawInput | None, *, drop_invalid: bool = False,
+                         with_impressions: bool = True) -> str:
+    """DATASET.json's fingerprint for data built from `raw`: it changes with the input files'
+    contents, the conversion and the suppression list, never with where the files are."""
+    if raw is None:  # synthetic: the generator's knobs are the data
+        return dataset_fingerprint(cfg, with_impressions=with_impressions,
+                                   drop_invalid=drop_invalid)
+    if raw.format == "canonical" and not cfg.suppressed_users:
+        return raw.fingerprint  # the copy is the same data
+    key = {"format": raw.format, "files": raw.fingerprint, "drop_invalid": drop_invalid,
+           "version": movielens.CONVERSION_VERSION, "format_version": E.FORMAT_VERSION}
+    if cfg.suppressed_users:
+        key["suppressed_users_sha256"] = sha256_file(cfg.suppressed_users)
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def ingest(cfg: DataConfig, out_dir: str, raw: RawInput | None, *, drop_invalid: bool = False,
+           with_impressions: bool = True) -> dict:
+    """Build the canonical dataset into an empty local `out_dir` from `raw` (None: generate the
+    synthetic world of `cfg`); returns its manifest. The fallback check runs as in
+    `prepare_dataset`."""
+    if raw is not None and raw.format not in RAW_FORMATS:
+        raise ValueError(f"raw data {raw.uri}: unknown format {raw.format!r}; one of {RAW_FORMATS}")
+    manifest = _build(cfg, out_dir, raw,
+                      ingested_fingerprint(cfg, raw, drop_invalid=drop_invalid,
+                                           with_impressions=with_impressions),
+                      drop_invalid=drop_invalid, with_impressions=with_impressions)
+    if "fallbacks" in manifest and raw is not None and raw.format != "canonical":
+        items = (os.path.join(raw.uri, "ml-100k.item") if raw.format == "movielens-100k"
+                 else os.path.join(raw.uri, "movies.csv"))
+        movielens.check_fallbacks(manifest["fallbacks"], items, cfg.max_fallback_share,
+                                  cfg.allow_fallbacks)
+    return manifest
+
+
+def _build(cfg: DataConfig, out_dir: str, raw: RawInput | None, fingerprint: str, *,
+           drop_invalid: bool, with_impressions: bool) -> dict:
+    """Convert (or generate, or copy) into `out_dir`, suppress, write the manifest."""
+    os.makedirs(out_dir, exist_ok=True)
+    if raw is None:
+        synthetic.generate(out_dir, cfg, with_impressions=with_impressions)
+    elif raw.format == "movielens-100k":
+        movielens.convert_movielens_100k(raw.uri, out_dir, drop_invalid=drop_invalid)
+    elif raw.format == "movielens-csv":
+        movielens.convert_movielens_csv(os.path.join(raw.uri, "ratings.csv"),
+                                        os.path.join(raw.uri, "movies.csv"), out_dir,
+                                        drop_invalid=drop_invalid)
+    else:  # canonical: a dataset `pinrank data` wrote; the copy keeps its manifest
+        _copy_canonical(raw.uri, out_dir)
+    manifest = E.read_dataset_manifest(out_dir) or {}
+    if cfg.suppressed_users:
+        _suppress(out_dir, manifest, E.read_user_list(cfg.suppressed_users,
+                                                      "data.suppressed_users"))
+    manifest.pop("format_version", None)
+    manifest.update(fingerprint=fingerprint, data_config=dataclasses.asdict(cfg))
+    E.write_dataset_manifest(out_dir, manifest)
+    return manifest
+
+
+def _copy_canonical(src: str, out_dir: str) -> None:
+    """Copy a canonical dataset (local or gs://) file by file; it must be complete."""
+    import tensorflow as tf  # gfile reads gs://; only here, data preparation stays TF-free
+
+    if not tf.io.gfile.exists(os.path.join(src, E.MANIFEST_FILE)):
+        raise FileNotFoundError(f"{src}: no {E.MANIFEST_FILE}; a canonical dataset is written "
+                                f"by `pinrank data --out DIR`")
+    for root, _, files in tf.io.gfile.walk(src):
+        rel = os.path.relpath(root, src) if not src.startswith("gs://") else root[len(src):].lstrip("/")
+        dest = os.path.join(out_dir, rel) if rel not in ("", ".") else out_dir
+        tf.io.gfile.makedirs(dest)
+        for f in files:
+            tf.io.gfile.copy(os.path.join(root, f), os.path.join(dest, f), overwrite=True)
 
 
 def _suppress(out_dir: str, manifest: dict, users) -> None:

@@ -38,7 +38,7 @@ from tfx.utils import path_utils
 from pinrank.components.data import events as ev
 from pinrank.components.retrieval_evaluator import stats
 from pinrank.components.retrieval_evaluator.baselines import TrainPositives
-from pinrank.components.types import ItemEmbeddings
+from pinrank.components.types import EventLog, ItemEmbeddings
 from pinrank.models.realtime import metrics as RM
 from pinrank.pipeline import features as F
 from pinrank.pipeline.artifacts import load_item_embeddings
@@ -280,15 +280,14 @@ def RankerBaselineCheck(
     item_embeddings: InputArtifact[ItemEmbeddings],
     evaluation: OutputArtifact[standard_artifacts.ModelEvaluation],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
-    input_base: Parameter[str],
-    input_fingerprint: Parameter[str],
+    events: InputArtifact[EventLog],
     config_json: Parameter[str],
     baseline_model: InputArtifact[standard_artifacts.Model] = None,
 ) -> None:
     """Ranking Examples (eval split), candidate ranker, the PinnerFormer that built the
     examples, TFMA's blessing, the catalog (ItemEmbeddings), the dataset's events and the last
     blessed ranker (absent on a first run) -> the final ranker blessing."""
-    del input_fingerprint  # only invalidates the cache when the data at the same path changed
+    input_base = events.uri
     cfg = PipelineConfig.from_json(config_json).ranker_eval
     req = read_requests(examples.uri)
     pf_dir = path_utils.serving_model_path(pinnerformer.uri)

@@ -29,7 +29,7 @@ from pinrank.components.retrieval_evaluator import metrics as M
 from pinrank.components.retrieval_evaluator import report
 from pinrank.components.retrieval_evaluator import slices as SL
 from pinrank.components.retrieval_evaluator import stats as S
-from pinrank.components.types import ItemEmbeddings
+from pinrank.components.types import EventLog, ItemEmbeddings
 from pinrank.pipeline import features as F
 from pinrank.pipeline.artifacts import load_item_embeddings
 from pinrank.pipeline.config import PipelineConfig
@@ -132,14 +132,13 @@ def RetrievalEvaluator(
     item_embeddings: tfx.dsl.components.InputArtifact[ItemEmbeddings],
     evaluation: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelEvaluation],
     blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
+    events: tfx.dsl.components.InputArtifact[EventLog],
     config_json: tfx.dsl.components.Parameter[str],
-    input_base: tfx.dsl.components.Parameter[str],
-    input_fingerprint: tfx.dsl.components.Parameter[str],
     baseline_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
 ) -> None:
-    """input_base: the canonical dataset dir, read only for its optional user attributes
+    """events: the canonical dataset, read only for its optional user attributes
     (users.parquet -> demographic slices)."""
-    del input_fingerprint  # only invalidates the cache when the data at the same path changed
+    input_base = events.uri
     cfg = PipelineConfig.from_json(config_json).eval
     files = tf.io.gfile.glob(os.path.join(examples.uri, "Split-eval", "*"))
     serialized = read_examples(files)

@@ -8,7 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-NODES = ["EventExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+NODES = ["DatasetGen", "EventExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
          "AnomaliesGate", "ItemEmbeddingGen", "Transform", "ItemAwareTrainer",
          "RetrievalEvaluator", "Pusher", "RankingExampleGen", "StatisticsGenRanker",
          "ImportSchemaGenRanker", "ExampleValidatorRanker", "AnomaliesGateRanker",
@@ -30,6 +30,50 @@ def _executions_by_node(metadata_path, pipeline_name):
                                           key=lambda e: e.id)]
                 out[node] = states
     return out
+
+
+def upstream(store, artifact_id):
+    """Every artifact the given one was derived from (MLMD events: OUTPUT of an execution
+    whose INPUTs are walked in turn), as {id: artifact}."""
+    from ml_metadata.proto import metadata_store_pb2
+    E = metadata_store_pb2.Event
+    seen, todo = {}, [artifact_id]
+    while todo:
+        producers = {e.execution_id for e in store.get_events_by_artifact_ids(todo)
+                     if e.type == E.OUTPUT}
+        inputs = [e.artifact_id for e in store.get_events_by_execution_ids(list(producers))
+                  if e.type == E.INPUT and e.artifact_id not in seen]
+        todo = sorted(set(inputs))
+        for a in store.get_artifacts_by_id(todo):
+            seen[a.id] = a
+    return seen
+
+
+def test_each_pushed_model_descends_from_the_ingested_data(tiny_run):
+    """MLMD lineage from the data: both PushedModels trace back to DatasetGen's EventLog (the
+    synthetic world it generated; raw files add a RawData above it, tests/unit/test_dataset_gen.py)."""
+    from tfx.orchestration import metadata
+    from tfx.v1.orchestration.metadata import sqlite_metadata_connection_config
+
+    from pinrank.components.data.events import read_dataset_manifest
+
+    _, first, _ = tiny_run
+    paths = first["paths"]
+    with metadata.Metadata(sqlite_metadata_connection_config(paths["metadata_path"])) as m:
+        (log,) = m.store.get_artifacts_by_type("pinrank.EventLog")  # the second run: cached
+        assert os.path.realpath(paths["data_dir"]) == log.uri  # the serving CLIs' --data
+        fingerprint = read_dataset_manifest(log.uri)["fingerprint"]
+        assert log.custom_properties["fingerprint"].string_value == fingerprint
+        assert log.custom_properties["source"].string_value == "synthetic"
+        assert log.custom_properties["events"].int_value > 0
+        pushed = [a for a in m.store.get_artifacts_by_type("PushedModel")
+                  if a.custom_properties["pushed"].int_value == 1]
+        producers = {a.uri.split(os.sep + "pipeline_root" + os.sep)[1].split(os.sep)[0]
+                     for a in pushed}
+        assert producers == {"Pusher", "RankerPusher"}, producers
+        for a in pushed:
+            up = upstream(m.store, a.id)
+            assert log.id in up, (a.uri, sorted(x.uri for x in up.values()))
 
 
 def _pad(lists, dtype, pad):
@@ -76,8 +120,8 @@ def test_second_run_hits_the_cache(tiny_run):
     states = _executions_by_node(first["paths"]["metadata_path"], cfg.name)
     # Everything up to the Trainer is reused; the evaluator re-runs because it now has a
     # baseline (the first run's blessed model) as a new input.
-    for node in ["EventExampleGen", "StatisticsGen", "ItemEmbeddingGen", "Transform",
-                 "ItemAwareTrainer"]:
+    for node in ["DatasetGen", "EventExampleGen", "StatisticsGen", "ItemEmbeddingGen",
+                 "Transform", "ItemAwareTrainer"]:
         assert states[node] == ["COMPLETE", "CACHED"], (node, states[node])
     assert states["RetrievalEvaluator"] == ["COMPLETE", "COMPLETE"]
     # ... and compared the candidate with the first run's blessed model on the same users.

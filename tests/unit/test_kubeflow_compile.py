@@ -138,9 +138,20 @@ def test_the_fingerprint_is_the_datasets(vertex_job):
     real = dataset_fingerprint(preset("tiny").data)
     assert read_dataset_manifest(local_data)["fingerprint"] == real  # what the local runner passes
     spec = job["pipelineSpec"]
-    for task in ("EventExampleGen", "RankingExampleGen", "RankerBaselineCheck"):
-        assert _param(spec, task, "input_fingerprint") == real
-        assert _param(spec, task, "input_base") == "gs://b/data"
+    # The uploaded dataset is the job's RawData, imported with its fingerprint (new data at the
+    # same URI is a new artifact), ingested by DatasetGen, whose EventLog every reader consumes.
+    label = spec["components"]["RawDataImporter"]["executorLabel"]
+    importer = spec["deploymentSpec"]["executors"][label]["importer"]
+    assert importer["artifactUri"]["constantValue"]["stringValue"] == "gs://b/data"
+    assert importer["metadata"] == {"fingerprint": real, "format": "canonical"}
+    assert "pinrank.RawData" in importer["typeSchema"]["instanceSchema"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["DatasetGen"]["inputs"]["artifacts"]["raw"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "result", "producerTask": "RawDataImporter"}
+    for task in ("EventExampleGen", "RetrievalEvaluator", "RankingExampleGen",
+                 "RankerBaselineCheck"):
+        assert tasks[task]["inputs"]["artifacts"]["events"]["taskOutputArtifact"] == {
+            "outputArtifactKey": "events", "producerTask": "DatasetGen"}
     assert "unversioned" not in json.dumps(job)
 
 

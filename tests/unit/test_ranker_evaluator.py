@@ -29,8 +29,8 @@ def test_pipeline_uses_it_for_the_ranker():
     from pinrank.pipeline.config import preset
     from pinrank.pipeline.pipeline import create_pipeline
 
-    p = create_pipeline(preset("tiny"), pipeline_root="/tmp/r", dataset_dir="/tmp/d",
-                        dataset_fingerprint="x", serving_dir="/tmp/s")
+    p = create_pipeline(preset("tiny"), pipeline_root="/tmp/r", raw_data=None,
+                        serving_dir="/tmp/s")
     (node,) = [c for c in p.components if c.id == "RankerEvaluator"]
     assert isinstance(node, E.RankerEvaluator)
     assert node.executor_spec.executor_class is E.DeterministicBatchingExecutor

@@ -171,6 +171,10 @@ def make_movielens_dataset(d):
 def run_executor(root, input_base, model_uri, ranking, blessed=1):
     from tfx.types import standard_artifacts
 
+    from pinrank.components.types import EventLog
+
+    events = EventLog()
+    events.uri = input_base
     model = standard_artifacts.Model()
     model.uri = model_uri
     blessing = standard_artifacts.ModelBlessing()
@@ -179,10 +183,10 @@ def run_executor(root, input_base, model_uri, ranking, blessed=1):
     examples = standard_artifacts.Examples()
     examples.uri = os.path.join(root, "examples")
     cfg = PipelineConfig().replace(ranking=ranking)
-    props = {"input_base": input_base, "input_fingerprint": "fp",
-             "config_json": cfg.sections_json("ranking", "examples")}
+    props = {"config_json": cfg.sections_json("ranking", "examples")}
     executor = rg.RankingExampleGen.EXECUTOR_SPEC.executor_class()
-    executor.Do({"model": [model], "model_blessing": [blessing]}, {"examples": [examples]}, props)
+    executor.Do({"model": [model], "model_blessing": [blessing], "events": [events]},
+                {"examples": [examples]}, props)
     return examples
 
 
@@ -553,13 +557,16 @@ def test_impression_user_without_events_gets_empty_history_and_no_embedding():
 def test_component_wires_into_a_pipeline():
     from tfx.types import Channel, standard_artifacts
 
+    from pinrank.components.types import EventLog
+
     node = rg.RankingExampleGen(
         model=Channel(type=standard_artifacts.Model),
         model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-        input_base="/data", input_fingerprint="fp",
+        events=Channel(type=EventLog),
         config_json=PipelineConfig().sections_json("ranking", "examples"))
     assert node.outputs["examples"].type == standard_artifacts.Examples
-    assert set(node.exec_properties) >= {"input_base", "input_fingerprint", "config_json"}
+    assert set(node.inputs) >= {"model", "model_blessing", "events"}
+    assert set(node.exec_properties) >= {"config_json"}
 
 
 def test_request_id_shared_by_two_users_fails(tmp_path, model_uri):

@@ -34,3 +34,13 @@ class EventLog(Artifact):
     RawData artifact or generated (synthetic)."""
     TYPE_NAME = "pinrank.EventLog"
     TYPE_ANNOTATION = Dataset
+
+
+class UserEmbeddingSnapshot(Artifact):
+    """A daily user-embedding snapshot (serving/batch_embeddings.py). The snapshot itself stays
+    where the online path reads it, `<snapshot_root>/<as_of>/`; this artifact records it:
+    `snapshot.json` (its path and manifest) in the artifact's URI and custom properties
+    snapshot_uri, as_of, embedded, carried, total, full_refresh, model_fingerprint,
+    model_version, dataset_fingerprint."""
+    TYPE_NAME = "pinrank.UserEmbeddingSnapshot"
+    TYPE_ANNOTATION = Dataset

@@ -1,4 +1,5 @@
-"""`pinrank` command line: run the pipeline, prepare data, compile for Vertex, serve, query.
+"""`pinrank` command line: run the pipeline, prepare data, compile for Vertex, serve, query,
+run the daily user-embedding pipeline.
 
 User errors are one line on stderr, `error: <what and where>`, without a traceback: a bad config
 or usage exits 2 (before TensorFlow is imported), bad data or a missing input file exits 1.
@@ -27,7 +28,7 @@ from pinrank.pipeline import config_args
 DIST_NAME = "pinrank"  # [project] name in pyproject.toml
 # Commands that need nothing from serving/: their parser is built without it (no grpc/numpy
 # import), so a config error is reported in well under 2 s.
-CORE_COMMANDS = ("run", "data", "compile", "config")
+CORE_COMMANDS = ("run", "data", "compile", "config", "embed-pipeline", "compile-embed-pipeline")
 
 
 # Renamed flags: the old spelling still works, with a note on stderr, and is not in --help.
@@ -179,6 +180,40 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_embed_pipeline(args) -> int:
+    cfg = _config(args)
+    from pinrank.pipeline import embedding_runner
+    from pinrank.pipeline.runs import DEFAULT_BEAM_ARGS
+    summary = embedding_runner.run(cfg, args.home, args.as_of, snapshot_root=args.snapshot_root,
+                                   beam_args=args.beam_arg or list(DEFAULT_BEAM_ARGS),
+                                   enable_cache=not args.no_cache, overwrite=args.overwrite)
+    print("\n== pinrank embed-pipeline summary ==")
+    print(f"{'snapshot':>22}: {summary['snapshot']}")
+    print(f"{'as of':>22}: {summary['as_of']}")
+    counts = summary["counts"]
+    print(f"{'users':>22}: {counts['total']} ({counts['embedded']} embedded, "
+          f"{counts['carried']} carried{', full refresh' if summary['full_refresh'] else ''})")
+    print(f"{'model':>22}: {summary['model_uri']} (MLMD artifact {summary['model_artifact_id']}, "
+          f"fingerprint {summary['model_fingerprint']})")
+    print(f"{'execution':>22}: {summary['execution_id']} {summary['execution_state']}")
+    print(f"{'wall time':>22}: {summary['wall_s']} s")
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            json.dump(summary, fh, indent=2, sort_keys=True)
+    return 0
+
+
+def cmd_compile_embed_pipeline(args) -> int:
+    cfg = _config(args)
+    from pinrank.pipeline import kubeflow_v2_runner as kfv2  # TensorFlow only inside compile
+    fingerprint = kfv2.dataset_fingerprint_for(args.data, args.dataset_fingerprint)
+    print(kfv2.compile_embedding_pipeline(
+        cfg, pipeline_root=args.pipeline_root, dataset_dir=args.data,
+        dataset_fingerprint=fingerprint, snapshot_root=args.snapshot_root, output_path=args.out,
+        as_of=args.as_of, image=args.image))
+    return 0
+
+
 def cmd_config_show(args) -> int:
     cfg = _config(args)
     json.dump(cfg.to_dict(), sys.stdout, indent=2)  # declaration order: sections as in the tree
@@ -272,6 +307,43 @@ def build_parser(serving: bool = True) -> argparse.ArgumentParser:
                                                 "inside the image)")
     p.set_defaults(func=cmd_compile)
 
+    p = sub.add_parser("embed-pipeline", help="the daily user-embedding snapshot as a TFX "
+                                              "pipeline (LocalDagRunner) on a `pinrank run` home",
+                       description="Resolves the latest blessed PinnerFormer of the run's training "
+                                   "pipeline in its MLMD store and writes the snapshot as of "
+                                   "--as-of under <run>/online/snapshots/ (lineage in MLMD).")
+    _add_config_args(p)
+    p.add_argument("--home", default=os.environ.get("PINRANK_HOME", "runs"),
+                   help="the `pinrank run` home whose MLMD store, data and snapshots to use")
+    p.add_argument("--as-of", type=int, required=True, dest="as_of",
+                   help="cut-off (unix s): only actions strictly before it count")
+    p.add_argument("--snapshot-root", help="snapshot root (default <run>/online/snapshots)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild a snapshot that already exists for --as-of")
+    p.add_argument("--beam-arg", action="append", default=[], help="extra Beam pipeline arg")
+    p.add_argument("--no-cache", action="store_true", help="re-run even if cached")
+    p.add_argument("--json-out", help="also write the summary as JSON here")
+    p.set_defaults(func=cmd_embed_pipeline)
+
+    p = sub.add_parser("compile-embed-pipeline",
+                       help="compile the user-embedding pipeline for Kubeflow Pipelines v2 / "
+                            "Vertex AI")
+    _add_config_args(p)
+    p.add_argument("--pipeline-root", required=True)
+    p.add_argument("--data", required=True, help="the canonical dataset dir as the job sees it "
+                                                 "(gs://...)")
+    p.add_argument("--snapshot-root", required=True, help="where the snapshots go (gs://...)")
+    p.add_argument("--as-of", type=int, dest="as_of",
+                   help="fixed cut-off (unix s); default: a runtime parameter `as_of` each run "
+                        "passes")
+    p.add_argument("--out", default="build/pinrank_embedding_pipeline.json",
+                   help="PipelineJob JSON")
+    p.add_argument("--dataset-fingerprint",
+                   help="DATASET.json's fingerprint, or the local dataset dir a remote "
+                        "--data was uploaded from (required when it is remote)")
+    p.add_argument("--image", help="every task's image (default pinrank:<version>)")
+    p.set_defaults(func=cmd_compile_embed_pipeline)
+
     p = sub.add_parser("config", help="inspect the configuration")
     csub = p.add_subparsers(dest="config_command", required=True)
     sp = csub.add_parser("show", help="print the resolved config (preset, --source, --set) as "
@@ -305,6 +377,9 @@ def _user_error_code(e: BaseException):
     service = sys.modules.get("pinrank.serving.service")  # a request the service cannot answer
     if service is not None and isinstance(e, service.ServiceError):
         return 2 if e.status == 400 else 1
+    gen = sys.modules.get("pinrank.components.user_embedding_gen")  # the daily job refused
+    if gen is not None and isinstance(e, gen.UserEmbeddingError):
+        return 1
     pusher = sys.modules.get("pinrank.components.atomic_pusher")  # a serving dir it cannot write
     if pusher is not None and isinstance(e, pusher.PushError):
         return 1

@@ -123,8 +123,6 @@ def compile_pipeline(cfg: PipelineConfig, *, pipeline_root: str, dataset_dir: st
     image = image or project_image()
     args = beam_args(cfg.vertex, pipeline_root=pipeline_root, image=image)
 
-    from tfx import v1 as tfx
-
     from pinrank.components.data.sources import RawInput, suppression_fingerprint
     from pinrank.pipeline.pipeline import PINNERFORMER_SCHEMA, RANKER_SCHEMA, create_pipeline
     pipeline = create_pipeline(
@@ -134,9 +132,47 @@ def compile_pipeline(cfg: PipelineConfig, *, pipeline_root: str, dataset_dir: st
         serving_dir=serving_dir, beam_pipeline_args=args,
         schema_path=schema_path or image_path(PINNERFORMER_SCHEMA, site_packages),
         ranker_schema_path=ranker_schema_path or image_path(RANKER_SCHEMA, site_packages))
+    return _write_job(pipeline, image, output_path)
+
+
+def _write_job(pipeline, image: str, output_path: str) -> str:
+    """The one KubeflowV2DagRunner call of both pipelines: every task runs `image`."""
+    from tfx import v1 as tfx
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(os.path.abspath(output_path)),
         output_filename=os.path.basename(output_path))
     runner.run(pipeline, write_out=True)
     return output_path
+
+
+AS_OF_PARAMETER = "as_of"  # the embedding job's runtime parameter when compiled without --as-of
+
+
+def compile_embedding_pipeline(cfg: PipelineConfig, *, pipeline_root: str, dataset_dir: str,
+                               dataset_fingerprint: str, snapshot_root: str, output_path: str,
+                               as_of: Optional[int] = None, image: Optional[str] = None) -> str:
+    """Writes the embedding pipeline's PipelineJob JSON (pipeline/embedding_pipeline.py).
+    as_of: a fixed cut-off, or None for a runtime parameter `as_of` (INT) that each run (a daily
+    schedule) passes. snapshot_root must be remote: the online path reads the snapshots from it,
+    not from a task's disk."""
+    if not dataset_fingerprint:
+        raise ConfigError("compile needs the dataset's fingerprint (dataset_fingerprint_for)")
+    for flag, path in (("--snapshot-root", snapshot_root), ("--pipeline-root", pipeline_root),
+                       ("--data", dataset_dir)):
+        if not is_remote(path):
+            raise ConfigError(f"{flag} {path} is not remote (gs://...): a Vertex task cannot "
+                              f"see this machine's disk")
+    image = image or project_image()
+    args = beam_args(cfg.vertex, pipeline_root=pipeline_root, image=image)
+
+    from tfx import v1 as tfx
+
+    from pinrank.pipeline.embedding_pipeline import create_embedding_pipeline
+    pipeline = create_embedding_pipeline(
+        cfg, pipeline_root=pipeline_root, dataset_dir=dataset_dir,
+        dataset_fingerprint=dataset_fingerprint, snapshot_root=snapshot_root,
+        as_of=as_of if as_of is not None else tfx.dsl.experimental.RuntimeParameter(
+            name=AS_OF_PARAMETER, ptype=int),
+        beam_pipeline_args=args)
+    return _write_job(pipeline, image, output_path)

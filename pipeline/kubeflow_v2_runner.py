@@ -27,6 +27,9 @@ IMAGE_SITE_PACKAGES = "/opt/conda/lib/python3.10/site-packages"
 # package file at pinrank/<its path relative to it> (pyproject.toml, [tool.setuptools]).
 _PACKAGES_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# Every task's command: TFX's Kubeflow-V2 entrypoint behind pipeline/vertex_entrypoint.py, which
+# makes the custom artifact types importable by their schema titles (`pinrank.RawData`) first.
+CONTAINER_COMMAND = ["python", "-m", "pinrank.pipeline.vertex_entrypoint"]
 
 
 def project_image() -> str:
@@ -139,7 +142,8 @@ def _write_job(pipeline, image: str, output_path: str) -> str:
     """The one KubeflowV2DagRunner call of both pipelines: every task runs `image`."""
     from tfx import v1 as tfx
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image,
+                                                                default_commands=CONTAINER_COMMAND),
         output_dir=os.path.dirname(os.path.abspath(output_path)),
         output_filename=os.path.basename(output_path))
     runner.run(pipeline, write_out=True)

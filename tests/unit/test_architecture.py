@@ -26,6 +26,7 @@ LAYERS = {
     "pipeline.pipeline": 4, "pipeline.runs": 4, "pipeline.cli": 4, "pipeline.local_runner": 4,
     "pipeline.kubeflow_v2_runner": 4, "pipeline.runners": 4, "pipeline.online_demo": 4,
     "pipeline.embedding_pipeline": 4, "pipeline.embedding_runner": 4,
+    "pipeline.vertex_entrypoint": 4,
 }
 CONTRACT = sorted(m for m, layer in LAYERS.items() if layer == 0)
 

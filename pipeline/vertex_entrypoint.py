@@ -1,0 +1,43 @@
+"""The compiled job's container command (`python -m pinrank.pipeline.vertex_entrypoint ARGS`): TFX's
+Kubeflow-V2 entrypoint, run unchanged, after making this project's artifact types importable by
+their KFP schema titles.
+
+Why: the entrypoint rebuilds each input and output artifact from its type schema, and for a
+custom type the schema's title is the TYPE_NAME (`pinrank.RawData`), which it imports as
+`<module>.<class>` (`import_class_by_path`): `pinrank` is a namespace package with no such
+attribute, so every task with one of components/types.py's artifacts in or out
+failed with "Could not import pinrank.RawData" before its executor started
+(tests/e2e/test_vertex_ir.py ran the job and found it). TYPE_NAME cannot name the real module
+instead: KFP titles are `<namespace>.<Class>`, one dot.
+"""
+import runpy
+import sys
+from typing import Any
+
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow, as locally)
+
+TFX_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+
+
+def register_artifact_types() -> None:
+    """pinrank.<Class> = the class, for each custom artifact type (what the titles name)."""
+    import pinrank
+    from pinrank.components import types
+    cls: Any
+    for cls in vars(types).values():
+        if not (isinstance(cls, type) and issubclass(cls, types.Artifact)
+                and cls is not types.Artifact):
+            continue
+        namespace, name = cls.TYPE_NAME.split(".")
+        assert namespace == pinrank.__name__ and name == cls.__name__, cls.TYPE_NAME
+        setattr(pinrank, name, cls)
+
+
+def main() -> None:
+    register_artifact_types()
+    sys.argv[0] = TFX_ENTRYPOINT
+    runpy.run_module(TFX_ENTRYPOINT, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

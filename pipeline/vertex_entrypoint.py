@@ -12,7 +12,6 @@ instead: KFP titles are `<namespace>.<Class>`, one dot.
 """
 import runpy
 import sys
-from typing import Any
 
 from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow, as locally)
 
@@ -23,13 +22,12 @@ def register_artifact_types() -> None:
     """pinrank.<Class> = the class, for each custom artifact type (what the titles name)."""
     import pinrank
     from pinrank.components import types
-    cls: Any
     for cls in vars(types).values():
-        if not (isinstance(cls, type) and issubclass(cls, types.Artifact)
-                and cls is not types.Artifact):
+        title = getattr(cls, "TYPE_NAME", None)
+        if not (isinstance(cls, type) and issubclass(cls, types.Artifact) and title):
             continue
-        namespace, name = cls.TYPE_NAME.split(".")
-        assert namespace == pinrank.__name__ and name == cls.__name__, cls.TYPE_NAME
+        namespace, name = str(title).split(".")
+        assert namespace == pinrank.__name__ and name == cls.__name__, title
         setattr(pinrank, name, cls)
 
 

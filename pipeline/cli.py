@@ -118,10 +118,15 @@ def cmd_run(args) -> int:
                        suppressed=summary.get("suppressed"))
     print(f"{'wall time':>22}: {summary['wall_s']} s")
     print(f"{'peak memory':>22}: {summary['peak_rss_mb']} MB")
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(summary, fh, indent=2, sort_keys=True)
+    _write_json(args.json_out, summary)
     return 0
+
+
+def _write_json(path: Optional[str], summary: dict) -> None:
+    """--json-out: the summary as JSON, for scripts."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(summary, fh, indent=2, sort_keys=True)
 
 
 def _print_data_counts(fallbacks: dict, file=None, dropped: Optional[dict] = None,
@@ -197,9 +202,7 @@ def cmd_embed_pipeline(args) -> int:
           f"fingerprint {summary['model_fingerprint']})")
     print(f"{'execution':>22}: {summary['execution_id']} {summary['execution_state']}")
     print(f"{'wall time':>22}: {summary['wall_s']} s")
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(summary, fh, indent=2, sort_keys=True)
+    _write_json(args.json_out, summary)
     return 0
 
 

@@ -119,11 +119,21 @@ def candidate_anchors(ts: np.ndarray, pos: np.ndarray, window_s: int, min_histor
     return times[ok]
 
 
+def train_anchors(cfg: ExampleGenConfig, n_train_users: int) -> int:
+    """Anchors per training user: anchors_per_user, or with min_train_examples enough that the
+    training users make that many examples, capped at max_anchors_per_user."""
+    if cfg.min_train_examples <= 0 or n_train_users <= 0:
+        return cfg.anchors_per_user
+    need = -(-cfg.min_train_examples // n_train_users)  # ceil
+    return int(min(max(cfg.anchors_per_user, need), cfg.max_anchors_per_user))
+
+
 def user_examples(user_id: str, rows: Dict[str, np.ndarray], cfg: ExampleGenConfig,
-                  data_end: int, cut: Optional[int] = None,
+                  data_end: int, cut: Optional[int] = None, n_anchors: Optional[int] = None,
                   ) -> Iterator[Tuple[Optional[str], tf.train.Example, Dict[str, int]]]:
     """Yields (split, example, counters) for one user's events (any order). `cut`: start of
-    the out-of-time eval period (eval_cut); training timelines end before it."""
+    the out-of-time eval period (eval_cut); training timelines end before it. `n_anchors`:
+    anchors per training user (train_anchors; default anchors_per_user)."""
     split = split_of(user_id, cfg)
     if split is None:
         yield None, None, {"users_left_out_test": 1}
@@ -148,8 +158,8 @@ def user_examples(user_id: str, rows: Dict[str, np.ndarray], cfg: ExampleGenConf
     if len(anchors) == 0:
         yield split, None, {f"users_without_anchor_{split}": 1, **counters_user}
         return
-    n_keep = min(cfg.eval_anchors_per_user if split == "eval" else cfg.anchors_per_user,
-                 len(anchors))
+    per_user = n_anchors if n_anchors is not None else cfg.anchors_per_user
+    n_keep = min(cfg.eval_anchors_per_user if split == "eval" else per_user, len(anchors))
     rng = _user_rng(user_id, cfg.seed)
     chosen = np.sort(rng.choice(anchors, size=n_keep, replace=False))
     max_future = cfg.max_eval_future if split == "eval" else cfg.max_future
@@ -194,9 +204,14 @@ def build_examples(p: beam.Pipeline, input_base: str, cfg: ExampleGenConfig,
     data_start = beam.pvalue.AsSingleton(
         per_user | "UserStart" >> beam.MapTuple(lambda u, r: int(r["timestamp"].min()))
         | "DataStart" >> beam.CombineGlobally(lambda xs: min(xs, default=0)))
+    # Anchors per training user: known once the training users are counted (a side input).
+    n_anchors = (per_user | "TrainUsers" >> beam.Filter(lambda kv: split_of(kv[0], cfg) == "train")
+                 | "CountTrainUsers" >> beam.combiners.Count.Globally()
+                 | "AnchorsPerUser" >> beam.Map(lambda n: train_anchors(cfg, n)))
     out = (per_user | "Anchors" >> beam.FlatMap(
-        lambda kv, start, end: user_examples(kv[0], kv[1], cfg, end, eval_cut(cfg, start, end)),
-        data_start, data_end))
+        lambda kv, start, end, k: user_examples(kv[0], kv[1], cfg, end,
+                                                eval_cut(cfg, start, end), k),
+        data_start, data_end, beam.pvalue.AsSingleton(n_anchors)))
     _ = (per_user | "TrainPositives" >> beam.FlatMap(
             lambda kv, start, end: train_positives(kv[0], kv[1], cfg, eval_cut(cfg, start, end)),
             data_start, data_end)
@@ -210,7 +225,8 @@ def build_examples(p: beam.Pipeline, input_base: str, cfg: ExampleGenConfig,
          | f"Write{split}" >> beam.io.WriteToTFRecord(
              os.path.join(output_uri, f"Split-{split}", "data_tfrecord"),
              file_name_suffix=".gz"))
-    counters = ((read.counters, out | "Counters" >> beam.Map(lambda x: x[2]))
+    counters = ((read.counters, out | "Counters" >> beam.Map(lambda x: x[2]),
+                 n_anchors | "AnchorsCounter" >> beam.Map(lambda k: {"train_anchors_per_user": k}))
                 | "AllCounters" >> beam.Flatten()
                 | "Sum" >> beam.CombineGlobally(beam_io.sum_counters))
     _ = counters | "WriteStats" >> beam.Map(

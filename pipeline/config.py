@@ -94,6 +94,11 @@ class ExampleGenConfig:
     max_future: int = 64  # training positives kept per anchor (counted)
     max_eval_future: int = 1000  # evaluation positives kept per anchor (counted)
     anchors_per_user: int = 4  # training anchors sampled per training user
+    # > 0: few training users get more anchors each, ceil(min_train_examples / training users),
+    # between anchors_per_user and max_anchors_per_user (docs/ablations/anchors_negatives.md:
+    # on 300 training users 8 anchors beat 4; on 1,000 they did not). 0: anchors_per_user.
+    min_train_examples: int = 0
+    max_anchors_per_user: int = 16
     min_history: int = 1
     full_train_window: bool = False  # True: training anchors need t + window <= data end
     drop_invalid_events: bool = False  # False: bad rows fail the run; True: drop and count
@@ -122,6 +127,11 @@ class ExampleGenConfig:
                 or used > 100:
             raise ValueError(f"examples: the user percentages (eval, valid, validation) must be "
                              f">= 0 and add up to at most 100, got {used}")
+        if self.min_train_examples < 0 or (self.min_train_examples
+                                           and self.max_anchors_per_user < self.anchors_per_user):
+            raise ValueError(f"examples.min_train_examples must be >= 0 and "
+                             f"examples.max_anchors_per_user >= anchors_per_user, got "
+                             f"{self.min_train_examples} and {self.max_anchors_per_user}")
         if self.eval_anchors_per_user < 1:
             raise ValueError(f"examples.eval_anchors_per_user must be >= 1, "
                              f"got {self.eval_anchors_per_user}")

@@ -201,3 +201,27 @@ def test_train_positives_side_output(tmp_path):
     assert len(np.unique(u)) == len(train_users)
     with pytest.raises(FileNotFoundError, match="older EventExampleGen"):
         eg.read_train_positives(str(tmp_path))
+
+
+def test_min_train_examples_gives_few_training_users_more_anchors(tmp_path):
+    """ceil(min_train_examples / training users) anchors each, within [anchors_per_user,
+    max_anchors_per_user]; the number used is in the stats."""
+    import apache_beam as beam
+    cfg = ExampleGenConfig(anchors_per_user=2, min_train_examples=100, max_anchors_per_user=8)
+    assert [eg.train_anchors(cfg, n) for n in (0, 5, 13, 40, 1000)] == [2, 8, 8, 3, 2]
+    assert eg.train_anchors(ExampleGenConfig(anchors_per_user=2), 5) == 2  # off by default
+    users = [f"user{i}" for i in range(30)]
+    rows = [e for u in users for e in _user_events(u, 12, 1_000_000)]
+    d = _write_dataset(tmp_path, [rows])
+    n_train = sum(eg.split_of(u, cfg) == "train" for u in users)
+    k = eg.train_anchors(cfg, n_train)
+    assert k > cfg.anchors_per_user
+    out = str(tmp_path / "out")
+    with beam.Pipeline() as p:
+        eg.build_examples(p, d, cfg, out)
+    stats = eg.read_stats(out)
+    assert stats["train_anchors_per_user"] == k
+    # every training user has more than k candidate anchors here, so each gets exactly k
+    assert stats["examples_train"] == k * n_train
+    with pytest.raises(ValueError, match="max_anchors_per_user"):
+        ExampleGenConfig(anchors_per_user=4, min_train_examples=10, max_anchors_per_user=2)

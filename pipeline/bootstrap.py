@@ -25,6 +25,8 @@ class KnownNoise:
       saves the model; the export is a SavedModel with traced signatures, which does not need them.
     - TensorFlow Transform warns that tables initialized inside a tf.function are re-initialized
       on every call; its own analyzers build them that way.
+    - TFX's launcher logs "Execution N failed." before it re-raises the executor's error, which
+      `pinrank` then prints as its one-line error (the line before it said nothing more).
     """
 
     PREFIXES = (
@@ -33,7 +35,11 @@ class KnownNoise:
         "Tables initialized inside a tf.function",
     )
 
+    LAUNCHER_FAILED = "Execution %d failed."  # tfx/orchestration/portable/launcher.py
+
     def filter(self, record) -> bool:
+        if record.msg == self.LAUNCHER_FAILED:
+            return False
         return not str(record.getMessage()).startswith(self.PREFIXES)
 
 

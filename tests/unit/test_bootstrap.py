@@ -14,6 +14,8 @@ def test_known_noise_is_dropped_and_the_rest_kept():
     assert not f.filter(_record("Tables initialized inside a tf.function  will be re-initialized"))
     assert not f.filter(_record("Model's `__init__()` arguments contain non-serializable objects %s",
                                 "x"))
+    assert not f.filter(_record("Execution %d failed.", 6))  # the CLI's one line says why
+    assert f.filter(_record("Execution %d failed to publish.", 6))
     assert f.filter(_record("Examples artifact does not have payload_format custom property."))
     assert f.filter(_record("error: %s", "ArtifactQuery.property_predicate is not supported"))
 

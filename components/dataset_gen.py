@@ -19,38 +19,20 @@ from tfx.dsl.component.experimental.decorators import component
 
 from pinrank.components.data import sources
 from pinrank.components.types import EventLog, RawData
+from pinrank.pipeline.artifacts import copy_tree, is_remote
 from pinrank.pipeline.config import PipelineConfig
 
 # No `from __future__ import annotations`: the @component parser needs real annotation objects.
 
 
-def _is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file:")
-
-
 def _local_copy(raw: sources.RawInput, tmp: str) -> sources.RawInput:
     """Converters read local files: fetch remote MovieLens-format inputs first (a canonical
-    dataset is copied file by file anyway)."""
-    if raw.format == "canonical" or not _is_remote(raw.uri):
+    dataset is copied through gfile anyway)."""
+    if raw.format == "canonical" or not is_remote(raw.uri):
         return raw
-    import tensorflow as tf
-
     local = os.path.join(tmp, "raw")
-    os.makedirs(local)
-    for name in tf.io.gfile.listdir(raw.uri):
-        if not name.endswith("/"):
-            tf.io.gfile.copy(f"{raw.uri.rstrip('/')}/{name}", os.path.join(local, name))
+    copy_tree(raw.uri, local)
     return sources.RawInput(local, raw.format, raw.fingerprint)
-
-
-def _upload(local: str, uri: str) -> None:
-    import tensorflow as tf
-
-    for root, _, files in os.walk(local):
-        dest = os.path.join(uri, os.path.relpath(root, local)).rstrip("/.")
-        tf.io.gfile.makedirs(dest)
-        for f in files:
-            tf.io.gfile.copy(os.path.join(root, f), f"{dest}/{f}", overwrite=True)
 
 
 @component
@@ -76,10 +58,10 @@ def DatasetGen(
             raw_in = _local_copy(sources.RawInput(raw.uri, raw.get_string_custom_property("format"),
                                                   raw.get_string_custom_property("fingerprint")),
                                  tmp)
-        out = os.path.join(tmp, "out") if _is_remote(events.uri) else events.uri
+        out = os.path.join(tmp, "out") if is_remote(events.uri) else events.uri
         manifest = sources.ingest(cfg, out, raw_in, drop_invalid=bool(drop_invalid_events))
         if out != events.uri:
-            _upload(out, events.uri)
+            copy_tree(out, events.uri)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     events.set_string_custom_property("fingerprint", manifest["fingerprint"])

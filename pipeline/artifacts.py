@@ -53,3 +53,22 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def is_remote(path: str) -> bool:
+    """gs://, s3://, ...: a URI read through gfile, not this machine's disk."""
+    return "://" in path and not path.startswith("file:")
+
+
+def copy_tree(src: str, dest: str) -> None:
+    """Copy every file under `src` to the same relative path under `dest` (either may be local
+    or a gs:// URI)."""
+    import tensorflow as tf
+
+    src = src.rstrip("/")
+    for root, _, files in tf.io.gfile.walk(src):
+        rel = root[len(src):].strip("/")
+        to = f"{dest.rstrip('/')}/{rel}" if rel else dest
+        tf.io.gfile.makedirs(to)
+        for f in files:
+            tf.io.gfile.copy(f"{root.rstrip('/')}/{f}", f"{to.rstrip('/')}/{f}", overwrite=True)

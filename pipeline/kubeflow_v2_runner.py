@@ -17,6 +17,7 @@ import re
 from importlib import metadata
 from typing import List, Optional
 
+from pinrank.pipeline.artifacts import is_remote
 from pinrank.pipeline.config import ConfigError, PipelineConfig, VertexConfig
 
 DIST_NAME = "pinrank"  # [project] name in pyproject.toml; also the image's name
@@ -40,11 +41,6 @@ def project_image() -> str:
     except metadata.PackageNotFoundError:
         raise ConfigError("pinrank is not installed (pip install -e .), so the default image "
                           "pinrank:<version> is unknown: pass --image") from None
-
-
-def is_remote(path: str) -> bool:
-    """gs://, s3://, ...: a URI the tasks read themselves (not the compiling machine's disk)."""
-    return "://" in path and not path.startswith("file:")
 
 
 def image_path(package_file: str, site_packages: str = IMAGE_SITE_PACKAGES) -> str:

@@ -164,8 +164,8 @@ def create_pipeline(
     )
 
 
-def _ranker_branch(cfg: PipelineConfig, events, serving_dir: str, pf_trainer, pf_evaluator, item_embedding_gen,
-                   schema_path: str) -> list:
+def _ranker_branch(cfg: PipelineConfig, events, serving_dir: str, pf_trainer, pf_evaluator,
+                   item_embedding_gen, schema_path: str) -> list:
     ranking_gen = RankingExampleGen(
         model=pf_trainer.outputs["model"], model_blessing=pf_evaluator.outputs["blessing"],
         events=events, config_json=cfg.sections_json("ranking", "examples"))

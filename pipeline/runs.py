@@ -133,7 +133,11 @@ def dataset_dir(paths: RunPaths) -> Optional[str]:
         return None
     conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata_path)
     with metadata.Metadata(conn) as m:
-        art = _latest(m.store, "pinrank.EventLog", os.path.join(paths.pipeline_root, "DatasetGen"))
+        return _dataset_uri(m.store, paths)
+
+
+def _dataset_uri(store, paths: RunPaths) -> Optional[str]:
+    art = _latest(store, "pinrank.EventLog", os.path.join(paths.pipeline_root, "DatasetGen"))
     return art.uri if art is not None else None
 
 
@@ -161,8 +165,9 @@ def summarize(paths: RunPaths) -> Dict:
     the data set's fallback counts."""
     conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata_path)
     node = lambda name: os.path.join(paths.pipeline_root, name)  # noqa: E731
-    out: Dict = {"data_dir": dataset_dir(paths)}
+    out: Dict = {}
     with metadata.Metadata(conn) as m:
+        out["data_dir"] = _dataset_uri(m.store, paths)
         ev = _latest(m.store, "ModelEvaluation", node("RetrievalEvaluator"))
         if ev is not None:
             with open(os.path.join(ev.uri, "metrics.json")) as fh:

@@ -20,7 +20,7 @@ import os
 
 from pinrank.components.data import events as E
 from pinrank.components.data import movielens, synthetic
-from pinrank.pipeline.artifacts import sha256_file
+from pinrank.pipeline.artifacts import copy_tree, sha256_file
 from pinrank.pipeline.config import ConfigError, DataConfig
 
 SOURCES = ("synthetic", "movielens", "path")
@@ -154,7 +154,7 @@ def ingested_fingerprint(cfg: DataConfig, raw: RawInput | None, *, drop_invalid:
     key = {"format": raw.format, "files": raw.fingerprint, "drop_invalid": drop_invalid,
            "version": movielens.CONVERSION_VERSION, "format_version": E.FORMAT_VERSION}
     if cfg.suppressed_users:
-        key["suppressed_users_sha256"] = sha256_file(cfg.suppressed_users)
+        key["suppressed_users_sha256"] = suppression_fingerprint(cfg)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -202,18 +202,13 @@ def _build(cfg: DataConfig, out_dir: str, raw: RawInput | None, fingerprint: str
 
 
 def _copy_canonical(src: str, out_dir: str) -> None:
-    """Copy a canonical dataset (local or gs://) file by file; it must be complete."""
+    """Copy a canonical dataset (local or gs://); it must be complete."""
     import tensorflow as tf  # gfile reads gs://; only here, data preparation stays TF-free
 
     if not tf.io.gfile.exists(os.path.join(src, E.MANIFEST_FILE)):
         raise FileNotFoundError(f"{src}: no {E.MANIFEST_FILE}; a canonical dataset is written "
                                 f"by `pinrank data --out DIR`")
-    for root, _, files in tf.io.gfile.walk(src):
-        rel = os.path.relpath(root, src) if not src.startswith("gs://") else root[len(src):].lstrip("/")
-        dest = os.path.join(out_dir, rel) if rel not in ("", ".") else out_dir
-        tf.io.gfile.makedirs(dest)
-        for f in files:
-            tf.io.gfile.copy(os.path.join(root, f), os.path.join(dest, f), overwrite=True)
+    copy_tree(src, out_dir)
 
 
 def _suppress(out_dir: str, manifest: dict, users) -> None:

@@ -190,6 +190,9 @@ class PinnerFormerConfig:
             raise ValueError(f"hidden={self.hidden} not divisible by num_heads={self.num_heads}")
 
 
+EARLY_STOPPING_METRICS = ("loss", "recall")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 64
@@ -205,7 +208,16 @@ class TrainConfig:
     # `steps_per_epoch` steps and keep the best epoch's weights (0: train all train_steps).
     early_stopping_patience: int = 3
     steps_per_epoch: int = 100
+    # What early stopping watches: "loss" (the validation users' sampled-softmax loss) or
+    # "recall" (their Recall@eval.k over the whole catalogue, the metric the gate uses;
+    # docs/ablations/early_stopping.md).
+    early_stopping_metric: str = "loss"
     seed: int = 0
+
+    def __post_init__(self):
+        if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
+            raise ValueError(f"train.early_stopping_metric must be one of "
+                             f"{EARLY_STOPPING_METRICS}, got {self.early_stopping_metric!r}")
 
 
 @dataclasses.dataclass(frozen=True)

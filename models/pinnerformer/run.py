@@ -21,11 +21,12 @@ from pinrank.pipeline.config import PipelineConfig  # noqa: E402
 
 
 def make_dataset(fn_args: tfx.components.FnArgs, files, tf_transform_output, batch_size: int,
-                 seed: int, shuffle: bool) -> tf.data.Dataset:
+                 seed: int, shuffle: bool, once: bool = False) -> tf.data.Dataset:
+    """Repeated batches of equal size for fit, or with `once` one pass with a short last batch."""
     return fn_args.data_accessor.tf_dataset_factory(
         files,
         tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
-                                       num_epochs=None, drop_final_batch=True),
+                                       num_epochs=1 if once else None, drop_final_batch=not once),
         tf_transform_output.transformed_metadata.schema)
 
 
@@ -52,5 +53,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         model.compile(optimizer=train.make_optimizer(cfg))
     logging.info("PinnerFormer objective=%s, %d steps, %d replica(s)", cfg.model.objective,
                  cfg.train.train_steps, strategy.num_replicas_in_sync)
-    train.fit(model, cfg, train_ds, eval_ds, log_dir=fn_args.model_run_dir)
+    valid_once = None
+    if cfg.train.early_stopping_metric == "recall":
+        valid_once = make_dataset(fn_args, fn_args.eval_files, tft_out, 256, cfg.train.seed,
+                                  shuffle=False, once=True)
+    train.fit(model, cfg, train_ds, eval_ds, log_dir=fn_args.model_run_dir, valid_once=valid_once)
     export.export(model, tft_out, distribute.save_dir(fn_args.serving_model_dir))

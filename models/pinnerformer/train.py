@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from pinrank.components.retrieval_evaluator import metrics as M
+from pinrank.models.pinnerformer import inputs, retrieval
 from pinrank.models.schedules import WarmupCosine
+from pinrank.pipeline import features as F
 from pinrank.pipeline.config import PipelineConfig
 
 
@@ -47,6 +51,46 @@ def callbacks(log_dir: str, update_freq="epoch") -> list:
             FailOnNonFinite()]
 
 
+class ValidationRecall(keras.callbacks.Callback):
+    """Adds `val_recall@k` to each epoch's logs: the validation users' Recall@k over the whole
+    catalogue, computed by the RetrievalEvaluator's metric code, so early stopping can select on
+    what the gate measures rather than on the sampled-softmax loss. One difference: the excluded
+    history is the M most recent items the model sees, not the whole stored history."""
+
+    def __init__(self, valid_ds: tf.data.Dataset, k: int):
+        super().__init__()
+        self.valid_ds = valid_ds  # one finite pass over the validation examples
+        self.k = k
+        self.key = f"val_recall@{k}"
+
+    def recall(self) -> float:
+        model = self.model
+        ids = retrieval.catalog_item_ids(model)
+        items = np.concatenate([model.item_embedding(tf.constant(ids[s:s + retrieval.EMBED_CHUNK]))
+                                .numpy() for s in range(0, ids.size, retrieval.EMBED_CHUNK)])
+        users, history, positives = [], [], []
+        for batch in self.valid_ds:
+            features, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+            users.append(model(features, training=False).numpy())
+            history += _rows(features, F.HIST_ITEM, F.SEQ_LEN_XF)
+            positives += _rows(features, F.FUT_ITEM, F.FUT_LEN_XF)
+        no_interests = np.full((ids.size, 1), -1, np.int64)
+        m = M.retrieval_metrics(np.concatenate(users), items, ids, history, positives,
+                                no_interests, k=self.k, entropy_k=self.k, curve_ks=())
+        return m[f"recall@{self.k}"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[self.key] = self.recall()
+
+
+def _rows(features, name: str, length_key: str) -> list:
+    """A padded transformed sequence as one int64 array per example (its first `length` ids)."""
+    x = inputs.sequence(features, name).numpy()
+    n = inputs.length(features, length_key, x.shape[1]).numpy()
+    return [row[:m] for row, m in zip(x, n)]
+
+
 def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
     t = cfg.train
     opt = keras.optimizers.AdamW(
@@ -60,17 +104,27 @@ def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
 
 
 def fit(model: keras.Model, cfg: PipelineConfig, train_ds: tf.data.Dataset,
-        eval_ds: tf.data.Dataset, log_dir: str, verbose: int = 2):
+        eval_ds: tf.data.Dataset, log_dir: str, verbose: int = 2,
+        valid_once: tf.data.Dataset | None = None):
     """model.fit in `train_steps / steps_per_epoch` epochs with TensorBoard logs in log_dir,
-    stopping early on the validation loss when configured, failing on a NaN/Inf loss."""
+    stopping early on the validation loss or recall when configured, failing on a NaN/Inf loss.
+    valid_once: one finite pass over the validation examples (needed for the recall criterion)."""
     t = cfg.train
     steps_per_epoch = max(1, min(t.steps_per_epoch, t.train_steps))
     epochs = max(1, math.ceil(t.train_steps / steps_per_epoch))
     cbs = callbacks(log_dir, update_freq=max(1, steps_per_epoch // 4))
     if t.early_stopping_patience > 0:
+        monitor, mode = "val_loss", "min"
+        if t.early_stopping_metric == "recall":
+            if valid_once is None:
+                raise ValueError("train.early_stopping_metric=recall needs the validation "
+                                 "examples (valid_once)")
+            recall = ValidationRecall(valid_once, cfg.eval.k)
+            cbs.insert(0, recall)  # before TensorBoard and EarlyStopping read the logs
+            monitor, mode = recall.key, "max"
         cbs.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=t.early_stopping_patience, restore_best_weights=True,
-            verbose=1))
+            monitor=monitor, mode=mode, patience=t.early_stopping_patience,
+            restore_best_weights=True, verbose=1))
     return model.fit(train_ds, steps_per_epoch=steps_per_epoch, epochs=epochs,
                      validation_data=eval_ds, validation_steps=t.eval_steps,
                      callbacks=cbs, verbose=verbose)

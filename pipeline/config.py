@@ -212,12 +212,18 @@ class TrainConfig:
     # "recall" (their Recall@eval.k over the whole catalogue, the metric the gate uses;
     # docs/ablations/early_stopping.md).
     early_stopping_metric: str = "loss"
+    # > 0: the optimizer keeps an exponential moving average of the weights with this momentum
+    # and writes it into the model at the end of every epoch, so validation, early stopping and
+    # the export see averaged weights (Keras' `use_ema`; 0 = off).
+    ema_momentum: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
             raise ValueError(f"train.early_stopping_metric must be one of "
                              f"{EARLY_STOPPING_METRICS}, got {self.early_stopping_metric!r}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ValueError(f"train.ema_momentum must be in [0, 1), got {self.ema_momentum}")
 
 
 @dataclasses.dataclass(frozen=True)

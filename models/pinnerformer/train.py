@@ -97,7 +97,10 @@ def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
         # Cosine to 0 at train_steps (at least one decay step).
         learning_rate=WarmupCosine(t.learning_rate, t.warmup_steps,
                                    max(t.train_steps - t.warmup_steps, 1)),
-        weight_decay=t.weight_decay, clipnorm=1.0)
+        weight_decay=t.weight_decay, clipnorm=1.0,
+        # The average replaces the weights at each epoch's last step, before validation.
+        use_ema=t.ema_momentum > 0, ema_momentum=t.ema_momentum or 0.99,
+        ema_overwrite_frequency=max(1, min(t.steps_per_epoch, t.train_steps)) if t.ema_momentum > 0 else None)
     # Decaying log(temperature) would pull tau towards 1 instead of letting it learn.
     opt.exclude_from_weight_decay(var_names=["log_temperature"])
     return opt

@@ -1,6 +1,7 @@
 """Training fails loudly on a NaN/Inf loss (ML Test Score, Monitor 5): both trainers fit with
 models/pinnerformer/train.py's callbacks, whose guard raises at the first non-finite training or
-validation loss instead of letting run_fn export a broken model."""
+validation loss instead of letting run_fn export a broken model. Also the optimizer's weight
+average (train.ema_momentum) against numpy."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,3 +50,32 @@ def test_pinnerformer_fit_carries_the_guard(tmp_path):
                                         "eval_steps": 1, "early_stopping_patience": 0})
     with pytest.raises(train.NonFiniteLossError):
         train.fit(_model(), cfg, _data(bad_row=30).repeat(), _data(), str(tmp_path), verbose=0)
+
+
+def test_ema_writes_the_weights_moving_average_at_the_epoch_end():
+    """train.ema_momentum: after one epoch the weights are the moving average of the weights
+    after each step (numpy), starting from the initial weights."""
+    from pinrank.pipeline.config import PipelineConfig, TrainConfig
+
+    def cfg(ema):
+        return PipelineConfig(train=TrainConfig(train_steps=4, steps_per_epoch=4, warmup_steps=0,
+                                                learning_rate=0.05, ema_momentum=ema))
+
+    data = _data().repeat()
+    plain = _model()
+    init = [w.copy() for w in plain.get_weights()]
+    plain.compile(optimizer=train.make_optimizer(cfg(0.0)), loss="mse")
+    steps = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: steps.append(plain.get_weights()))
+    plain.fit(data, steps_per_epoch=4, epochs=1, verbose=0, callbacks=[record])
+    avg = init
+    for w in steps:
+        avg = [0.6 * a + 0.4 * x for a, x in zip(avg, w)]
+
+    averaged = _model()
+    averaged.compile(optimizer=train.make_optimizer(cfg(0.6)), loss="mse")
+    averaged.fit(data, steps_per_epoch=4, epochs=1, verbose=0)
+    assert not np.allclose(steps[-1][0], avg[0], atol=1e-4)  # the average is not the last step
+    for got, want in zip(averaged.get_weights(), avg):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

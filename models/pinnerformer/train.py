@@ -74,6 +74,9 @@ class ValidationRecall(keras.callbacks.Callback):
             users.append(model(features, training=False).numpy())
             history += _rows(features, F.HIST_ITEM, F.SEQ_LEN_XF)
             positives += _rows(features, F.FUT_ITEM, F.FUT_LEN_XF)
+        if not users:
+            raise ValueError("train.early_stopping_metric=recall: the validation split has no "
+                             "examples (examples.valid_user_percent)")
         no_interests = np.full((ids.size, 1), -1, np.int64)
         m = M.retrieval_metrics(np.concatenate(users), items, ids, history, positives,
                                 no_interests, k=self.k, entropy_k=self.k, curve_ks=())

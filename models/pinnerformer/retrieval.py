@@ -61,13 +61,17 @@ def catalog_item_ids(model) -> np.ndarray:
     return keys.numpy()[np.argsort(rows.numpy(), kind="stable")].astype(np.int64)
 
 
-def build_catalog_index(model) -> CatalogIndex:
-    """Pin-tower embeddings of every catalogue item (what the `item_embedding` signature
-    returns for those ids), in chunks."""
+def catalog_embeddings(model) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [N], pin-tower embeddings [N, D]) of every catalogue item (what the `item_embedding`
+    signature returns for those ids), computed in chunks."""
     ids = catalog_item_ids(model)
     chunks = [model.item_embedding(tf.constant(ids[s:s + EMBED_CHUNK])).numpy()
               for s in range(0, ids.size, EMBED_CHUNK)]
-    return CatalogIndex(ids, np.concatenate(chunks, 0))
+    return ids, np.concatenate(chunks, 0)
+
+
+def build_catalog_index(model) -> CatalogIndex:
+    return CatalogIndex(*catalog_embeddings(model))
 
 
 def top_k(user_emb, item_ids, item_emb, exclude_items, k, pad_id: int):

@@ -65,9 +65,7 @@ class ValidationRecall(keras.callbacks.Callback):
 
     def recall(self) -> float:
         model = self.model
-        ids = retrieval.catalog_item_ids(model)
-        items = np.concatenate([model.item_embedding(tf.constant(ids[s:s + retrieval.EMBED_CHUNK]))
-                                .numpy() for s in range(0, ids.size, retrieval.EMBED_CHUNK)])
+        ids, items = retrieval.catalog_embeddings(model)
         users, history, positives = [], [], []
         for batch in self.valid_ds:
             features, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
@@ -94,16 +92,21 @@ def _rows(features, name: str, length_key: str) -> list:
     return [row[:m] for row, m in zip(x, n)]
 
 
+def _epoch_steps(t) -> int:
+    return max(1, min(t.steps_per_epoch, t.train_steps))
+
+
 def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
     t = cfg.train
+    ema = {}
+    if t.ema_momentum > 0:  # the average replaces the weights at each epoch's last step
+        ema = {"use_ema": True, "ema_momentum": t.ema_momentum,
+               "ema_overwrite_frequency": _epoch_steps(t)}
     opt = keras.optimizers.AdamW(
         # Cosine to 0 at train_steps (at least one decay step).
         learning_rate=WarmupCosine(t.learning_rate, t.warmup_steps,
                                    max(t.train_steps - t.warmup_steps, 1)),
-        weight_decay=t.weight_decay, clipnorm=1.0,
-        # The average replaces the weights at each epoch's last step, before validation.
-        use_ema=t.ema_momentum > 0, ema_momentum=t.ema_momentum or 0.99,
-        ema_overwrite_frequency=max(1, min(t.steps_per_epoch, t.train_steps)) if t.ema_momentum > 0 else None)
+        weight_decay=t.weight_decay, clipnorm=1.0, **ema)
     # Decaying log(temperature) would pull tau towards 1 instead of letting it learn.
     opt.exclude_from_weight_decay(var_names=["log_temperature"])
     return opt
@@ -116,7 +119,7 @@ def fit(model: keras.Model, cfg: PipelineConfig, train_ds: tf.data.Dataset,
     stopping early on the validation loss or recall when configured, failing on a NaN/Inf loss.
     valid_once: one finite pass over the validation examples (needed for the recall criterion)."""
     t = cfg.train
-    steps_per_epoch = max(1, min(t.steps_per_epoch, t.train_steps))
+    steps_per_epoch = _epoch_steps(t)
     epochs = max(1, math.ceil(t.train_steps / steps_per_epoch))
     cbs = callbacks(log_dir, update_freq=max(1, steps_per_epoch // 4))
     if t.early_stopping_patience > 0:

@@ -191,6 +191,7 @@ class PinnerFormerConfig:
 
 
 EARLY_STOPPING_METRICS = ("loss", "recall")
+MIXED_PRECISION = ("", "mixed_bfloat16", "mixed_float16")  # "" = float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,9 +217,16 @@ class TrainConfig:
     # and writes it into the model at the end of every epoch, so validation, early stopping and
     # the export see averaged weights (Keras' `use_ema`; 0 = off).
     ema_momentum: float = 0.0
+    # Keras mixed precision for the PinnerFormer layers: "" (float32), "mixed_bfloat16" or
+    # "mixed_float16" (adds loss scaling). Variables, the loss, the time encodings and the
+    # exported embeddings stay float32 (docs/protocol.md). Tested on CPU with bfloat16 only.
+    mixed_precision: str = ""
     seed: int = 0
 
     def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"train.mixed_precision must be one of {MIXED_PRECISION}, "
+                             f"got {self.mixed_precision!r}")
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
             raise ValueError(f"train.early_stopping_metric must be one of "
                              f"{EARLY_STOPPING_METRICS}, got {self.early_stopping_metric!r}")

@@ -1,5 +1,12 @@
 """PinnerFormer building blocks: per-action features, PreNorm blocks, heads (docs/models.md,
-"Inputs and per-action features" and "Transformer and output head")."""
+"Inputs and per-action features" and "Transformer and output head").
+
+Mixed precision (train.mixed_precision): every layer computes in its `compute_dtype` (bfloat16 or
+float16 under a mixed policy, float32 otherwise) with float32 variables. ActionFeatures assembles
+its input in float32 (the time encodings stay float32 layers) and casts once at the end; the heads
+cast to float32 before the L2 normalisation, so embeddings are always float32 unit vectors. Under
+float32 every added cast is a no-op.
+"""
 from __future__ import annotations
 
 import tensorflow as tf
@@ -109,15 +116,16 @@ class ActionFeatures(keras.layers.Layer):
         self.num_surfaces = num_surfaces
         self.action_emb = keras.layers.Embedding(num_actions, action_dim, name="action_embedding")
         self.surface_emb = keras.layers.Embedding(num_surfaces, surface_dim, name="surface_embedding")
-        self.abs_time = PeriodicTimeEncoding(abs_periods(), name="abs_time")
-        self.since_latest = PeriodicTimeEncoding(rel_periods(), name="time_since_latest")
-        self.gap = PeriodicTimeEncoding(rel_periods(), name="time_gap")
+        # float32 whatever the policy: sin/cos of large timestamps (module docstring of time_encoding).
+        self.abs_time = PeriodicTimeEncoding(abs_periods(), name="abs_time", dtype="float32")
+        self.since_latest = PeriodicTimeEncoding(rel_periods(), name="time_since_latest", dtype="float32")
+        self.gap = PeriodicTimeEncoding(rel_periods(), name="time_gap", dtype="float32")
 
     @staticmethod
     def _vocab_lookup(table, idx, size):
         idx = tf.cast(idx, tf.int32)
         in_vocab = (idx >= 1) & (idx <= size - 2)
-        emb = table(tf.clip_by_value(idx, 0, size - 1))
+        emb = tf.cast(table(tf.clip_by_value(idx, 0, size - 1)), tf.float32)
         return tf.where(in_vocab[..., None], emb, 0.0)
 
     def call(self, item_vec, action, surface, ts, duration, seq_len):
@@ -139,7 +147,7 @@ class ActionFeatures(keras.layers.Layer):
             self.since_latest(since),
             self.gap(gap),
         ], axis=-1)
-        return tf.where(real[..., None], x, 0.0)
+        return tf.cast(tf.where(real[..., None], x, 0.0), self.compute_dtype)
 
 
 class TransformerBlock(keras.layers.Layer):
@@ -176,8 +184,8 @@ class OutputHead(keras.layers.Layer):
 
     def call(self, x, skip=None):
         """`skip` (same shape as the output, optional) is added before the normalisation."""
-        y = self.fc2(self.fc1(self.ln(x)))
-        return tf.math.l2_normalize(y if skip is None else y + skip, axis=-1)
+        y = tf.cast(self.fc2(self.fc1(self.ln(x))), tf.float32)  # float32 output under any policy
+        return tf.math.l2_normalize(y if skip is None else y + tf.cast(skip, tf.float32), axis=-1)
 
 
 class ItemTower(keras.layers.Layer):
@@ -192,8 +200,8 @@ class ItemTower(keras.layers.Layer):
 
     def call(self, x, skip=None):
         """`skip` (same shape as the output, optional) is added before the normalisation."""
-        y = self.fc2(self.fc1(x))
-        return tf.math.l2_normalize(y if skip is None else y + skip, axis=-1)
+        y = tf.cast(self.fc2(self.fc1(x)), tf.float32)  # float32 output under any policy
+        return tf.math.l2_normalize(y if skip is None else y + tf.cast(skip, tf.float32), axis=-1)
 
 
 def history_mean(item_vec, weight):

@@ -42,9 +42,10 @@ def sampled_softmax_loss(user_emb, pos_emb, pos_logq, neg_emb, neg_logq, neg_val
     user_emb [P, D], pos_emb [P, D], pos_logq [P], neg_emb [N, D], neg_logq [N], neg_valid [P, N] bool,
     pair_user [P] int32 (row/user id of each pair), temperature scalar. With no pairs the loss is 0.
     """
-    user_emb = tf.convert_to_tensor(user_emb, tf.float32)
-    pos_emb = tf.convert_to_tensor(pos_emb, tf.float32)
-    neg_emb = tf.convert_to_tensor(neg_emb, tf.float32)
+    # float32 whatever the embeddings' dtype (mixed precision): logits, logQ and the loss stay float32.
+    user_emb = tf.cast(user_emb, tf.float32)
+    pos_emb = tf.cast(pos_emb, tf.float32)
+    neg_emb = tf.cast(neg_emb, tf.float32)
     # 1/tau scales the [P, D] user side, not the [P, N] logits: the same values, but one pass
     # over the large logits (and its gradient, a [P, N] reduction for tau) fewer per step.
     scaled_user = user_emb / tf.cast(temperature, tf.float32)

@@ -43,6 +43,10 @@ class PinnerFormer(keras.Model):
 
     def __init__(self, cfg: PinnerFormerConfig, item_ids, item_embeddings, num_actions: int,
                  num_surfaces: int, seed: int = 0, name: str = "pinnerformer", **kwargs):
+        # The model itself stays float32 under a mixed global policy (train.mixed_precision): its own
+        # variables (frozen table, positions, temperature) read as float32 and the input features are
+        # not cast; its layers compute in the policy's dtype and the heads return float32.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(name=name, **kwargs)
         item_ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
         item_embeddings = np.asarray(item_embeddings, dtype=np.float32)
@@ -157,7 +161,8 @@ class PinnerFormer(keras.Model):
             inputs.sequence(features, F.HIST_TS, tf.int64),
             inputs.sequence(features, F.HIST_DURATION, tf.float32),
             seq_len)
-        x = self.input_projection(x) + self.positional_embedding[:tf.shape(hist_item)[1]]
+        x = self.input_projection(x)  # the layers' compute dtype (float32 unless mixed precision)
+        x += tf.cast(self.positional_embedding[:tf.shape(hist_item)[1]], x.dtype)
         mask = attention_mask(seq_len, tf.shape(hist_item)[1])
         for block in self.blocks:
             x = block(x, mask, training=training)
@@ -241,13 +246,19 @@ class PinnerFormer(keras.Model):
         features, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         seed = tf.stack([tf.constant(self._seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        scaled = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)  # mixed_float16
         with tf.GradientTape() as tape:
             loss, _ = self.pair_loss(features, training=True, seed=seed, update_sketch=True)
             total = loss / replicas
             if self.losses:
                 total += tf.add_n(self.losses)
+            if scaled:
+                total = self.optimizer.get_scaled_loss(total)
         variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        grads = tape.gradient(total, variables)
+        if scaled:
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        self.optimizer.apply_gradients(zip(grads, variables))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result(), "temperature": self.temperature}
 

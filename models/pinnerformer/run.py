@@ -48,11 +48,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     eval_ds = make_dataset(fn_args, fn_args.eval_files, tft_out, cfg.train.batch_size,
                            cfg.train.seed, shuffle=False)
     strategy = distribute.strategy()  # several workers when TF_CONFIG names them
-    with strategy.scope():
+    with train.precision_policy(cfg.train.mixed_precision), strategy.scope():
         model = build_model(cfg, tft_out, fn_args.custom_config[ITEM_EMBEDDINGS_URI])
         model.compile(optimizer=train.make_optimizer(cfg))
-    logging.info("PinnerFormer objective=%s, %d steps, %d replica(s)", cfg.model.objective,
-                 cfg.train.train_steps, strategy.num_replicas_in_sync)
+    logging.info("PinnerFormer objective=%s, %d steps, %d replica(s), precision %s",
+                 cfg.model.objective, cfg.train.train_steps, strategy.num_replicas_in_sync,
+                 cfg.train.mixed_precision or "float32")
     valid_once = None
     if cfg.train.early_stopping_metric == "recall":
         valid_once = make_dataset(fn_args, fn_args.eval_files, tft_out, 256, cfg.train.seed,

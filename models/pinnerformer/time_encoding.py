@@ -6,6 +6,10 @@
 Absolute timestamps are ~1.7e9 s: in float32 the phase 2*pi*t/p would be garbage for the short periods
 (float32 has ~7 significant digits), so the fraction of a period, (t mod p) / p, is computed in float64
 and only the final angle in [0, 2*pi) is cast to float32.
+
+Mixed precision (train.mixed_precision): the encoding is always computed in float32, phases
+included (a bfloat16 angle has ~3 significant digits), and only the result is cast to the layer's
+compute dtype; ActionFeatures builds it with dtype="float32", so it stays float32 throughout.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ def rel_periods(num: int = 32) -> np.ndarray:
 
 
 class PeriodicTimeEncoding(keras.layers.Layer):
-    """Maps times t (seconds, any numeric dtype, shape [...]) to float32 [..., 2P + 1].
+    """Maps times t (seconds, any numeric dtype, shape [...]) to [..., 2P + 1], computed in float32
+    and returned in the layer's compute dtype (float32 unless the layer has a mixed policy).
 
     Output layout: [cos_1, sin_1, cos_2, sin_2, ..., cos_P, sin_P, log(t + 1)], with one learned phase per
     output coordinate (`phase[i, 0]` for cos_i, `phase[i, 1]` for sin_i), initialised to 0.
@@ -60,12 +65,14 @@ class PeriodicTimeEncoding(keras.layers.Layer):
         periods = tf.constant(self.periods, tf.float64)
         frac = tf.math.floormod(t64[..., None], periods) / periods  # [..., P] in [0, 1)
         angle = tf.cast(2.0 * math.pi * frac, tf.float32)
-        cos = tf.cos(angle + self.phase[:, 0])
-        sin = tf.sin(angle + self.phase[:, 1])
+        # Under a mixed policy the float32 phase variable reads as the compute dtype: back to float32.
+        phase = tf.cast(self.phase, tf.float32)
+        cos = tf.cos(angle + phase[:, 0])
+        sin = tf.sin(angle + phase[:, 1])
         periodic = tf.reshape(tf.stack([cos, sin], axis=-1),
                               tf.concat([tf.shape(angle)[:-1], [2 * self.periods.size]], 0))
         log_t = tf.cast(tf.math.log1p(tf.maximum(t64, 0.0)), tf.float32)[..., None]
-        return tf.concat([periodic, log_t], axis=-1)
+        return tf.cast(tf.concat([periodic, log_t], axis=-1), self.compute_dtype)
 
     def get_config(self):
         cfg = super().get_config()

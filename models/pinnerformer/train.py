@@ -1,6 +1,7 @@
 """Training loop pieces shared by run_fn and the benchmark scripts (no TFX here)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -96,6 +97,18 @@ def _epoch_steps(t) -> int:
     return max(1, min(t.steps_per_epoch, t.train_steps))
 
 
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Keras' global dtype policy `name` ("" = float32) inside the block, float32 again after it
+    (also on errors): layers take the global policy when they are built, so the model is built
+    inside the block and later code and tests keep float32 (train.mixed_precision)."""
+    keras.mixed_precision.set_global_policy(name or "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
     t = cfg.train
     ema = {}
@@ -109,6 +122,8 @@ def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
         weight_decay=t.weight_decay, clipnorm=1.0, **ema)
     # Decaying log(temperature) would pull tau towards 1 instead of letting it learn.
     opt.exclude_from_weight_decay(var_names=["log_temperature"])
+    if t.mixed_precision == "mixed_float16":  # dynamic loss scaling against float16 underflow
+        return keras.mixed_precision.LossScaleOptimizer(opt)
     return opt
 
 

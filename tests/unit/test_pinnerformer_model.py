@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from pinrank.models.pinnerformer import PinnerFormer, attention_mask, train
+from pinrank.models.pinnerformer import PeriodicTimeEncoding, PinnerFormer, abs_periods, attention_mask, train
 from pinrank.pipeline import features as F
 from pinrank.pipeline.config import OBJECTIVES, PinnerFormerConfig, PipelineConfig, TrainConfig
 
@@ -273,3 +273,112 @@ def test_recall_criterion_without_validation_examples_is_refused(tmp_path):
 def test_unknown_metric_is_a_config_error():
     with pytest.raises(ValueError, match="early_stopping_metric"):
         TrainConfig(early_stopping_metric="ndcg")
+
+
+# ----------------------------------------------------------------------------------- mixed precision
+# train.mixed_precision: PinnerFormer under Keras' mixed policies. Tested on CPU (bfloat16, and
+# float16's loss scaling); untested on GPU. Variables, the loss and the embeddings stay float32, the
+# float32 path is unchanged (the tests above), and the policy is float32 again after building.
+
+_MP_SEED = tf.constant([0, 1], tf.int64)
+
+
+def _mp_cfg(precision: str) -> PipelineConfig:
+    return PipelineConfig(train=TrainConfig(mixed_precision=precision, train_steps=8,
+                                            steps_per_epoch=8, warmup_steps=0))
+
+
+def _mp_feats(seed=0, n=16):
+    return {k: tf.constant(v) for k, v in _batch(np.random.default_rng(seed), n).items()}
+
+
+def _mp_loss(model, feats):
+    return model.pair_loss(feats, training=False, seed=_MP_SEED, update_sketch=False)[0]
+
+
+def test_unknown_precision_is_a_config_error():
+    with pytest.raises(ValueError, match="train.mixed_precision must be one of"):
+        TrainConfig(mixed_precision="float16")
+    assert TrainConfig().mixed_precision == ""
+
+
+def test_policy_is_float32_again_after_the_block_even_on_errors():
+    with pytest.raises(RuntimeError):
+        with train.precision_policy("mixed_bfloat16"):
+            assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+            raise RuntimeError("boom")
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with train.precision_policy(""):
+        assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_time_encoding_under_a_bfloat16_policy():
+    """The known failure: a bfloat16 layer added its bfloat16 phases to the float32 angles."""
+    ts = tf.constant([[1_650_000_000, 1_650_001_234], [0, 86_399]], tf.int64)
+    ref = PeriodicTimeEncoding(abs_periods())(ts).numpy()
+    out = PeriodicTimeEncoding(abs_periods(), dtype="mixed_bfloat16")(ts)
+    assert out.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), ref, atol=0.1)  # bf16 rounding
+
+
+def test_bfloat16_pinnerformer_matches_float32_and_trains():
+    feats = _mp_feats()
+    ref = _model()
+    with train.precision_policy("mixed_bfloat16"):
+        model = _model()
+        model.compile(optimizer=train.make_optimizer(_mp_cfg("mixed_bfloat16")))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    # Same weights as the float32 model (both built by one forward pass first).
+    for m in (ref, model):
+        _mp_loss(m, feats)
+        m(feats)
+    model.set_weights(ref.get_weights())
+
+    block = model.blocks[0]
+    assert block.ffn_in.compute_dtype == "bfloat16" and block.attn.compute_dtype == "bfloat16"
+    assert model.action_features.compute_dtype == "bfloat16"
+    assert model.action_features.abs_time.compute_dtype == "float32"  # time features stay float32
+    assert model.compute_dtype == "float32"
+    assert all(v.dtype in (tf.float32, tf.int64) for v in model.variables)
+
+    user = model(feats)
+    assert user.dtype == tf.float32
+    np.testing.assert_allclose(np.linalg.norm(user.numpy(), axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(user.numpy(), ref(feats).numpy(), atol=0.05)
+    item = model.item_embedding(tf.constant(ITEM_IDS[:5]))
+    assert item.dtype == tf.float32
+
+    loss, want = _mp_loss(model, feats), _mp_loss(ref, feats)
+    assert loss.dtype == tf.float32
+    assert float(loss) == pytest.approx(float(want), rel=2e-2)
+
+    hist = model.fit(tf.data.Dataset.from_tensors(feats).repeat(), steps_per_epoch=4, epochs=1,
+                     verbose=0)
+    assert np.all(np.isfinite(hist.history["loss"]))
+    assert all(v.dtype in (tf.float32, tf.int64) for v in model.variables)
+    assert float(_mp_loss(model, feats)) < float(want)  # the steps were taken and helped
+
+    # A serving signature as export.py builds them: float32 embeddings out.
+    spec = {k: tf.TensorSpec([None, M], tf.float32 if k == F.xf(F.HIST_DURATION) else tf.int64)
+            for k in SEQ_KEYS}
+    spec[F.SEQ_LEN_XF] = tf.TensorSpec([None], tf.int64)
+    serve = tf.function(lambda f: {"embedding": model(f, training=False)}, input_signature=[spec])
+    assert serve.get_concrete_function().structured_outputs["embedding"].dtype == tf.float32
+
+
+def test_float16_adds_loss_scaling():
+    assert not isinstance(train.make_optimizer(_mp_cfg("")), keras.mixed_precision.LossScaleOptimizer)
+    feats = _mp_feats(1)
+    with train.precision_policy("mixed_float16"):
+        model = _model()
+        model.compile(optimizer=train.make_optimizer(_mp_cfg("mixed_float16")))
+    assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)
+    assert model.blocks[0].ffn_in.compute_dtype == "float16"
+    assert model(feats).dtype == tf.float32
+    hist = model.fit(tf.data.Dataset.from_tensors(feats).repeat(), steps_per_epoch=8, epochs=1,
+                     verbose=0)
+    assert np.all(np.isfinite(hist.history["loss"]))
+    # Dynamic loss scaling skips the steps whose scaled gradients overflow and lowers the scale;
+    # some of the 8 steps must have been applied.
+    assert float(model.optimizer.loss_scale) < 2.0 ** 15
+    assert float(model.temperature) != pytest.approx(CFG.init_temperature, abs=1e-7)

@@ -302,6 +302,14 @@ class RankerTrainConfig:
     train_steps: int = 500
     eval_steps: int = 20
     shuffle_labels: bool = False  # randomisation test: such a ranker must not be blessed
+    # As train.mixed_precision, for the ranker: "" (float32), "mixed_bfloat16" or "mixed_float16";
+    # the loss and the exported scores stay float32. Tested on CPU with bfloat16 only.
+    mixed_precision: str = ""
+
+    def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"ranker_train.mixed_precision must be one of {MIXED_PRECISION}, "
+                             f"got {self.mixed_precision!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -122,7 +122,13 @@ def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
         weight_decay=t.weight_decay, clipnorm=1.0, **ema)
     # Decaying log(temperature) would pull tau towards 1 instead of letting it learn.
     opt.exclude_from_weight_decay(var_names=["log_temperature"])
-    if t.mixed_precision == "mixed_float16":  # dynamic loss scaling against float16 underflow
+    return loss_scaled(opt, t.mixed_precision)
+
+
+def loss_scaled(opt: keras.optimizers.Optimizer, precision: str) -> keras.optimizers.Optimizer:
+    """`opt` in Keras' LossScaleOptimizer (dynamic loss scaling against float16 gradient
+    underflow) under "mixed_float16", else `opt` itself; the models' train_step scale the loss."""
+    if precision == "mixed_float16":
         return keras.mixed_precision.LossScaleOptimizer(opt)
     return opt
 

@@ -23,9 +23,9 @@ class CrossLayer(keras.layers.Layer):
     def call(self, x0, xl=None, projected=None):
         """xl defaults to x0 (first layer). `projected` = precomputed x_l @ kernel (see
         CrossNetwork.call_split); when given, xl is only used for the residual."""
-        xl = x0 if xl is None else xl
-        if projected is None:
-            projected = tf.matmul(xl, self.kernel)
+        # x0 is autocast to the compute dtype (mixed precision); xl and `projected` are cast here.
+        xl = x0 if xl is None else tf.cast(xl, self.compute_dtype)
+        projected = tf.matmul(xl, self.kernel) if projected is None else tf.cast(projected, self.compute_dtype)
         return x0 * (projected + self.bias) + xl
 
     def get_config(self):

@@ -21,6 +21,10 @@ Training (`fit`): labels = {head: [B]} or [B, H] 0/1 in `cfg.heads` order; optio
 loss = losses.weighted_bce_from_logits with losses.head_weights(labels, cfg.label_weights,
 cfg.no_action_weight) (rule in losses.py).
 
+Mixed precision (ranker_train.mixed_precision): the model itself stays float32 (its inputs are not
+cast), its layers compute in the policy's dtype; the blocks are concatenated in float32 and the
+logits, probabilities and loss are float32, so the exported scores keep their dtype.
+
 Serving: `rank_request(user_features, candidate_features)` scores one request (one user, N candidates) and
 computes the user-only work once: context embeddings, numeric BN, PinnerFormer input, realtime action
 lookups and key mask (and with fusion "none" the whole TransAct output), plus the user block's share of the
@@ -79,6 +83,7 @@ class Ranker(keras.Model):
     """See the module docstring. `seed` seeds TransAct's time-window draws (None = global RNG)."""
 
     def __init__(self, cfg: RankerConfig, seed: Optional[int] = None, name: str = "ranker", **kwargs):
+        kwargs.setdefault("dtype", "float32")  # float32 model, mixed layers (module docstring)
         super().__init__(name=name, **kwargs)
         self.cfg = cfg
         self.heads = cfg.heads
@@ -100,7 +105,7 @@ class Ranker(keras.Model):
     @staticmethod
     def _lookup(layer, vocab, ids):
         ids = _column(ids, tf.int32)
-        return layer(tf.where((ids < 0) | (ids >= vocab), vocab, ids))
+        return tf.cast(layer(tf.where((ids < 0) | (ids >= vocab), vocab, ids)), tf.float32)
 
     def user_block(self, features, training=None):
         """[B, Du]: context embeddings, BN(numerics), PinnerFormer embedding (Du may be 0)."""
@@ -109,7 +114,7 @@ class Ranker(keras.Model):
                  for layer, (n, v, _) in zip(self.context_embeddings, cfg.context_categorical)]
         if self.numeric_norm is not None:
             num = tf.stack([_column(features[n], tf.float32) for n in cfg.context_numeric], axis=-1)
-            parts.append(self.numeric_norm(num, training=training))
+            parts.append(tf.cast(self.numeric_norm(num, training=training), tf.float32))
         if cfg.use_pinnerformer:
             pf = tf.cast(features[PINNERFORMER_EMB], tf.float32)
             pf = tf.reshape(pf, [-1, cfg.pinnerformer_dim])
@@ -137,7 +142,7 @@ class Ranker(keras.Model):
         """MLP + heads on the cross-network output -> logits [N, H]."""
         for dense, drop in zip(self.mlp, self.mlp_dropout):
             x = drop(dense(x), training=training)
-        return self.head_layer(x)
+        return tf.cast(self.head_layer(x), tf.float32)
 
     # ------------------------------------------------------------------------------------ forward
     @_no_autograph
@@ -145,7 +150,7 @@ class Ranker(keras.Model):
         """[B, H] logits in `cfg.heads` order."""
         parts = [self.user_block(features, training=training)]
         if self.transact is not None:
-            parts.append(self.transact(self._realtime_inputs(features), training=training))
+            parts.append(tf.cast(self.transact(self._realtime_inputs(features), training=training), tf.float32))
         parts.append(self.candidate_block(features))
         return self.top(self.cross(tf.concat(parts, axis=-1)), training=training)
 
@@ -173,9 +178,9 @@ class Ranker(keras.Model):
         if self.transact is not None:
             seq = (user[RT_ACTION_TYPE], user[RT_ITEM_EMB], user[RT_ACTION_TS], user[REQUEST_TS])
             if cfg.realtime.fusion == "none":
-                shared.append(self.transact.call_request(*seq, candidate_emb=None))  # [1, R]
+                shared.append(tf.cast(self.transact.call_request(*seq, candidate_emb=None), tf.float32))  # [1, R]
             else:
-                per_row.append(self.transact.call_request(*seq, candidate_emb=cand_emb))  # [N, R]
+                per_row.append(tf.cast(self.transact.call_request(*seq, candidate_emb=cand_emb), tf.float32))
         per_row.append(self.candidate_block(dict(candidate_features, **{CANDIDATE_EMB: cand_emb})))
         shared = tf.concat(shared, axis=-1) if len(shared) > 1 else shared[0]
         per_row = tf.concat(per_row, axis=-1) if len(per_row) > 1 else per_row[0]
@@ -201,6 +206,7 @@ class Ranker(keras.Model):
     def train_step(self, data):
         features, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        scaled = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)  # mixed_float16
         with tf.GradientTape() as tape:
             out = self(features, training=True, return_logits=True)
             logits = tf.stack([out[h] for h in self.heads], axis=-1)
@@ -208,8 +214,13 @@ class Ranker(keras.Model):
             total = loss / replicas
             if self.losses:
                 total += tf.add_n(self.losses)
+            if scaled:
+                total = self.optimizer.get_scaled_loss(total)
         variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        grads = tape.gradient(total, variables)
+        if scaled:
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        self.optimizer.apply_gradients(zip(grads, variables))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 

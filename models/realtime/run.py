@@ -71,13 +71,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         make_dataset(fn_args, fn_args.eval_files, tft_out, rcfg.batch_size, rcfg.seed, False),
         featurizer)
     strategy = distribute.strategy()  # several workers when TF_CONFIG names them
-    with strategy.scope():
+    precision = cfg.ranker_train.mixed_precision
+    with train.precision_policy(precision), strategy.scope():
         model = R.Ranker(rcfg, seed=rcfg.seed)
-        model.compile(optimizer=R.make_optimizer(rcfg))
+        model.compile(optimizer=train.loss_scaled(R.make_optimizer(rcfg), precision))
     steps = fn_args.train_steps
     per_epoch = max(1, min(100, steps))
-    logging.info("Ranker: realtime=%s pinnerformer=%s, %d steps", rcfg.use_realtime,
-                 rcfg.use_pinnerformer, steps)
+    logging.info("Ranker: realtime=%s pinnerformer=%s, %d steps, precision %s", rcfg.use_realtime,
+                 rcfg.use_pinnerformer, steps, precision or "float32")
     model.fit(train_ds, steps_per_epoch=per_epoch, epochs=max(1, steps // per_epoch),
               validation_data=eval_ds, validation_steps=fn_args.eval_steps, verbose=2,
               callbacks=train.callbacks(fn_args.model_run_dir))

@@ -154,7 +154,8 @@ class TransAct(keras.layers.Layer):
         idx, pad = self._action_ids(action_type)
         item = tf.cast(_fit_width(tf.convert_to_tensor(item_emb_seq), self.cfg.seq_len), tf.float32)
         item.set_shape([None, self.cfg.seq_len, self.cfg.item_emb_dim])
-        rows = tf.concat([self.action_embedding(idx), item], axis=-1)
+        # float32 rows under any policy (mixed precision); run_encoder casts them to the compute dtype.
+        rows = tf.concat([tf.cast(self.action_embedding(idx), tf.float32), item], axis=-1)
         return tf.where(pad[..., None], tf.zeros_like(rows), rows), pad
 
     def draw_time_window(self):
@@ -200,12 +201,14 @@ class TransAct(keras.layers.Layer):
         if fusion == "concat":
             tiled = tf.tile(cand[:, None, :], [1, self.cfg.seq_len, 1])
             return tf.concat([rows, tiled], axis=-1), valid
-        token_action = self.action_embedding(tf.fill(tf.reshape(n, [1]), self.candidate_action_id))
+        token_action = tf.cast(self.action_embedding(tf.fill(tf.reshape(n, [1]), self.candidate_action_id)),
+                               tf.float32)
         token = tf.concat([token_action, cand], axis=-1)[:, None, :]
         return tf.concat([rows, token], axis=1), tf.concat([valid, tf.ones(tf.stack([n, 1]), tf.bool)], 1)
 
     def run_encoder(self, x, valid, training=None):
         mask = valid[:, None, :]
+        x = tf.cast(x, self.compute_dtype)  # bfloat16 / float16 under a mixed policy, else a no-op
         for block in self.blocks:
             x = block(x, mask, training=training)
         if self.final_ln is not None:

@@ -8,7 +8,7 @@ import tf_keras as keras
 
 from pinrank.models.pinnerformer import PeriodicTimeEncoding, PinnerFormer, abs_periods, attention_mask, train
 from pinrank.pipeline import features as F
-from pinrank.pipeline.config import OBJECTIVES, PinnerFormerConfig, PipelineConfig, TrainConfig
+from pinrank.pipeline.config import OBJECTIVES, PinnerFormerConfig, PipelineConfig, RankerTrainConfig, TrainConfig
 
 M, FUT, N_ITEMS, DIN = 8, 5, 40, 6
 CFG = PinnerFormerConfig(seq_len=M, hidden=16, num_layers=2, num_heads=2, output_dim=8, action_emb_dim=4,
@@ -299,7 +299,11 @@ def _mp_loss(model, feats):
 def test_unknown_precision_is_a_config_error():
     with pytest.raises(ValueError, match="train.mixed_precision must be one of"):
         TrainConfig(mixed_precision="float16")
-    assert TrainConfig().mixed_precision == ""
+    with pytest.raises(ValueError, match="ranker_train.mixed_precision must be one of"):
+        RankerTrainConfig(mixed_precision="bfloat16")
+    assert TrainConfig().mixed_precision == "" and RankerTrainConfig().mixed_precision == ""
+    cfg = PipelineConfig().replace(train={"mixed_precision": "mixed_bfloat16"})
+    assert PipelineConfig.from_json(cfg.to_json()).train.mixed_precision == "mixed_bfloat16"
 
 
 def test_policy_is_float32_again_after_the_block_even_on_errors():

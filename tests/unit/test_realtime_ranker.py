@@ -135,3 +135,48 @@ def test_fit_reduces_weighted_loss_and_label_formats_agree():
     assert np.all(np.isfinite(hist.history["loss"]))
     assert after < 0.6 * before, (before, after)
     assert model.evaluate(ds.take(1), verbose=0) > 0
+
+
+def test_bfloat16_ranker_matches_float32_and_trains():
+    """ranker_train.mixed_precision="mixed_bfloat16" on CPU (untested on GPU): bfloat16 layers,
+    float32 variables, probabilities and loss; close to the float32 model with the same weights."""
+    import tf_keras as keras
+
+    from pinrank.models.pinnerformer import train
+    cfg = CFG.replace(realtime={"fusion": "append"})  # the candidate token's lookup too
+    rng = np.random.default_rng(4)
+    feats, y = _toy(rng, 32)
+    ref = Ranker(cfg, seed=0)
+    with train.precision_policy("mixed_bfloat16"):
+        model = Ranker(cfg, seed=0)
+        model.compile(optimizer=train.loss_scaled(make_optimizer(cfg), "mixed_bfloat16"))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    ref(feats)
+    model(feats)
+    model.set_weights(ref.get_weights())
+    assert model.compute_dtype == "float32"
+    assert model.transact.blocks[0].attn.compute_dtype == "bfloat16"
+    assert model.cross.cross_layers[0].compute_dtype == "bfloat16"
+    assert all(v.dtype in (tf.float32, tf.int64) for v in model.variables)
+
+    def loss(m):
+        out = m(feats, training=False, return_logits=True)
+        assert all(v.dtype == tf.float32 for v in out.values())
+        return float(m.compute_weighted_loss(y, tf.stack([out[h] for h in cfg.heads], -1)))
+
+    probs = model(feats, training=False)
+    assert all(v.dtype == tf.float32 for v in probs.values())
+    np.testing.assert_allclose(_probs(probs, cfg.heads), _probs(ref(feats, training=False), cfg.heads),
+                               atol=0.03)
+    assert loss(model) == pytest.approx(loss(ref), rel=2e-2)
+    user = {k: feats[k][0] for k in user_feature_keys(cfg)}
+    cand = {k: feats[k][:5] for k in candidate_feature_keys(cfg)}
+    scores = model.rank_request(user, cand)
+    assert all(v.dtype == tf.float32 for v in scores.values())
+
+    before = loss(model)
+    hist = model.fit(tf.data.Dataset.from_tensors((feats, y)).repeat(), steps_per_epoch=3, epochs=1,
+                     verbose=0)
+    assert np.all(np.isfinite(hist.history["loss"]))
+    assert all(v.dtype in (tf.float32, tf.int64) for v in model.variables)
+    assert loss(model) < before

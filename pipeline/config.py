@@ -219,7 +219,8 @@ class TrainConfig:
     ema_momentum: float = 0.0
     # Keras mixed precision for the PinnerFormer layers: "" (float32), "mixed_bfloat16" or
     # "mixed_float16" (adds loss scaling). Variables, the loss, the time encodings and the
-    # exported embeddings stay float32 (docs/protocol.md). Tested on CPU with bfloat16 only.
+    # exported embeddings stay float32 (docs/models.md, "Mixed precision"). Tested on CPU only,
+    # untested on GPU.
     mixed_precision: str = ""
     seed: int = 0
 
@@ -304,6 +305,7 @@ class RankerTrainConfig:
     shuffle_labels: bool = False  # randomisation test: such a ranker must not be blessed
     # As train.mixed_precision, for the ranker: "" (float32), "mixed_bfloat16" or "mixed_float16";
     # the loss and the exported scores stay float32. Tested on CPU with bfloat16 only.
+    # (docs/models.md, "Mixed precision")
     mixed_precision: str = ""
 
     def __post_init__(self):

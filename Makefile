@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: env demo test test-fast e2e lint bench bench-train presets clean
+.PHONY: env demo test test-fast e2e lint bench bench-train bench-scale presets clean
 
 # --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on our machines) nothing else writes
 # .pyc files, and every process would recompile TensorFlow's sources (~5 s CPU per import).
@@ -51,6 +51,12 @@ bench: env
 # at the two comparison dims, synthetic inputs (benchmarks/train_throughput.py; ~5 min on 2 cores).
 bench-train: env
 	$(VENV)/bin/python benchmarks/train_throughput.py $(ARGS)
+
+# Scale: the whole pipeline on 1M and 10M synthetic events, DirectRunner multi-process: wall,
+# peak RSS of the process tree, per-component time from MLMD, ratio to the 1M run
+# (benchmarks/scale.py; hours on 2 cores). ARGS="--events 20000 --preset tiny" for a smoke run.
+bench-scale: env
+	$(VENV)/bin/python benchmarks/scale.py run --out runs/scale.json $(ARGS)
 
 # A local Redis for the action store (redis://127.0.0.1:6379/0), loopback only, no persistence;
 # idempotent (serving/deploy/redis-local.sh). Tests start their own servers.

@@ -273,24 +273,30 @@ def _ratio(first, last) -> str:
     return f"{last / first:.2f}x"
 
 
-def table_rows(results: List[dict]) -> List[Tuple[str, list]]:
-    """(label, one value per run) in table order: counts, wall, memory, then the components in
-    the order they ran (first appearance over the runs)."""
-    rows: List[Tuple[str, list]] = [
-        ("exit code", [r["returncode"] for r in results]),
-        *[(k, [r.get("counts", {}).get(k) for r in results]) for k in COUNT_KEYS],
-        ("wall s", [r["wall_s"] for r in results]),
-        ("peak tree RSS MB", [r["peak_tree_rss_mb"] for r in results]),
-        ("largest process RSS MB", [r["peak_process_rss_mb"] for r in results]),
-        ("processes (max)", [r.get("max_processes") for r in results]),
+def table_rows(results: List[dict]) -> List[Tuple[str, list, List[str]]]:
+    """(label, one value per run, one mark per run) in table order: counts, wall, memory, then
+    the components in the order they ran (first appearance over the runs). A component's mark
+    is "!" when its execution did not end COMPLETE (a failed, killed or cached one)."""
+    def plain(label, values):
+        return (label, values, [""] * len(results))
+
+    rows = [
+        plain("exit code", [r["returncode"] for r in results]),
+        *[plain(k, [r.get("counts", {}).get(k) for r in results]) for k in COUNT_KEYS],
+        plain("wall s", [r["wall_s"] for r in results]),
+        plain("peak tree RSS MB", [r["peak_tree_rss_mb"] for r in results]),
+        plain("largest process RSS MB", [r["peak_process_rss_mb"] for r in results]),
+        plain("processes (max)", [r.get("max_processes") for r in results]),
     ]
     order: Dict[str, tuple] = {}
     for i, r in enumerate(results):
         for node, c in r.get("components", {}).items():
             order.setdefault(node, (i, c.get("start_ms", 0)))
     for node in sorted(order, key=lambda n: order[n]):
-        rows.append((f"{node} s", [r.get("components", {}).get(node, {}).get("s")
-                                   for r in results]))
+        cells = [r.get("components", {}).get(node, {}) for r in results]
+        rows.append((f"{node} s", [c.get("s") for c in cells],
+                     ["!" if c and c.get("state", "COMPLETE") != "COMPLETE" else ""
+                      for c in cells]))
     return rows
 
 
@@ -313,8 +319,10 @@ def render_table(results: List[dict]) -> str:
     ratio = len(results) > 1
     head = ["events"] + names + ([f"x {names[0]}"] if ratio else [])
     body = []
-    for label, values in table_rows(results):
-        cells = [label] + [_fmt(v) for v in values]
+    marked = False
+    for label, values, marks in table_rows(results):
+        cells = [label] + [_fmt(v) + m for v, m in zip(values, marks)]
+        marked = marked or any(marks)
         if ratio:
             cells.append("" if label in ("exit code", "processes (max)")
                          else _ratio(values[0], values[-1]))
@@ -328,6 +336,9 @@ def render_table(results: List[dict]) -> str:
     lines.append(f"\npreset {r0.get('preset')}, DirectRunner multi_processing with "
                  f"{r0.get('workers')} workers; wall = the `pinrank run` subprocess; RSS summed "
                  f"over the process tree (shared pages once per process)")
+    if marked:
+        lines.append("!: the execution did not end COMPLETE (failed, killed while running, or "
+                     "cached): its time is not the component's")
     if ratio:
         lines.append(f"x {names[0]}: the last column ({names[-1]}) over the first")
     for name, r in zip(names, results):

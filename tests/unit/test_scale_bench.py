@@ -49,7 +49,7 @@ def test_table_has_one_column_per_size_and_the_ratio_to_the_smallest():
     assert row["events"][-3:] == ["1,000,000", "10,000,000", "10.00x"]
     assert row["DatasetGen s"][-1] == "9.50x"
     assert row["Pusher s"][-3:] == ["-", "1.0", "-"]  # absent from the first run
-    labels = [label for label, _ in scale.table_rows(results)]
+    labels = [row[0] for row in scale.table_rows(results)]
     assert labels.index("DatasetGen s") < labels.index("Trainer s") < labels.index("Pusher s")
 
 
@@ -58,12 +58,16 @@ def test_table_names_a_failed_run_and_report_merges_files(tmp_path):
     bad = _run(40_000, 5.0, 300.0, [], returncode=1,
                stderr_tail=["Traceback ...", "ValueError: boom"])
     bad["counts"] = {}
+    bad["components"] = {"DatasetGen": {"s": 0.0, "state": "RUNNING", "start_ms": 0}}
     (tmp_path / "a.json").write_text(json.dumps([bad]))
     (tmp_path / "b.json").write_text(json.dumps(ok))
     merged = scale.load([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert [r["target_events"] for r in merged] == [20_000, 40_000]  # sorted by size
     text = scale.render_table(merged)
     assert "40k: FAILED (exit 1): Traceback ... | ValueError: boom" in text
+    assert [ln.split()[-3:] for ln in text.splitlines() if ln.startswith("DatasetGen")] == [
+        ["2.0", "0.0!", "0.00x"]]
+    assert "!: the execution did not end COMPLETE" in text
     assert scale.render_table([ok]).splitlines()[0].split() == ["events", "20k"]  # no ratio
 
 

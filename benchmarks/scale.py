@@ -44,6 +44,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import psutil
+
 MARKER = ".scale-bench"  # a home this script made (and may wipe)
 COUNT_KEYS = ("events", "impressions", "users", "items")
 EVENT_LOG_TYPE = "pinrank.EventLog"
@@ -144,8 +146,6 @@ class TreeSampler:
     """Peak summed RSS of a process and its live descendants, and the largest single RSS."""
 
     def __init__(self, pid: int):
-        import psutil
-        self.psutil = psutil
         self.root = psutil.Process(pid)
         self.peak_tree = self.peak_single = 0
         self.max_procs = self.samples = 0
@@ -153,13 +153,13 @@ class TreeSampler:
     def sample(self) -> None:
         try:
             procs = [self.root] + self.root.children(recursive=True)
-        except self.psutil.Error:
+        except psutil.Error:
             return
         rss = []
         for p in procs:
             try:
                 rss.append(p.memory_info().rss)
-            except self.psutil.Error:  # exited between listing and reading
+            except psutil.Error:  # exited between listing and reading
                 pass
         if rss:
             self.samples += 1
@@ -169,7 +169,6 @@ class TreeSampler:
 
 
 def kill_tree(pid: int) -> None:
-    import psutil
     try:
         root = psutil.Process(pid)
         procs = root.children(recursive=True) + [root]
@@ -207,6 +206,7 @@ def run_size(target: int, args) -> dict:
         cmd += ["--set", s]
     print(f"[{time.strftime('%H:%M:%S')}] {human(target)} events: {' '.join(sets)} "
           f"(log {log})", flush=True)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     start = time.monotonic()
     with open(log, "wb") as out, open(log + ".stderr", "wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
@@ -229,6 +229,8 @@ def run_size(target: int, args) -> dict:
     components, counts = read_mlmd(mlmd_path)
     row = {"target_events": target, "preset": args.preset, "set": sets,
            "workers": args.workers, "home": home, "metadata_path": mlmd_path,
+           "started_at": started_at, "cpus": os.cpu_count(),
+           "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
            "returncode": proc.returncode, "timed_out": timed_out, "wall_s": round(wall, 1),
            "peak_tree_rss_mb": round(sampler.peak_tree / 2**20, 1),
            "peak_process_rss_mb": round(sampler.peak_single / 2**20, 1),
@@ -334,7 +336,8 @@ def render_table(results: List[dict]) -> str:
     lines = [fmt_line(head), "-" * len(fmt_line(head))] + [fmt_line(c) for c in body]
     r0 = results[0]
     lines.append(f"\npreset {r0.get('preset')}, DirectRunner multi_processing with "
-                 f"{r0.get('workers')} workers; wall = the `pinrank run` subprocess; RSS summed "
+                 f"{r0.get('workers')} workers, {r0.get('cpus', '?')} CPUs, "
+                 f"{r0.get('memory_gb', '?')} GB; wall = the `pinrank run` subprocess; RSS summed "
                  f"over the process tree (shared pages once per process)")
     if marked:
         lines.append("!: the execution did not end COMPLETE (failed, killed while running, or "

@@ -289,6 +289,8 @@ def table_rows(results: List[dict]) -> List[Tuple[str, list, List[str]]]:
         plain("peak tree RSS MB", [r["peak_tree_rss_mb"] for r in results]),
         plain("largest process RSS MB", [r["peak_process_rss_mb"] for r in results]),
         plain("processes (max)", [r.get("max_processes") for r in results]),
+        plain("components, sum s", [round(sum(c["s"] for c in r["components"].values()), 1)
+                                    if r.get("components") else None for r in results]),
     ]
     order: Dict[str, tuple] = {}
     for i, r in enumerate(results):
@@ -319,7 +321,7 @@ def render_table(results: List[dict]) -> str:
         return "(no runs)"
     names = column_names(results)
     ratio = len(results) > 1
-    head = ["events"] + names + ([f"x {names[0]}"] if ratio else [])
+    head = ["target events"] + names + ([f"x {names[0]}"] if ratio else [])
     body = []
     marked = False
     for label, values, marks in table_rows(results):

@@ -42,12 +42,13 @@ def test_table_has_one_column_per_size_and_the_ratio_to_the_smallest():
                                                  ("Pusher", 1.0)])]
     text = scale.render_table(results)
     lines = text.splitlines()
-    assert lines[0].split() == ["events", "1M", "10M", "x", "1M"]
+    assert lines[0].split() == ["target", "events", "1M", "10M", "x", "1M"]
     row = {ln.split("  ")[0].strip(): ln.split() for ln in lines[2:] if ln.strip()}
     assert row["wall s"][-3:] == ["100.0", "800.0", "8.00x"]
     assert row["peak tree RSS MB"][-3:] == ["1,000.0", "3,000.0", "3.00x"]
     assert row["events"][-3:] == ["1,000,000", "10,000,000", "10.00x"]
     assert row["DatasetGen s"][-1] == "9.50x"
+    assert row["components, sum s"][-3:] == ["60.0", "496.0", "8.27x"]
     assert row["Pusher s"][-3:] == ["-", "1.0", "-"]  # absent from the first run
     labels = [row[0] for row in scale.table_rows(results)]
     assert labels.index("DatasetGen s") < labels.index("Trainer s") < labels.index("Pusher s")
@@ -68,7 +69,7 @@ def test_table_names_a_failed_run_and_report_merges_files(tmp_path):
     assert [ln.split()[-3:] for ln in text.splitlines() if ln.startswith("DatasetGen")] == [
         ["2.0", "0.0!", "0.00x"]]
     assert "!: the execution did not end COMPLETE" in text
-    assert scale.render_table([ok]).splitlines()[0].split() == ["events", "20k"]  # no ratio
+    assert scale.render_table([ok]).splitlines()[0].split() == ["target", "events", "20k"]  # no ratio
 
 
 def _fake_pipeline_store(path, with_event_log=True):

@@ -386,6 +386,9 @@ def _user_error_code(e: BaseException):
     pusher = sys.modules.get("pinrank.components.atomic_pusher")  # a serving dir it cannot write
     if pusher is not None and isinstance(e, pusher.PushError):
         return 1
+    runs = sys.modules.get("pinrank.pipeline.runs")  # another run holds the same store
+    if runs is not None and isinstance(e, runs.RunBusyError):
+        return 1
     if isinstance(e, (FileNotFoundError, NotADirectoryError)):
         return 1
     return None

@@ -19,7 +19,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from pinrank.pipeline.config import PipelineConfig
-from pinrank.pipeline.runs import RunPaths
+from pinrank.pipeline.runs import RunPaths, run_lock
 
 EMBEDDING_PIPELINE_ROOT = "embedding_pipeline_root"
 
@@ -143,9 +143,10 @@ def run(cfg: PipelineConfig, home: str, as_of: int, *, snapshot_root: Optional[s
     start = time.time()
     pipeline = build(cfg, paths, as_of, snapshot_root=snapshot_root, beam_args=beam_args,
                      enable_cache=enable_cache, overwrite=overwrite)
-    before = _max_execution_id(paths)
-    tfx.orchestration.LocalDagRunner().run(pipeline)
-    summary = summarize(cfg, paths, after_execution=before)
+    with run_lock(paths):
+        before = _max_execution_id(paths)
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+        summary = summarize(cfg, paths, after_execution=before)
     summary["wall_s"] = round(time.time() - start, 1)
     summary["paths"] = {**paths.__dict__, "embedding_pipeline_root": pipeline_root_for(paths),
                         "snapshot_root": snapshot_root or snapshot_root_for(paths)}

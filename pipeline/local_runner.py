@@ -11,16 +11,17 @@ from typing import Dict, List, Optional
 from tfx import v1 as tfx
 
 from pinrank.pipeline.config import PipelineConfig
-from pinrank.pipeline.runs import RunPaths, build, link_dataset, summarize
+from pinrank.pipeline.runs import RunPaths, build, link_dataset, run_lock, summarize
 
 
 def run(cfg: PipelineConfig, home: str, beam_args: Optional[List[str]] = None,
         enable_cache: bool = True) -> Dict:
     paths = RunPaths.for_config(cfg, home)
     start = time.time()
-    tfx.orchestration.LocalDagRunner().run(build(cfg, paths, beam_args, enable_cache))
-    link_dataset(paths)
-    summary = summarize(paths)
+    with run_lock(paths):
+        tfx.orchestration.LocalDagRunner().run(build(cfg, paths, beam_args, enable_cache))
+        link_dataset(paths)
+        summary = summarize(paths)
     summary["wall_s"] = round(time.time() - start, 1)
     summary["paths"] = paths.__dict__
     return summary

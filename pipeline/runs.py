@@ -1,7 +1,9 @@
 """What every runner shares: where a run lives, its input files, and the closing summary."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -41,6 +43,36 @@ class RunPaths:
                    metadata_path=os.path.join(root, "metadata.sqlite"),
                    serving_dir=os.path.join(root, "serving"),
                    data_dir=os.path.join(home, "data", _data_key(cfg)))
+
+
+class RunBusyError(RuntimeError):
+    """Another pipeline run holds the same MLMD store."""
+
+
+@contextlib.contextmanager
+def run_lock(paths: RunPaths):
+    """Hold `<store dir>/.run.lock` for a whole run. Two runs on one store would race for the
+    "last blessed" baseline, and each run's summary (the newest evaluation) could be the other's,
+    so a second run is refused with one line instead (an advisory flock, released when the
+    process ends, so a killed run leaves no stale lock)."""
+    root = os.path.dirname(paths.metadata_path)
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".run.lock"), "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise RunBusyError(f"another pipeline run (pid {holder}) is using {root}; wait for "
+                               f"it to finish or use another --home") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _data_key(cfg: PipelineConfig) -> str:

@@ -20,7 +20,7 @@ from pinrank.pipeline import bootstrap  # noqa: F401  (environment before Tensor
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
 from pinrank.pipeline.config import apply_overrides, preset
-from pinrank.pipeline.runs import DEFAULT_HOME, RunPaths, build
+from pinrank.pipeline.runs import DEFAULT_HOME, RunPaths, build, run_lock
 
 
 def config_from_env():
@@ -35,4 +35,6 @@ if __name__ == "__main__":
     cfg = config_from_env()
     # BeamDagRunner() without arguments is the IR-based runner
     # (docs/tfx-notes.md, "Runners: LocalDagRunner, BeamDagRunner, Kubeflow V2").
-    BeamDagRunner().run(build(cfg, RunPaths.for_config(cfg, os.environ.get("PINRANK_HOME", DEFAULT_HOME))))
+    paths = RunPaths.for_config(cfg, os.environ.get("PINRANK_HOME", DEFAULT_HOME))
+    with run_lock(paths):
+        BeamDagRunner().run(build(cfg, paths))

@@ -9,6 +9,7 @@ import json
 import os
 import resource
 import shutil
+import time
 from typing import Dict, List, Optional
 
 from tfx import v1 as tfx
@@ -50,7 +51,7 @@ class RunBusyError(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_lock(paths: RunPaths):
+def run_lock(paths: RunPaths, grace_s: float = 10.0):
     """Hold `<store dir>/.run.lock` for a whole run. Two runs on one store would race for the
     "last blessed" baseline, and each run's summary (the newest evaluation) could be the other's,
     so a second run is refused with one line instead (an advisory flock, released when the
@@ -58,13 +59,18 @@ def run_lock(paths: RunPaths):
     root = os.path.dirname(paths.metadata_path)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, ".run.lock"), "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise RunBusyError(f"another pipeline run (pid {holder}) is using {root}; wait for "
-                               f"it to finish or use another --home") from None
+        deadline = time.monotonic() + grace_s  # a killed holder's processes may still be dying
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "unknown"
+                    raise RunBusyError(f"another pipeline run (pid {holder}) is using {root}; "
+                                       f"wait for it to finish or use another --home") from None
+                time.sleep(0.2)
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))

@@ -19,7 +19,7 @@ def test_second_run_on_the_same_store_is_refused(tmp_path):
     paths = _paths(tmp_path)
     with run_lock(paths):
         with pytest.raises(RunBusyError, match=f"pid {os.getpid()}.*{os.path.dirname(paths.metadata_path)}"):
-            with run_lock(paths):
+            with run_lock(paths, grace_s=0.5):
                 pass
     with run_lock(paths):  # released
         pass
@@ -46,7 +46,7 @@ def test_another_process_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunBusyError, match=f"pid {holder.pid}"):
-            with run_lock(paths):
+            with run_lock(paths, grace_s=0.5):
                 pass
     finally:
         holder.kill()

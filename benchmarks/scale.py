@@ -22,6 +22,9 @@ Measured:
                   descendants (Beam workers included), sampled every --sample-s seconds; shared
                   pages count once per process, so this is an upper bound on the tree's footprint
   largest RSS     the largest RSS of one process at any sample
+  <component> peak tree RSS
+                  the largest summed RSS sampled while that component's execution ran (from
+                  MLMD's times; components the DAG runs side by side share their samples)
   <component> s   each execution of the run's MLMD store (<home>/<name>/<data key>/
                   metadata.sqlite, pipeline/runs.py RunPaths), create_time -> last_update_time,
                   keyed by node id; an execution's create time is its registration by the
@@ -112,6 +115,7 @@ def component_times(store) -> Dict[str, dict]:
         row["s"] = round(row["s"] + (ex.last_update_time_since_epoch
                                      - ex.create_time_since_epoch) / 1e3, 3)
         row["executions"] += 1
+        row["end_ms"] = ex.last_update_time_since_epoch
         row["state"] = STATE_NAMES.get(ex.last_known_state, str(ex.last_known_state))
     return out
 
@@ -132,6 +136,19 @@ def read_mlmd(path: Optional[str]) -> Tuple[Dict[str, dict], Dict[str, int]]:
     return component_times(store), event_counts(store)
 
 
+def component_peaks(components: Dict[str, dict], series: List[Tuple[float, int]]) -> None:
+    """Add each component's `peak_tree_rss_mb`: the largest summed RSS sampled while its
+    execution ran (create -> last update; a still-running one, to the last sample). Components
+    overlap when the DAG runs them side by side, so a peak is the tree's, not the component's
+    own; a component shorter than the sampling period may have no sample (None)."""
+    end_of_run = series[-1][0] if series else 0
+    for c in components.values():
+        start = c.get("start_ms", 0)
+        end = c.get("end_ms", end_of_run) if c.get("state") == "COMPLETE" else end_of_run
+        inside = [rss for t, rss in series if start <= t <= end]
+        c["peak_tree_rss_mb"] = round(max(inside) / 2**20, 1) if inside else None
+
+
 def find_metadata(home: str, summary: Optional[dict]) -> Optional[str]:
     """The run's store: the summary's paths when the run finished, else the only one in home."""
     path = ((summary or {}).get("paths") or {}).get("metadata_path")
@@ -149,6 +166,7 @@ class TreeSampler:
         self.root = psutil.Process(pid)
         self.peak_tree = self.peak_single = 0
         self.max_procs = self.samples = 0
+        self.series: List[Tuple[float, int]] = []  # (epoch ms, summed RSS), for component_peaks
 
     def sample(self) -> None:
         try:
@@ -166,6 +184,7 @@ class TreeSampler:
             self.peak_tree = max(self.peak_tree, sum(rss))
             self.peak_single = max(self.peak_single, max(rss))
             self.max_procs = max(self.max_procs, len(rss))
+            self.series.append((time.time() * 1e3, sum(rss)))
 
 
 def kill_tree(pid: int) -> None:
@@ -227,6 +246,7 @@ def run_size(target: int, args) -> dict:
             summary = json.load(fh)
     mlmd_path = find_metadata(home, summary)
     components, counts = read_mlmd(mlmd_path)
+    component_peaks(components, sampler.series)
     row = {"target_events": target, "preset": args.preset, "set": sets,
            "workers": args.workers, "home": home, "metadata_path": mlmd_path,
            "started_at": started_at, "cpus": os.cpu_count(),
@@ -301,6 +321,10 @@ def table_rows(results: List[dict]) -> List[Tuple[str, list, List[str]]]:
         rows.append((f"{node} s", [c.get("s") for c in cells],
                      ["!" if c and c.get("state", "COMPLETE") != "COMPLETE" else ""
                       for c in cells]))
+    for node in sorted(order, key=lambda n: order[n]):  # memory while each component ran
+        values = [r.get("components", {}).get(node, {}).get("peak_tree_rss_mb") for r in results]
+        if any(v is not None for v in values):
+            rows.append(plain(f"{node} peak tree RSS MB", values))
     return rows
 
 

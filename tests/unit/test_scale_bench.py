@@ -140,3 +140,21 @@ def test_mlmd_without_event_log_or_store(tmp_path):
     (home / "pinrank" / "synthetic-u1").mkdir(parents=True)
     (home / "pinrank" / "synthetic-u1" / "metadata.sqlite").write_text("")
     assert scale.find_metadata(str(home), None).endswith("synthetic-u1/metadata.sqlite")
+
+
+def test_component_peaks_take_the_samples_inside_each_execution():
+    mb = 2**20
+    components = {
+        "A": {"start_ms": 1000, "end_ms": 2000, "state": "COMPLETE"},
+        "B": {"start_ms": 2500, "end_ms": 2600, "state": "COMPLETE"},  # no sample inside
+        "C": {"start_ms": 3000, "end_ms": 3000, "state": "RUNNING"},  # killed: to the last sample
+    }
+    series = [(900.0, 50 * mb), (1000.0, 10 * mb), (1500.0, 30 * mb), (2000.0, 20 * mb),
+              (3500.0, 40 * mb), (4000.0, 5 * mb)]
+    scale.component_peaks(components, series)
+    assert [components[n]["peak_tree_rss_mb"] for n in "ABC"] == [30.0, None, 40.0]
+    rows = {label: values for label, values, _ in scale.table_rows([{
+        "returncode": 0, "wall_s": 1.0, "peak_tree_rss_mb": 50.0, "peak_process_rss_mb": 50.0,
+        "components": {n: {**c, "s": 1.0} for n, c in components.items()}}])}
+    assert rows["A peak tree RSS MB"] == [30.0] and rows["C peak tree RSS MB"] == [40.0]
+    assert "B peak tree RSS MB" not in rows

@@ -162,9 +162,10 @@ class Bench:
 
         self.cfg, self.label = cfg, label
         item_ids, item_emb = synthetic_catalog(cfg, num_items)
-        self.model = PinnerFormer(cfg.model, item_ids, item_emb, NUM_ACTIONS, NUM_SURFACES,
-                                  seed=cfg.train.seed)
-        self.model.compile(optimizer=train.make_optimizer(cfg))
+        with train.precision_policy(cfg.train.mixed_precision):  # as run_fn builds it
+            self.model = PinnerFormer(cfg.model, item_ids, item_emb, NUM_ACTIONS, NUM_SURFACES,
+                                      seed=cfg.train.seed)
+            self.model.compile(optimizer=train.make_optimizer(cfg))
         batch = {k: tf.constant(v) for k, v in synthetic_batch(cfg, item_ids).items()}
         self.iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
         self.train_function = self.model.make_train_function()

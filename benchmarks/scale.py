@@ -87,10 +87,6 @@ def _store(path: str):
     return metadata_store.MetadataStore(conn)
 
 
-STATE_NAMES = {0: "UNKNOWN", 1: "NEW", 2: "RUNNING", 3: "COMPLETE", 4: "FAILED", 5: "CACHED",
-               6: "CANCELED"}
-
-
 def component_times(store) -> Dict[str, dict]:
     """{node id: {"s": seconds, "state": last state, "executions": n, "start_ms": first
     create time}} for the executions of the store's newest pipeline run (create_time ->
@@ -116,7 +112,7 @@ def component_times(store) -> Dict[str, dict]:
                                      - ex.create_time_since_epoch) / 1e3, 3)
         row["executions"] += 1
         row["end_ms"] = ex.last_update_time_since_epoch
-        row["state"] = STATE_NAMES.get(ex.last_known_state, str(ex.last_known_state))
+        row["state"] = ex.State.Name(ex.last_known_state)
     return out
 
 

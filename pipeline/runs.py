@@ -75,10 +75,7 @@ def run_lock(paths: RunPaths, grace_s: float = 10.0):
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield  # closing the file releases the lock, also on errors
 
 
 def _data_key(cfg: PipelineConfig) -> str:

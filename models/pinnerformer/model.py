@@ -246,19 +246,14 @@ class PinnerFormer(keras.Model):
         features, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         seed = tf.stack([tf.constant(self._seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        scaled = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)  # mixed_float16
         with tf.GradientTape() as tape:
             loss, _ = self.pair_loss(features, training=True, seed=seed, update_sketch=True)
             total = loss / replicas
             if self.losses:
                 total += tf.add_n(self.losses)
-            if scaled:
-                total = self.optimizer.get_scaled_loss(total)
-        variables = self.trainable_variables
-        grads = tape.gradient(total, variables)
-        if scaled:
-            grads = self.optimizer.get_unscaled_gradients(grads)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        # As Keras' own train_step: a LossScaleOptimizer (mixed_float16) scales the loss and
+        # unscales the gradients here; any other optimizer is tape.gradient + apply_gradients.
+        self.optimizer.minimize(total, self.trainable_variables, tape=tape)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result(), "temperature": self.temperature}
 

@@ -127,7 +127,8 @@ def make_optimizer(cfg: PipelineConfig) -> keras.optimizers.Optimizer:
 
 def loss_scaled(opt: keras.optimizers.Optimizer, precision: str) -> keras.optimizers.Optimizer:
     """`opt` in Keras' LossScaleOptimizer (dynamic loss scaling against float16 gradient
-    underflow) under "mixed_float16", else `opt` itself; the models' train_step scale the loss."""
+    underflow) under "mixed_float16", else `opt` itself. The models' train_step call
+    `optimizer.minimize`, which then scales the loss and unscales the gradients."""
     if precision == "mixed_float16":
         return keras.mixed_precision.LossScaleOptimizer(opt)
     return opt

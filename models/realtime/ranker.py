@@ -206,7 +206,6 @@ class Ranker(keras.Model):
     def train_step(self, data):
         features, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        scaled = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)  # mixed_float16
         with tf.GradientTape() as tape:
             out = self(features, training=True, return_logits=True)
             logits = tf.stack([out[h] for h in self.heads], axis=-1)
@@ -214,13 +213,9 @@ class Ranker(keras.Model):
             total = loss / replicas
             if self.losses:
                 total += tf.add_n(self.losses)
-            if scaled:
-                total = self.optimizer.get_scaled_loss(total)
-        variables = self.trainable_variables
-        grads = tape.gradient(total, variables)
-        if scaled:
-            grads = self.optimizer.get_unscaled_gradients(grads)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        # As Keras' own train_step: a LossScaleOptimizer (mixed_float16) scales the loss and
+        # unscales the gradients here; any other optimizer is tape.gradient + apply_gradients.
+        self.optimizer.minimize(total, self.trainable_variables, tape=tape)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 

@@ -42,7 +42,10 @@ The model must be blessed (ModelBlessing custom property blessed == 1), else Mod
 Split by time: with the request times sorted (one per request), cutoff =
 times[floor(eval_time_quantile * n)]; requests with request_ts >= cutoff go to `eval`, the
 rest to `train` (ranking is evaluated on the future, like TransAct's week-3 evaluation). Ties at
-the cutoff all go to eval. The cutoff is exact: all request times (8 bytes each) are combined on
+the cutoff all go to eval. With `ranking.eval_sample_percent` < 100 an eval request is kept when
+sha256(request_id) falls in that percent of the hash range (whole requests, the same ones in every
+run and for every model), and the others are counted (`requests_eval_sampled_out`,
+`examples_eval_sampled_out`), so large data sets get a bounded evaluation. The cutoff is exact: all request times (8 bytes each) are combined on
 one worker, fine up to ~10^8 requests; beyond that switch to beam.ApproximateQuantiles.
 
 Events are validated with events.validate_events and impressions with validate_impressions;
@@ -430,6 +433,14 @@ def split_of(request_ts: int, cutoff: int) -> str:
     return "eval" if request_ts >= cutoff else "train"
 
 
+def in_eval_sample(request_id: str, percent: float) -> bool:
+    """Whether an eval request is kept under `ranking.eval_sample_percent` (100: all)."""
+    if percent >= 100.0:
+        return True
+    h = int.from_bytes(hashlib.sha256(str(request_id).encode()).digest()[:8], "big")
+    return h % 1_000_000 < round(percent * 10_000)
+
+
 def _ints(f, key, values):
     lst = f[key].int64_list
     lst.SetInParent()  # an empty list still has its kind (parsers see an empty int64 list)
@@ -475,7 +486,7 @@ def request_examples(user_id: str, req: dict, embedding: np.ndarray, present: in
     return out
 
 
-def _join_examples(element, cutoff) -> Iterator[tuple]:
+def _join_examples(element, cutoff, eval_sample_percent: float = 100.0) -> Iterator[tuple]:
     (user_id, day), grouped = element
     pf = list(grouped["pf"])
     # Runners deliver a key's values in no fixed order; request ids are unique.
@@ -485,6 +496,10 @@ def _join_examples(element, cutoff) -> Iterator[tuple]:
     emb, present = pf[0]
     for req in reqs:
         split = split_of(req["request_ts"], cutoff)
+        if split == "eval" and not in_eval_sample(req["request_id"], eval_sample_percent):
+            yield None, None, {"requests_eval_sampled_out": 1,
+                               "examples_eval_sampled_out": len(req["cand_item"])}
+            continue
         exs = request_examples(user_id, req, emb, present)
         counters = {f"requests_{split}": 1, f"examples_{split}": len(exs),
                     f"examples_without_pf_embedding_{split}": len(exs) * int(not present)}
@@ -600,7 +615,7 @@ def build_examples(p: beam.Pipeline, input_base: str, model_dir: str, cfg: Ranki
                  | "Cutoff" >> beam.Map(time_cutoff, cfg.eval_time_quantile))
     cutoff = beam.pvalue.AsSingleton(cutoff_pc)
     out = ({"pf": embeddings, "req": per_user.req} | "JoinByUserDay" >> beam.CoGroupByKey()
-           | "Examples" >> beam.FlatMap(_join_examples, cutoff))
+           | "Examples" >> beam.FlatMap(_join_examples, cutoff, cfg.eval_sample_percent))
     for split in SPLITS:
         (out | f"Only{split}" >> beam.Filter(lambda x, s=split: x[0] == s)
          | f"Serialize{split}" >> beam.Map(lambda x: x[1])
@@ -626,7 +641,8 @@ ZERO_COUNTERS = tuple(
     + ["requests", "users_with_requests", "users_without_requests", "candidates_truncated",
        "candidates_dropped_by_max_candidates", "history_truncated",
        "history_actions_dropped_by_max_history", "requests_without_history", "pf_user_days",
-       "pf_user_days_without_history", "pf_history_truncated", "users_without_pf_embedding"])
+       "pf_user_days_without_history", "pf_history_truncated", "users_without_pf_embedding",
+       "requests_eval_sampled_out", "examples_eval_sampled_out"])
 
 
 def _write_stats(output_uri: str, counters: Dict[str, int]) -> None:

@@ -283,6 +283,10 @@ class RankingConfig:
     max_candidates: int = 50  # candidates kept per request (counted when exceeded)
     max_history: int = 256  # actions kept before a request / a day start (counted)
     eval_time_quantile: float = 0.8  # requests at or after this quantile of request times -> eval
+    # Percent of the eval requests kept (whole requests, chosen by a hash of request_id, so the
+    # same ones in every run; the rest are counted as requests/examples_eval_sampled_out). Bounds
+    # the ranker's evaluation on large data: TFMA and the baseline check scale with eval examples.
+    eval_sample_percent: float = 100.0
     seed: int = 0
 
     def __post_init__(self):
@@ -295,6 +299,9 @@ class RankingConfig:
         if not 0.0 < self.eval_time_quantile < 1.0:
             raise ValueError(f"ranking.eval_time_quantile must be in (0, 1), "
                              f"got {self.eval_time_quantile}")
+        if not 0.0 < self.eval_sample_percent <= 100.0:
+            raise ValueError(f"ranking.eval_sample_percent must be in (0, 100], "
+                             f"got {self.eval_sample_percent}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,18 +53,21 @@ def callbacks(log_dir: str, update_freq="epoch") -> list:
 
 
 class ValidationRecall(keras.callbacks.Callback):
-    """Adds `val_recall@k` to each epoch's logs: the validation users' Recall@k over the whole
-    catalogue, computed by the RetrievalEvaluator's metric code, so early stopping can select on
-    what the gate measures rather than on the sampled-softmax loss. One difference: the excluded
-    history is the M most recent items the model sees, not the whole stored history."""
+    """Adds `val_recall@k` and `val_p90_coverage@k` to each epoch's logs: the validation users'
+    Recall@k over the whole catalogue and the P90 coverage of their top k, computed by the
+    RetrievalEvaluator's metric code, so early stopping can select on what the gate measures
+    rather than on the sampled-softmax loss (and TensorBoard shows both). One difference: the
+    excluded history is the M most recent items the model sees, not the whole stored history."""
 
     def __init__(self, valid_ds: tf.data.Dataset, k: int):
         super().__init__()
         self.valid_ds = valid_ds  # one finite pass over the validation examples
         self.k = k
         self.key = f"val_recall@{k}"
+        self.coverage_key = f"val_p90_coverage@{k}"
 
-    def recall(self) -> float:
+    def scores(self) -> dict:
+        """{"recall": Recall@k, "coverage": P90 coverage@k} of the validation users."""
         model = self.model
         ids, items = retrieval.catalog_embeddings(model)
         users, history, positives = [], [], []
@@ -79,11 +82,12 @@ class ValidationRecall(keras.callbacks.Callback):
         no_interests = np.full((ids.size, 1), -1, np.int64)
         m = M.retrieval_metrics(np.concatenate(users), items, ids, history, positives,
                                 no_interests, k=self.k, entropy_k=self.k, curve_ks=())
-        return m[f"recall@{self.k}"]
+        return {"recall": m[f"recall@{self.k}"], "coverage": m[f"p90_coverage@{self.k}"]}
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs[self.key] = self.recall()
+            s = self.scores()
+            logs[self.key], logs[self.coverage_key] = s["recall"], s["coverage"]
 
 
 def _rows(features, name: str, length_key: str) -> list:

@@ -222,6 +222,19 @@ def _reference_recall(user, item, hist, fut, k):
     return float(np.mean(per_user))
 
 
+def _reference_coverage(user, item, hist, k):
+    """Each user is served the top k of the catalogue minus their history (ties: lower catalogue
+    position first); the fraction of the catalogue, most-served first, that fills 90 % of slots."""
+    served = []
+    for u, h in zip(user, hist):
+        s = item @ u
+        order = [int(i) for i in np.lexsort((np.arange(len(s)), -s)) if ITEM_IDS[i] not in set(h)]
+        served += order[:k]
+    counts = np.sort(np.bincount(served, minlength=len(ITEM_IDS)))[::-1]
+    needed = next(n for n in range(1, len(counts) + 1) if counts[:n].sum() >= 0.9 * counts.sum())
+    return needed / len(ITEM_IDS)
+
+
 def test_validation_recall_matches_numpy():
     m = _model(seed=3)
     data = _batch(np.random.default_rng(7), 21)
@@ -234,7 +247,9 @@ def test_validation_recall_matches_numpy():
     fut = [r[:n] for r, n in zip(data[F.xf(F.FUT_ITEM)], data[F.FUT_LEN_XF][:, 0])]
     want = _reference_recall(user, item, hist, fut, K)
     assert 0 < want < 1
-    assert cb.recall() == pytest.approx(want, abs=1e-9)
+    got = cb.scores()
+    assert got["recall"] == pytest.approx(want, abs=1e-9)
+    assert got["coverage"] == pytest.approx(_reference_coverage(user, item, hist, K), abs=1e-9)
 
 
 def test_fit_keeps_the_epoch_with_the_best_recall(tmp_path):
@@ -261,7 +276,8 @@ def test_fit_keeps_the_epoch_with_the_best_recall(tmp_path):
     assert len(recalls) >= 3 and len(set(recalls)) > 1  # it moved, so the choice matters
     cb = train.ValidationRecall(valid, K)
     cb.set_model(m)
-    assert cb.recall() == pytest.approx(max(recalls), abs=1e-9)
+    assert cb.scores()["recall"] == pytest.approx(max(recalls), abs=1e-9)
+    assert len(hist.history[f"val_p90_coverage@{K}"]) == len(recalls)
 
 
 def test_recall_criterion_without_validation_examples_is_refused(tmp_path):

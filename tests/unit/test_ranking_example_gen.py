@@ -661,3 +661,33 @@ def test_requests_of_a_user_day_come_out_sorted_and_serialized_deterministically
     again = [x for x in rg._join_examples((("u", 0), {"pf": [(emb, 0)], "req": reqs[::-1]}),
                                           cutoff=10 ** 9) if x[1] is not None]
     assert again == out
+
+
+def test_eval_sample_keeps_whole_hashed_requests_and_counts_the_rest(imp_run, model_uri, tmp_path):
+    # sha256 puts r_b2 at 38.07 % and r_a3 at 57.71 % of the hash range: 50 % keeps r_b2 only.
+    assert rg.in_eval_sample("r_b2", 50) and not rg.in_eval_sample("r_a3", 50)
+    full_examples, full = imp_run
+    d = make_impression_dataset(os.path.join(str(tmp_path), "ds"))
+    examples = run_executor(str(tmp_path), d, model_uri, dict(RANK_CFG, eval_sample_percent=50))
+    rows = {s: [decode(x) for x in read_split(examples.uri, s)] for s in rg.SPLITS}
+    assert rows["train"] == full["train"]  # training data untouched
+    assert rows["eval"] == [r for r in full["eval"] if r[F.REQUEST_ID][0] == "r_b2"]
+    stats, full_stats = rg.read_stats(examples.uri), rg.read_stats(full_examples.uri)
+    assert stats["requests_eval"] == 1 and stats["requests_eval_sampled_out"] == 1
+    assert stats["examples_eval"] == len(rows["eval"])
+    assert (stats["examples_eval"] + stats["examples_eval_sampled_out"]
+            == full_stats["examples_eval"])
+    assert full_stats["requests_eval_sampled_out"] == 0
+    assert (examples.get_int_custom_property("examples_eval_sampled_out")
+            == len(full["eval"]) - len(rows["eval"]))
+
+
+def test_eval_sample_fraction_and_bounds():
+    ids = [f"u{i}@{i * 7}" for i in range(20000)]
+    kept = sum(rg.in_eval_sample(r, 10) for r in ids) / len(ids)
+    assert abs(kept - 0.10) < 0.01  # binomial sd 0.002
+    assert all(rg.in_eval_sample(r, 100) for r in ids[:100])
+    # a smaller percent keeps a subset of a larger one's requests
+    assert all(rg.in_eval_sample(r, 20) for r in ids if rg.in_eval_sample(r, 10))
+    with pytest.raises(ValueError, match="eval_sample_percent"):
+        RankingConfig(eval_sample_percent=0)

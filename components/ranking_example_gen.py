@@ -45,8 +45,9 @@ rest to `train` (ranking is evaluated on the future, like TransAct's week-3 eval
 the cutoff all go to eval. With `ranking.eval_sample_percent` < 100 an eval request is kept when
 sha256(request_id) falls in that percent of the hash range (whole requests, the same ones in every
 run and for every model), and the others are counted (`requests_eval_sampled_out`,
-`examples_eval_sampled_out`), so large data sets get a bounded evaluation. The cutoff is exact: all request times (8 bytes each) are combined on
-one worker, fine up to ~10^8 requests; beyond that switch to beam.ApproximateQuantiles.
+`examples_eval_sampled_out`), so large data sets get a bounded evaluation. The cutoff is exact:
+all request times (8 bytes each) are combined on one worker, fine up to ~10^8 requests; beyond
+that switch to beam.ApproximateQuantiles.
 
 Events are validated with events.validate_events and impressions with validate_impressions;
 `examples.drop_invalid_events` decides between failing (naming the file and rows) and dropping +

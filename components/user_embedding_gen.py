@@ -2,11 +2,13 @@
 the one step of the embedding pipeline (pipeline/embedding_pipeline.py).
 
   inputs   model (Model: the PinnerFormer the resolver picked; its Format-Serving SavedModel),
-           model_blessing (ModelBlessing, optional: an unblessed model is refused)
-  exec     input_base, input_fingerprint (the canonical dataset; the fingerprint, DATASET.json's,
-           makes the cache see new data), as_of (unix s: the cut-off, which names the snapshot),
-           snapshot_root (where the online path reads snapshots), overwrite (0/1: rebuild a
-           snapshot that exists for as_of)
+           model_blessing (ModelBlessing, optional: an unblessed model is refused),
+           events (EventLog: the canonical dataset the users' actions are read from; as an
+           artifact, MLMD links the snapshot to the data and, through DatasetGen, to the raw
+           files, and a new data set is a new artifact, so a cache miss)
+  exec     as_of (unix s: the cut-off, which names the snapshot), snapshot_root (where the
+           online path reads snapshots), overwrite (0/1: rebuild a snapshot that exists for
+           as_of)
   output   snapshot (UserEmbeddingSnapshot): `snapshot.json` in its URI (the snapshot's path and
            manifest) and custom properties snapshot_uri, as_of, embedded, carried, total,
            full_refresh, model_fingerprint, model_version, dataset_fingerprint
@@ -16,7 +18,7 @@ The job itself is `run_daily_embeddings`, unchanged: pre-flight checks, Beam, an
 existing snapshots as they are). It runs as `python -m pinrank.serving.daily_job` in a fresh
 process (a serving-runtime module, run, not imported, from this layer; see AtomicPusher's
 canary), with the pipeline's Beam args. Its failure fails the component with UserEmbeddingError,
-one line. MLMD then records model (+ blessing) -> this execution -> snapshot artifact.
+one line. MLMD then records model (+ blessing) and events -> this execution -> snapshot artifact.
 
 The job reads and writes through the local file system (it commits by renaming a directory).
 Remote URIs (gs://bucket/x, as on Vertex) are read through the Cloud Storage FUSE mount at
@@ -39,14 +41,14 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import path_utils
 
-from pinrank.components.types import UserEmbeddingSnapshot
+from pinrank.components.types import EventLog, UserEmbeddingSnapshot
 
 log = logging.getLogger(__name__)
 
 JOB_MODULE = "pinrank.serving.daily_job"
 POINTER_FILE = "snapshot.json"
 GCS_FUSE_ROOT = "/gcs"  # Vertex AI mounts gs://<bucket>/ at /gcs/<bucket>/ (Cloud Storage FUSE)
-MODEL_KEY, BLESSING_KEY, SNAPSHOT_KEY = "model", "model_blessing", "snapshot"
+MODEL_KEY, BLESSING_KEY, EVENTS_KEY, SNAPSHOT_KEY = "model", "model_blessing", "events", "snapshot"
 
 
 class UserEmbeddingError(RuntimeError):
@@ -126,7 +128,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                                      f"{blessings[0].uri}): no snapshot is made with it")
         model_dir = local_path(path_utils.serving_model_path(model.uri))
         snapshot_root = exec_properties["snapshot_root"]
-        outcome = run_job(model_dir, local_path(exec_properties["input_base"]),
+        events = artifact_utils.get_single_instance(input_dict[EVENTS_KEY])
+        outcome = run_job(model_dir, local_path(events.uri),
                           local_path(snapshot_root), int(exec_properties["as_of"]),
                           overwrite=bool(exec_properties.get("overwrite") or 0),
                           beam_args=list(self._beam_pipeline_args or []))
@@ -139,8 +142,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
 class UserEmbeddingGenSpec(ComponentSpec):
     PARAMETERS = {
-        "input_base": ExecutionParameter(type=str),
-        "input_fingerprint": ExecutionParameter(type=str),
         "as_of": ExecutionParameter(type=int),
         "snapshot_root": ExecutionParameter(type=str),
         "overwrite": ExecutionParameter(type=int, optional=True),
@@ -148,6 +149,7 @@ class UserEmbeddingGenSpec(ComponentSpec):
     INPUTS = {
         MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
         BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
+        EVENTS_KEY: ChannelParameter(type=EventLog),
     }
     OUTPUTS = {SNAPSHOT_KEY: ChannelParameter(type=UserEmbeddingSnapshot)}
 
@@ -158,12 +160,12 @@ class UserEmbeddingGen(base_beam_component.BaseBeamComponent):
     SPEC_CLASS = UserEmbeddingGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-    def __init__(self, *, model: types.BaseChannel, input_base: str, input_fingerprint: str,
-                 as_of, snapshot_root: str, model_blessing: Optional[types.BaseChannel] = None,
+    def __init__(self, *, model: types.BaseChannel, events: types.BaseChannel, as_of,
+                 snapshot_root: str, model_blessing: Optional[types.BaseChannel] = None,
                  overwrite: bool = False):
         """as_of: unix seconds, or a RuntimeParameter (a compiled Vertex job's daily argument)."""
         super().__init__(spec=UserEmbeddingGenSpec(
-            model=model, model_blessing=model_blessing, input_base=input_base,
-            input_fingerprint=input_fingerprint, as_of=as_of, snapshot_root=snapshot_root,
+            model=model, model_blessing=model_blessing, events=events, as_of=as_of,
+            snapshot_root=snapshot_root,
             overwrite=int(overwrite),
             snapshot=types.Channel(type=UserEmbeddingSnapshot)))

@@ -3,9 +3,18 @@ second, small pipeline (pure, no I/O, no runner; pipeline/embedding_runner.py ru
 pipeline/kubeflow_v2_runner.py compiles it for Vertex).
 
     training pipeline's ItemAwareTrainer.model ┐
-    training pipeline's RetrievalEvaluator.blessing ┴► latest_blessed_pinnerformer (Resolver)
-        ─► UserEmbeddingGen(as_of, dataset, snapshot root) ─► <snapshot_root>/<as_of>/
-                                                               + UserEmbeddingSnapshot in MLMD
+    training pipeline's RetrievalEvaluator.blessing ┴► latest_blessed_pinnerformer (Resolver) ┐
+    the data set (EventLog at dataset_dir, fingerprint) ─► events (Importer) ─────────────────┤
+        ─► UserEmbeddingGen(as_of, snapshot root) ─► <snapshot_root>/<as_of>/
+                                                     + UserEmbeddingSnapshot in MLMD
+
+The data set is an input artifact, not a path parameter, so MLMD links each snapshot to the data
+it read. The importer does not re-register data it already knows (`reimport=False`): when
+`dataset_dir` is the URI of the training pipeline's DatasetGen output (as `pinrank
+embed-pipeline` passes it) with the same fingerprint, it returns that very artifact, and a
+snapshot's lineage runs on through DatasetGen to the raw files. Other data (a newer day's
+events, gs:// on Vertex) becomes a new external EventLog with its fingerprint, which is also what
+makes the cache see new data.
 
 Cross-pipeline resolution: the resolver's inputs are `ExternalPipelineChannel`s
 (`channel_utils.external_pipeline_artifact_query`), queries for the outputs of another pipeline's
@@ -31,6 +40,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.types import channel_utils
 
+from pinrank.components.types import EventLog
 from pinrank.components.user_embedding_gen import UserEmbeddingGen
 from pinrank.pipeline.config import PipelineConfig
 
@@ -39,6 +49,7 @@ OWNER = "pinrank"  # the external channels' owner (an MLMD service name on a pla
 TRAINER_ID = "ItemAwareTrainer"  # the training pipeline's PinnerFormer nodes (pipeline/pipeline.py)
 EVALUATOR_ID = "RetrievalEvaluator"
 RESOLVER_ID = "latest_blessed_pinnerformer"
+EVENTS_ID = "events"
 COMPONENT_ID = "UserEmbeddingGen"
 
 
@@ -76,15 +87,17 @@ def create_embedding_pipeline(
     """metadata_connection_config: the training pipeline's store (the resolver reads it).
     as_of: unix seconds, or a RuntimeParameter for a compiled job run daily."""
     resolver = latest_blessed_pinnerformer(cfg.name)
+    events = tfx.dsl.Importer(source_uri=dataset_dir, artifact_type=EventLog, reimport=False,
+                              custom_properties={"fingerprint": dataset_fingerprint}
+                              ).with_id(EVENTS_ID)
     gen = UserEmbeddingGen(model=resolver.outputs["model"],
                            model_blessing=resolver.outputs["model_blessing"],
-                           input_base=dataset_dir, input_fingerprint=dataset_fingerprint,
-                           as_of=as_of, snapshot_root=snapshot_root,
-                           overwrite=overwrite).with_id(COMPONENT_ID)
+                           events=events.outputs["result"], as_of=as_of,
+                           snapshot_root=snapshot_root, overwrite=overwrite).with_id(COMPONENT_ID)
     return tfx.dsl.Pipeline(
         pipeline_name=embedding_pipeline_name(cfg),
         pipeline_root=pipeline_root,
-        components=[resolver, gen],
+        components=[resolver, events, gen],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

@@ -125,7 +125,9 @@ def summarize(cfg: PipelineConfig, paths: RunPaths, after_execution: int = 0) ->
             "model_fingerprint": props.get("model_fingerprint"),
             "model_artifact_id": model.id, "model_uri": model.uri,
             "model_blessing_artifact_id": next(
-                (a.id for a in io["inputs"].get("model_blessing", [])), None)}
+                (a.id for a in io["inputs"].get("model_blessing", [])), None),
+            "events_artifact_id": next((a.id for a in io["inputs"].get("events", [])), None),
+            "dataset_fingerprint": props.get("dataset_fingerprint")}
 
 
 def _max_execution_id(paths: RunPaths) -> int:

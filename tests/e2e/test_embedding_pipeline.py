@@ -87,6 +87,20 @@ def test_lineage_model_to_execution_to_snapshot(embedded):
         (blessing,) = store.get_artifacts_by_id([inputs["model_blessing"]])
         assert blessing.custom_properties["blessed"].int_value == 1
         assert blessing.custom_properties["current_model_id"].int_value == model.id
+        # The data it read is the training run's own EventLog (the importer found it, it did
+        # not register a copy), so the snapshot's lineage reaches DatasetGen and the raw files.
+        (events,) = store.get_artifacts_by_id([inputs["events"]])
+        assert events.uri.startswith(os.path.join(first["paths"]["pipeline_root"],
+                                                  "DatasetGen") + os.sep)
+        # Outputs of DatasetGen's execution (and of the importer's, which handed it on).
+        made = {e.execution_id for e in store.get_events_by_artifact_ids([events.id])
+                if e.type == pb.Event.OUTPUT}
+        dataset_ctx = store.get_context_by_type_and_name("node", f"{cfg.name}.DatasetGen")
+        assert made & {e.id for e in store.get_executions_by_context(dataset_ctx.id)}
+        assert inputs["events"] == summary["events_artifact_id"]
+        assert events.custom_properties["fingerprint"].string_value == \
+            summary["dataset_fingerprint"] == snap.custom_properties[
+                "dataset_fingerprint"].string_value
 
 
 def test_snapshot_model_is_the_pushed_one(embedded):

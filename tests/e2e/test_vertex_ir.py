@@ -94,6 +94,10 @@ def test_trainers_wrote_saved_models_and_the_pushers_pushed_them(vertex_run):
         # the blessing's metadata came back through the ExecutorOutput, as Vertex records it
         (blessing,) = outputs[evaluator]["blessing"]
         assert blessing["metadata"]["blessed"] == 1, (evaluator, blessing)
+        # ... naming its model by the runtime artifact name, what the compiled latest-blessed
+        # resolvers match on Vertex (pipeline/vertex_entrypoint.py), not a hashed int id
+        (trained,) = outputs[trainer]["model"]
+        assert blessing["metadata"]["current_model_id"] == trained["name"], (evaluator, blessing)
         assert os.path.isfile(os.path.join(blessing["uri"], "BLESSED")), evaluator
         (pushed,) = outputs[pusher]["pushed_model"]
         assert pushed["metadata"]["pushed"] == 1, (pusher, pushed)

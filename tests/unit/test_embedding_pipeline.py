@@ -44,7 +44,8 @@ def test_the_resolver_queries_the_training_pipelines_pinnerformer_nodes():
         snapshot_root="/tmp/s", as_of=1_700_000_000))
     assert ir.pipeline_info.id == cfg.name + "-embeddings"  # its own pipeline context
     nodes = {n.pipeline_node.node_info.id: n.pipeline_node for n in ir.nodes}
-    assert list(nodes) == ["latest_blessed_pinnerformer", GEN]
+    assert set(nodes) == {"latest_blessed_pinnerformer", "events", GEN}
+    assert list(nodes)[-1] == GEN
     queries = {}
     for channel_input in nodes["latest_blessed_pinnerformer"].inputs.inputs.values():
         if not channel_input.channels:  # the strategy's graph inputs, fed by these channels
@@ -58,11 +59,20 @@ def test_the_resolver_queries_the_training_pipelines_pinnerformer_nodes():
         ("ModelBlessing", "blessing"): {"pipeline": cfg.name,
                                         "node": f"{cfg.name}.RetrievalEvaluator"}}
     gen = nodes[GEN]
-    assert set(gen.inputs.inputs) == {"model", "model_blessing"}
+    assert set(gen.inputs.inputs) == {"model", "model_blessing", "events"}
+    (events_channel,) = gen.inputs.inputs["events"].channels
+    assert events_channel.producer_node_query.id == "events"
+    assert events_channel.artifact_query.type.name == "pinrank.EventLog"
     params = {k: v.field_value for k, v in gen.parameters.parameters.items()}
     assert params["as_of"].int_value == 1_700_000_000
     assert params["snapshot_root"].string_value == "/tmp/s"
-    assert params["input_fingerprint"].string_value == "f" * 64
+    assert "input_base" not in params and "input_fingerprint" not in params  # an artifact now
+    # The data set is imported by URI and fingerprint; known data is not re-registered.
+    importer = {k: v.field_value for k, v in nodes["events"].parameters.parameters.items()}
+    assert importer["artifact_uri"].string_value == "/tmp/d"
+    assert importer["reimport"].int_value == 0
+    spec = nodes["events"].outputs.outputs["result"].artifact_spec
+    assert spec.additional_custom_properties["fingerprint"].field_value.string_value == "f" * 64
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +92,7 @@ def job(tmp_path_factory):
 def test_compiled_job_resolves_then_embeds(job):
     spec = job["pipelineSpec"]
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {GEN, BLESSING_RESOLVER, MODEL_RESOLVER}
+    assert set(tasks) == {GEN, BLESSING_RESOLVER, MODEL_RESOLVER, "events"}
     inputs = tasks[GEN]["inputs"]
     assert inputs["artifacts"]["model"]["taskOutputArtifact"] == {
         "outputArtifactKey": "model", "producerTask": MODEL_RESOLVER}
@@ -96,8 +106,12 @@ def test_compiled_job_resolves_then_embeds(job):
     const = {k: v["runtimeValue"]["constantValue"] for k, v in inputs["parameters"].items()
              if "runtimeValue" in v}
     assert const["snapshot_root"] == {"stringValue": "gs://b/snapshots"}
-    assert const["input_base"] == {"stringValue": "gs://b/data"}
-    assert const["input_fingerprint"] == {"stringValue": "e" * 64}
+    assert inputs["artifacts"]["events"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "result", "producerTask": "events"}
+    importer = _executor(spec, "events")["importer"]
+    assert importer["artifactUri"] == {"constantValue": {"stringValue": "gs://b/data"}}
+    assert importer["metadata"] == {"fingerprint": "e" * 64}
+    assert importer["typeSchema"]["instanceSchema"].startswith("title: pinrank.EventLog")
     container = _executor(spec, GEN)["container"]
     assert container["image"] == "example.com/pinrank:abc"
     assert "pinrank.components.user_embedding_gen.Executor" in container["args"]

@@ -16,7 +16,8 @@ int `current_model_id` / `baseline_model_id` into those names only for the stock
 executor and its subclasses; RetrievalEvaluator and RankerBaselineCheck write blessings too, so
 their executors are registered as virtual subclasses of it (`abc` registration: the entrypoint's
 `issubclass` test passes, nothing else about them changes) and their blessings get the same
-rewrite, so a second run of the job finds its baseline.
+rewrite: the name the resolvers match (checked in tests/e2e/test_vertex_ir.py's ExecutorOutput;
+a second run on Vertex itself is untested).
 """
 import runpy
 import sys

@@ -45,7 +45,8 @@ rest to `train` (ranking is evaluated on the future, like TransAct's week-3 eval
 the cutoff all go to eval. With `ranking.eval_sample_percent` < 100 an eval request is kept when
 sha256(request_id) falls in that percent of the hash range (whole requests, the same ones in every
 run and for every model), and the others are counted (`requests_eval_sampled_out`,
-`examples_eval_sampled_out`), so large data sets get a bounded evaluation. The cutoff is exact:
+`examples_eval_sampled_out`), so large data sets get a bounded evaluation. A (user, day) whose
+requests are all sampled out is not embedded either (`pf_user_days_eval_sampled_out`). The cutoff is exact:
 all request times (8 bytes each) are combined on one worker, fine up to ~10^8 requests; beyond
 that switch to beam.ApproximateQuantiles.
 
@@ -61,8 +62,10 @@ Reproducibility (docs/status.md, "Reproducibility"): the output is the same, rec
 and byte for byte, in every process on the same machine. A model's output for one row depends
 on the rows batched with it at the float rounding level (kernels change with the batch shape), so
 the (user, day) rows are not batched by Beam's BatchElements, which sizes batches from measured
-run times: each row goes to bucket sha256(user_id) mod ceil(#rows / EMBED_BATCH), and a bucket's
-rows, sorted by (user, day), are embedded in chunks of EMBED_BATCH. Each (user, day)'s requests
+run times: the rows are split in two groups, days with a train request and days with eval
+requests only (so the train split is the same whatever `eval_sample_percent`), each row goes to
+bucket sha256(user_id) mod ceil(#group rows / EMBED_BATCH) of its group, and a bucket's rows,
+sorted by (user, day), are embedded in chunks of EMBED_BATCH. Each (user, day)'s requests
 are emitted sorted by (request_ts, request_id), and Examples are serialized deterministically
 (map fields in key order; protobuf's default order varies between processes). The order of
 (user, day) groups across the output is the runner's: fixed with the default in-memory
@@ -487,20 +490,39 @@ def request_examples(user_id: str, req: dict, embedding: np.ndarray, present: in
     return out
 
 
+def sample_user_day(element, cutoff: Optional[int], eval_sample_percent: float
+                    ) -> Iterator[object]:
+    """((user, day), (history, [(request_ts, request_id)])) -> (group, ((user, day), history))
+    for a day with a request that becomes an example, else a counter. Group 0: the day has a
+    train request; 1: eval requests only. The groups are batched apart, so the training data's
+    embeddings (a function of their batches, module docstring) do not depend on the eval sample."""
+    key, (hist, reqs) = element
+    if any(split_of(ts, cutoff) == "train" for ts, _ in reqs):
+        yield 0, (key, hist)
+    elif any(in_eval_sample(rid, eval_sample_percent) for _, rid in reqs):
+        yield 1, (key, hist)
+    else:
+        yield beam.pvalue.TaggedOutput("counters", {"pf_user_days_eval_sampled_out": 1})
+
+
 def _join_examples(element, cutoff, eval_sample_percent: float = 100.0) -> Iterator[tuple]:
     (user_id, day), grouped = element
     pf = list(grouped["pf"])
     # Runners deliver a key's values in no fixed order; request ids are unique.
     reqs = sorted(grouped["req"], key=lambda r: (r["request_ts"], r["request_id"]))
-    if len(pf) != 1:
-        raise RuntimeError(f"internal: {len(pf)} embeddings for user {user_id!r} day {day}")
-    emb, present = pf[0]
+    kept = []
     for req in reqs:
         split = split_of(req["request_ts"], cutoff)
         if split == "eval" and not in_eval_sample(req["request_id"], eval_sample_percent):
             yield None, None, {"requests_eval_sampled_out": 1,
                                "examples_eval_sampled_out": len(req["cand_item"])}
-            continue
+        else:
+            kept.append((split, req))
+    if len(pf) != int(bool(kept)):  # sample_user_day embeds exactly the days with a kept request
+        raise RuntimeError(f"internal: {len(pf)} embeddings for user {user_id!r} day {day} "
+                           f"with {len(kept)} kept requests")
+    for split, req in kept:
+        emb, present = pf[0]
         exs = request_examples(user_id, req, emb, present)
         counters = {f"requests_{split}": 1, f"examples_{split}": len(exs),
                     f"examples_without_pf_embedding_{split}": len(exs) * int(not present)}
@@ -559,12 +581,21 @@ class _UserRequests(beam.DoFn):
         if not self._derive and imps is None:
             yield beam.pvalue.TaggedOutput("counters", {"users_without_requests": 1})
             return
+        pf, day_requests = [], {}
         for tag, value in user_requests(user_id, events, imps, self._cfg, self._catalog,
                                         self._drop_invalid):
             if tag == "req":
+                day_requests.setdefault(value[0], []).append(
+                    (int(value[1]["request_ts"]), str(value[1]["request_id"])))
                 yield value
+            elif tag == "pf":
+                pf.append(value)
             else:
                 yield beam.pvalue.TaggedOutput(tag, value)
+        # A day's request keys travel with its history, so that sample_user_day can skip the
+        # days whose every request is sampled out of the eval split before they are embedded.
+        for key, hist in pf:
+            yield beam.pvalue.TaggedOutput("pf", (key, (hist, day_requests[key])))
 
 
 def _check_request_ids(dups: List[Tuple[str, int]]) -> None:
@@ -601,20 +632,25 @@ def build_examples(p: beam.Pipeline, input_base: str, model_dir: str, cfg: Ranki
                 | "Requests" >> beam.ParDo(_UserRequests(input_base, cfg, derive, drop_invalid))
                 .with_outputs("pf", "counters", main="req"))
     counter_pcs.append(per_user.counters)
-    # Batches decided by the data alone (module docstring, "Reproducibility").
-    num_buckets = beam.pvalue.AsSingleton(
-        per_user.pf | "CountUserDays" >> beam.combiners.Count.Globally()
-        | "EmbedBuckets" >> beam.Map(embed_buckets))
-    embeddings = (per_user.pf
-                  | "KeyByBucket" >> beam.Map(lambda kv, n: (embed_bucket(kv[0][0], n), kv),
-                                              num_buckets)
-                  | "GroupBuckets" >> beam.GroupByKey()
-                  | "BatchUserDays" >> beam.FlatMap(lambda kv: sorted_batches(kv[1]))
-                  | "Embed" >> beam.ParDo(EmbedUserDays(model_dir)))
     cutoff_pc = (per_user.req | "RequestTimes" >> beam.Map(lambda kv: kv[1]["request_ts"])
                  | "AllTimes" >> beam.combiners.ToList()
                  | "Cutoff" >> beam.Map(time_cutoff, cfg.eval_time_quantile))
     cutoff = beam.pvalue.AsSingleton(cutoff_pc)
+    sampled = (per_user.pf | "SampleUserDays" >> beam.FlatMap(
+        sample_user_day, cutoff, cfg.eval_sample_percent).with_outputs("counters", main="rows"))
+    counter_pcs.append(sampled.counters)
+    # Batches decided by the data alone, per group (module docstring, "Reproducibility").
+    num_buckets = beam.pvalue.AsDict(
+        sampled.rows | "GroupOfUserDay" >> beam.Map(lambda g_kv: (g_kv[0], 1))
+        | "CountUserDays" >> beam.CombinePerKey(sum)
+        | "EmbedBuckets" >> beam.MapTuple(lambda g, n: (g, embed_buckets(n))))
+    embeddings = (sampled.rows
+                  | "KeyByBucket" >> beam.Map(
+                      lambda g_kv, n: ((g_kv[0], embed_bucket(g_kv[1][0][0], n[g_kv[0]])),
+                                       g_kv[1]), num_buckets)
+                  | "GroupBuckets" >> beam.GroupByKey()
+                  | "BatchUserDays" >> beam.FlatMap(lambda kv: sorted_batches(kv[1]))
+                  | "Embed" >> beam.ParDo(EmbedUserDays(model_dir)))
     out = ({"pf": embeddings, "req": per_user.req} | "JoinByUserDay" >> beam.CoGroupByKey()
            | "Examples" >> beam.FlatMap(_join_examples, cutoff, cfg.eval_sample_percent))
     for split in SPLITS:
@@ -643,7 +679,8 @@ ZERO_COUNTERS = tuple(
        "candidates_dropped_by_max_candidates", "history_truncated",
        "history_actions_dropped_by_max_history", "requests_without_history", "pf_user_days",
        "pf_user_days_without_history", "pf_history_truncated", "users_without_pf_embedding",
-       "requests_eval_sampled_out", "examples_eval_sampled_out"])
+       "requests_eval_sampled_out", "examples_eval_sampled_out",
+       "pf_user_days_eval_sampled_out"])
 
 
 def _write_stats(output_uri: str, counters: Dict[str, int]) -> None:

@@ -683,8 +683,25 @@ def test_eval_sample_keeps_whole_hashed_requests_and_counts_the_rest(imp_run, mo
     assert (stats["examples_eval"] + stats["examples_eval_sampled_out"]
             == full_stats["examples_eval"])
     assert full_stats["requests_eval_sampled_out"] == 0
+    # r_a3 is alone on its (user, day), so that day is not embedded at all.
+    assert stats["pf_user_days_eval_sampled_out"] == 1
+    assert full_stats["pf_user_days_eval_sampled_out"] == 0
+    assert stats["pf_user_days"] == full_stats["pf_user_days"]
     assert (examples.get_int_custom_property("examples_eval_sampled_out")
             == len(full["eval"]) - len(rows["eval"]))
+
+
+def test_sample_user_day_groups_and_skips():
+    kept, out = "r_b2", "r_a3"  # in and out of a 50 % sample (see the test above)
+    hist = {F.HIST_TS: np.array([1], np.int64)}
+
+    def run(reqs, cutoff=100, percent=50):
+        return list(rg.sample_user_day((("u", 0), (hist, reqs)), cutoff, percent))
+    assert run([(99, out), (100, out)]) == [(0, (("u", 0), hist))]  # a train request: group 0
+    assert run([(100, out), (150, kept)]) == [(1, (("u", 0), hist))]  # eval only, one kept
+    (skipped,) = run([(100, out), (120, out)])
+    assert skipped.tag == "counters" and skipped.value == {"pf_user_days_eval_sampled_out": 1}
+    assert run([(100, out)], percent=100) == [(1, (("u", 0), hist))]
 
 
 def test_eval_sample_fraction_and_bounds():

@@ -13,9 +13,10 @@ events_per_user, so the actual count is near the target, not on it, and impressi
 candidate, ~2.5x the events) come on top. The table reports the counts DatasetGen recorded on its
 EventLog artifact in MLMD (`events`, `impressions`, `users`, `items`).
 
-Each size is one `pinrank run` in a subprocess with `--beam-arg=--direct_running_mode=
-multi_processing --beam-arg=--direct_num_workers=N`, in a fresh home `<--home>/e<events>` (so
-nothing is cached; a home this script made before is wiped, any other existing one is refused).
+Each size is one `pinrank run` in a subprocess with `--beam-arg=--direct_running_mode=MODE
+--beam-arg=--direct_num_workers=N` (`--mode`, default multi_processing; `--workers`), in a
+fresh home `<--home>/e<events>` (so nothing is cached; a home this script made before is
+wiped, any other existing one is refused).
 Measured:
   wall            the subprocess, start to exit (Python start-up and imports included)
   peak tree RSS   the peak over time of the summed RSS of the process and all its live
@@ -215,7 +216,7 @@ def run_size(target: int, args) -> dict:
     log = os.path.join(home, "run.log")
     cmd = [sys.executable, "-m", "pinrank.pipeline.cli", "run", "--preset", args.preset,
            "--source", "synthetic", "--home", home, "--json-out", json_out,
-           "--beam-arg=--direct_running_mode=multi_processing",
+           f"--beam-arg=--direct_running_mode={args.mode}",
            f"--beam-arg=--direct_num_workers={args.workers}"]
     for s in sets:
         cmd += ["--set", s]
@@ -244,7 +245,7 @@ def run_size(target: int, args) -> dict:
     components, counts = read_mlmd(mlmd_path)
     component_peaks(components, sampler.series)
     row = {"target_events": target, "preset": args.preset, "set": sets,
-           "workers": args.workers, "home": home, "metadata_path": mlmd_path,
+           "workers": args.workers, "mode": args.mode, "home": home, "metadata_path": mlmd_path,
            "started_at": started_at, "cpus": os.cpu_count(),
            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
            "returncode": proc.returncode, "timed_out": timed_out, "wall_s": round(wall, 1),
@@ -357,7 +358,8 @@ def render_table(results: List[dict]) -> str:
         f"  {c:>{w}}" for c, w in zip(cells[1:], widths)))
     lines = [fmt_line(head), "-" * len(fmt_line(head))] + [fmt_line(c) for c in body]
     r0 = results[0]
-    lines.append(f"\npreset {r0.get('preset')}, DirectRunner multi_processing with "
+    lines.append(f"\npreset {r0.get('preset')}, DirectRunner "
+                 f"{r0.get('mode', 'multi_processing')} with "
                  f"{r0.get('workers')} workers, {r0.get('cpus', '?')} CPUs, "
                  f"{r0.get('memory_gb', '?')} GB; wall = the `pinrank run` subprocess; RSS summed "
                  f"over the process tree (shared pages once per process)")
@@ -402,6 +404,12 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "paper"])
     p.add_argument("--home", default="runs/scale", help="each size runs in <home>/e<events>")
     p.add_argument("--workers", type=int, default=2, help="--direct_num_workers")
+    # in_memory with 1 worker is the pipeline's default (pipeline/runs.py DEFAULT_BEAM_ARGS).
+    # At 1M events Beam 2.59's multi_processing runner handed RankingExampleGen's join
+    # incomplete groups (docs/status.md, "Session 12"), so it is not the only mode measured.
+    p.add_argument("--mode", default="multi_processing",
+                   choices=["multi_processing", "multi_threading", "in_memory"],
+                   help="--direct_running_mode")
     p.add_argument("--set", action="append", default=[], help="config override PATH=VALUE")
     p.add_argument("--out", default="runs/scale.json")
     p.add_argument("--sample-s", type=float, default=0.5, help="RSS sampling period")

@@ -406,7 +406,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="--direct_num_workers")
     # in_memory with 1 worker is the pipeline's default (pipeline/runs.py DEFAULT_BEAM_ARGS).
     # At 1M events Beam 2.59's multi_processing runner handed RankingExampleGen's join
-    # incomplete groups (docs/status.md, "Session 12"), so it is not the only mode measured.
+    # incomplete groups (docs/status.md, "Session 12: a runner fault at 1M events, eval days no
+    # longer embedded"), so it is not the only mode measured.
     p.add_argument("--mode", default="multi_processing",
                    choices=["multi_processing", "multi_threading", "in_memory"],
                    help="--direct_running_mode")

@@ -46,9 +46,9 @@ the cutoff all go to eval. With `ranking.eval_sample_percent` < 100 an eval requ
 sha256(request_id) falls in that percent of the hash range (whole requests, the same ones in every
 run and for every model), and the others are counted (`requests_eval_sampled_out`,
 `examples_eval_sampled_out`), so large data sets get a bounded evaluation. A (user, day) whose
-requests are all sampled out is not embedded either (`pf_user_days_eval_sampled_out`). The cutoff is exact:
-all request times (8 bytes each) are combined on one worker, fine up to ~10^8 requests; beyond
-that switch to beam.ApproximateQuantiles.
+requests are all sampled out is not embedded either (`pf_user_days_eval_sampled_out`). The
+cutoff is exact: all request times (8 bytes each) are combined on one worker, fine up to ~10^8
+requests; beyond that switch to beam.ApproximateQuantiles.
 
 Events are validated with events.validate_events and impressions with validate_impressions;
 `examples.drop_invalid_events` decides between failing (naming the file and rows) and dropping +
@@ -445,6 +445,15 @@ def in_eval_sample(request_id: str, percent: float) -> bool:
     return h % 1_000_000 < round(percent * 10_000)
 
 
+def kept_split(request_ts: int, request_id: str, cutoff: int, eval_sample_percent: float
+               ) -> Optional[str]:
+    """A request's split, or None when it is an eval request left out of the eval sample."""
+    split = split_of(request_ts, cutoff)
+    if split == "eval" and not in_eval_sample(request_id, eval_sample_percent):
+        return None
+    return split
+
+
 def _ints(f, key, values):
     lst = f[key].int64_list
     lst.SetInParent()  # an empty list still has its kind (parsers see an empty int64 list)
@@ -497,9 +506,10 @@ def sample_user_day(element, cutoff: Optional[int], eval_sample_percent: float
     train request; 1: eval requests only. The groups are batched apart, so the training data's
     embeddings (a function of their batches, module docstring) do not depend on the eval sample."""
     key, (hist, reqs) = element
-    if any(split_of(ts, cutoff) == "train" for ts, _ in reqs):
+    splits = {kept_split(ts, rid, cutoff, eval_sample_percent) for ts, rid in reqs}
+    if "train" in splits:
         yield 0, (key, hist)
-    elif any(in_eval_sample(rid, eval_sample_percent) for _, rid in reqs):
+    elif "eval" in splits:
         yield 1, (key, hist)
     else:
         yield beam.pvalue.TaggedOutput("counters", {"pf_user_days_eval_sampled_out": 1})
@@ -512,8 +522,8 @@ def _join_examples(element, cutoff, eval_sample_percent: float = 100.0) -> Itera
     reqs = sorted(grouped["req"], key=lambda r: (r["request_ts"], r["request_id"]))
     kept = []
     for req in reqs:
-        split = split_of(req["request_ts"], cutoff)
-        if split == "eval" and not in_eval_sample(req["request_id"], eval_sample_percent):
+        split = kept_split(req["request_ts"], req["request_id"], cutoff, eval_sample_percent)
+        if split is None:
             yield None, None, {"requests_eval_sampled_out": 1,
                                "examples_eval_sampled_out": len(req["cand_item"])}
         else:
@@ -521,8 +531,8 @@ def _join_examples(element, cutoff, eval_sample_percent: float = 100.0) -> Itera
     if len(pf) != int(bool(kept)):  # sample_user_day embeds exactly the days with a kept request
         raise RuntimeError(f"internal: {len(pf)} embeddings for user {user_id!r} day {day} "
                            f"with {len(kept)} kept requests")
+    emb, present = pf[0] if pf else (None, 0)
     for split, req in kept:
-        emb, present = pf[0]
         exs = request_examples(user_id, req, emb, present)
         counters = {f"requests_{split}": 1, f"examples_{split}": len(exs),
                     f"examples_without_pf_embedding_{split}": len(exs) * int(not present)}

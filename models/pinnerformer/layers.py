@@ -12,6 +12,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+from pinrank.models.attention import MatMulAttention
+
 from .time_encoding import PeriodicTimeEncoding, abs_periods, rel_periods
 
 _SQRT_HALF = 0.7071067811865476
@@ -157,8 +159,7 @@ class TransformerBlock(keras.layers.Layer):
                  hand_gradients: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.ln_attn = LayerNorm(hand_gradients, epsilon=1e-6, name="ln_attn")
-        self.attn = keras.layers.MultiHeadAttention(num_heads, key_dim=hidden // num_heads,
-                                                    dropout=dropout, name="mha")
+        self.attn = MatMulAttention(num_heads, key_dim=hidden // num_heads, dropout=dropout, name="mha")
         self.drop_attn = keras.layers.Dropout(dropout)
         self.ln_ffn = LayerNorm(hand_gradients, epsilon=1e-6, name="ln_ffn")
         self.ffn_in = keras.layers.Dense(ffn_mult * hidden, activation=gelu_activation(hand_gradients),
@@ -207,6 +208,10 @@ class ItemTower(keras.layers.Layer):
 def history_mean(item_vec, weight):
     """Per newest-first position s, the weighted mean of the item vectors at positions >= s
     (s itself and every older action): [B, M, Din], [B, M] -> [B, M, Din] (0 where no weight)."""
-    num = tf.cumsum(weight[..., None] * item_vec, axis=1, reverse=True)
-    den = tf.cumsum(weight, axis=1, reverse=True)[..., None]
+    # Suffix sums as a product with the upper-triangular ones matrix: a batched matmul is ~2x
+    # faster forward + backward than tf.cumsum on CPU (same sums, in another order).
+    b, m = tf.shape(weight)[0], tf.shape(weight)[1]
+    upper = tf.linalg.band_part(tf.ones([m, m], weight.dtype), 0, -1)  # [s, t] = 1 where t >= s
+    num = tf.matmul(tf.broadcast_to(upper, [b, m, m]), weight[..., None] * item_vec)
+    den = tf.linalg.matvec(upper, weight)[..., None]
     return tf.math.divide_no_nan(num, den)

@@ -49,15 +49,41 @@ def sampled_softmax_loss(user_emb, pos_emb, pos_logq, neg_emb, neg_logq, neg_val
     # 1/tau scales the [P, D] user side, not the [P, N] logits: the same values, but one pass
     # over the large logits (and its gradient, a [P, N] reduction for tau) fewer per step.
     scaled_user = user_emb / tf.cast(temperature, tf.float32)
-    pos_logit = tf.reduce_sum(scaled_user * pos_emb, axis=-1)  # [P]
-    neg_logit = tf.matmul(scaled_user, neg_emb, transpose_b=True)  # [P, N]
-    if logq_correction:
-        pos_logit -= tf.cast(pos_logq, tf.float32)
-        neg_logit -= tf.cast(neg_logq, tf.float32)[None, :]
-    neg_logit = tf.where(tf.convert_to_tensor(neg_valid, tf.bool), neg_logit, _MASKED)
-    logits = tf.concat([pos_logit[:, None], neg_logit], axis=1)
-    per_pair = tf.reduce_logsumexp(logits, axis=1) - pos_logit
+    pos_shift = tf.cast(pos_logq, tf.float32) if logq_correction else tf.zeros_like(scaled_user[:, 0])
+    neg_shift = tf.cast(neg_logq, tf.float32) if logq_correction else tf.zeros_like(neg_emb[:, 0])
+    per_pair = _softmax_pair_loss(scaled_user, pos_emb, neg_emb, pos_shift, neg_shift,
+                                  tf.convert_to_tensor(neg_valid, tf.bool))
     return per_user_mean(per_pair, pair_user, num_users), per_pair
+
+
+@tf.custom_gradient
+def _softmax_pair_loss(user, pos, neg, pos_shift, neg_shift, valid):
+    """Per pair: logsumexp([s_pos, valid s_neg]) - s_pos with s_pos = <user, pos> - pos_shift and
+    s_neg = user @ neg^T - neg_shift ([P, N]); masked negatives count as exp(-inf) = 0.
+
+    Written out with its gradient (softmax minus the positive's one-hot) so that the [P, N] logits
+    are passed over a few times instead of once per autodiff op: the shift rides in the matmul as
+    an extra column, and the forward's exponentials are the backward's softmax (docs/status.md,
+    "Session 13: a faster training step"). Gradients flow to user, pos and neg only."""
+    pos_logit = tf.reduce_sum(user * pos, axis=-1) - pos_shift  # [P]
+    ones = tf.ones_like(user[:, :1])
+    neg_logit = tf.matmul(tf.concat([user, ones], 1), tf.concat([neg, -neg_shift[:, None]], 1),
+                          transpose_b=True)  # [P, N]
+    neg_logit = tf.where(valid, neg_logit, _MASKED)
+    top = tf.maximum(tf.reduce_max(neg_logit, axis=1), pos_logit)  # [P]; an empty pool gives pos_logit
+    neg_exp = tf.exp(neg_logit - top[:, None])  # [P, N]; 0 where masked
+    pos_exp = tf.exp(pos_logit - top)
+    total = tf.reduce_sum(neg_exp, axis=1) + pos_exp
+    per_pair = top + tf.math.log(total) - pos_logit
+
+    def grad(upstream):
+        scale = upstream / total  # [P]
+        d_neg = neg_exp * scale[:, None]  # [P, N]: upstream x softmax over the negatives
+        d_pos = upstream * (pos_exp / total - 1.0)  # [P]
+        d_user = tf.matmul(d_neg, neg) + d_pos[:, None] * pos
+        return d_user, d_pos[:, None] * user, tf.matmul(d_neg, user, transpose_a=True), None, None, None
+
+    return per_pair, grad
 
 
 def per_user_mean(per_pair, pair_user, num_users=None):
@@ -90,25 +116,21 @@ class Negatives(NamedTuple):
 def user_positive_mask(items, pair_user, user_pos_item, user_pos_valid):
     """[P, N] bool: items[n] is one of the valid positives of pair p's user (row pair_user[p]).
 
-    Sort/search based, O(B*N log(B*K)) instead of a [B, K, N] comparison; ids are compacted with tf.unique
-    so (user, item) pairs can be packed into one int64 key.
+    Ids are compacted with tf.unique to U columns; each row's valid positives are scattered into a
+    [B, U] table whose columns are then gathered at the items: O(B * (N + U)), a few times faster
+    than a sorted search per (row, item) and far smaller than a [B, K, N] comparison.
     """
     items = tf.cast(tf.reshape(items, [-1]), tf.int64)
     user_pos_item = tf.cast(user_pos_item, tf.int64)
-    b = tf.shape(user_pos_item, out_type=tf.int64)[0]
+    b = tf.shape(user_pos_item)[0]
     n = tf.size(items)
-    uniq, idx = tf.unique(tf.concat([items, tf.reshape(user_pos_item, [-1])], 0), out_idx=tf.int64)
-    u = tf.size(uniq, out_type=tf.int64)
-    item_idx = idx[:n]
-    pos_idx = tf.reshape(idx[n:], tf.shape(user_pos_item))
-    rows = tf.range(b)[:, None]
-    pos_keys = tf.sort(tf.reshape(tf.where(user_pos_valid, rows * u + pos_idx, -1), [-1]))
-    query = rows * u + item_idx[None, :]  # [B, N]
-    flat_q = tf.reshape(query, [-1])
-    at = tf.searchsorted(pos_keys, flat_q, side="left", out_type=tf.int64)
-    # `at` may equal len(pos_keys): the appended sentinel -1 never matches a query (queries are >= 0).
-    found = tf.equal(tf.gather(tf.concat([pos_keys, tf.constant([-1], tf.int64)], 0), at), flat_q)
-    found = tf.reshape(found, tf.shape(query))  # [B, N]
+    uniq, idx = tf.unique(tf.concat([items, tf.reshape(user_pos_item, [-1])], 0), out_idx=tf.int32)
+    pos_idx = tf.reshape(idx[n:], tf.shape(user_pos_item))  # [B, K]
+    rows = tf.broadcast_to(tf.range(b)[:, None], tf.shape(pos_idx))
+    at = tf.boolean_mask(tf.stack([rows, pos_idx], -1), tf.cast(user_pos_valid, tf.bool))  # [Q, 2]
+    # int32 counts (a positive repeated in a row adds up); > 0 = "is one of the row's positives".
+    table = tf.scatter_nd(at, tf.ones(tf.shape(at)[:1], tf.int32), tf.stack([b, tf.size(uniq)]))
+    found = tf.gather(table, idx[:n], axis=1) > 0  # [B, N]
     return tf.gather(found, tf.cast(pair_user, tf.int32))
 
 

@@ -63,7 +63,9 @@ class PeriodicTimeEncoding(keras.layers.Layer):
     def call(self, t):
         t64 = tf.cast(t, tf.float64)
         periods = tf.constant(self.periods, tf.float64)
-        frac = tf.math.floormod(t64[..., None], periods) / periods  # [..., P] in [0, 1)
+        # (t mod p) / p as q - floor(q): float64 FloorMod is a slow scalar kernel on CPU.
+        q = t64[..., None] / periods
+        frac = q - tf.floor(q)  # [..., P] in [0, 1)
         angle = tf.cast(2.0 * math.pi * frac, tf.float32)
         # Under a mixed policy the float32 phase variable reads as the compute dtype: back to float32.
         phase = tf.cast(self.phase, tf.float32)

@@ -45,6 +45,8 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras as keras
 
+from pinrank.models.attention import MatMulAttention
+
 from .config import RealtimeConfig
 
 ACTION_TYPE = "action_type"
@@ -64,8 +66,7 @@ class EncoderBlock(keras.layers.Layer):
                  epsilon: float = 1e-5, **kwargs):
         super().__init__(**kwargs)
         self.post_ln = post_ln
-        self.attn = keras.layers.MultiHeadAttention(num_heads, key_dim=dim // num_heads, dropout=dropout,
-                                                    name="mha")
+        self.attn = MatMulAttention(num_heads, key_dim=dim // num_heads, dropout=dropout, name="mha")
         self.drop_attn = keras.layers.Dropout(dropout)
         self.ffn_in = keras.layers.Dense(ffn_dim, activation="relu", name="ffn_in")
         self.drop_ffn_hidden = keras.layers.Dropout(dropout)

@@ -52,6 +52,36 @@ def test_loss_matches_numpy(logq):
     assert abs(ref_loss - ref_per.mean()) > 1e-3
 
 
+@pytest.mark.parametrize("logq", [True, False])
+def test_loss_gradients_match_numpy_finite_differences(logq):
+    """The loss's hand-written backward pass (softmax minus one-hot) against central differences
+    of the float64 reference, for the user, positive and negative embeddings and the temperature."""
+    rng = np.random.default_rng(5)
+    P, N, D = 5, 6, 3
+    u, p, n = rng.normal(size=(P, D)), rng.normal(size=(P, D)), rng.normal(size=(N, D))
+    pos_logq, neg_logq = np.log(rng.uniform(.01, 1, P)), np.log(rng.uniform(.01, 1, N))
+    valid = rng.uniform(size=(P, N)) < 0.6
+    valid[1] = False
+    users = np.array([0, 0, 1, 2, 2], np.int32)
+    tau = 0.3
+    tf_args = [tf.Variable(x.astype(np.float32)) for x in (u, p, n)] + [tf.Variable(np.float32(tau))]
+    with tf.GradientTape() as tape:
+        loss, _ = sampled_softmax_loss(tf_args[0], tf_args[1], pos_logq, tf_args[2], neg_logq, valid, users,
+                                       tf_args[3], logq_correction=logq)
+    got = tape.gradient(loss, tf_args)
+    args, eps = [u, p, n, np.array(tau)], 1e-6
+    for k, (x, g) in enumerate(zip(args, got)):
+        ref = np.zeros(x.shape)
+        for idx in np.ndindex(x.shape):
+            hi, lo = [a.copy() for a in args], [a.copy() for a in args]
+            hi[k][idx] += eps
+            lo[k][idx] -= eps
+            f_hi = _np_loss(hi[0], hi[1], pos_logq, hi[2], neg_logq, valid, users, float(hi[3]), logq)[0]
+            f_lo = _np_loss(lo[0], lo[1], pos_logq, lo[2], neg_logq, valid, users, float(lo[3]), logq)[0]
+            ref[idx] = (f_hi - f_lo) / (2 * eps)
+        np.testing.assert_allclose(g.numpy(), ref, rtol=2e-4, atol=2e-5)
+
+
 def test_logq_is_a_per_item_logit_shift():
     rng = np.random.default_rng(1)
     u, p, n = _unit(rng.normal(size=(2, 3))), _unit(rng.normal(size=(2, 3))), _unit(rng.normal(size=(3, 3)))

@@ -1,5 +1,5 @@
 """Multi-head attention shared by PinnerFormer and TransAct (docs/status.md, "Session 13: a faster
-training step")."""
+training step, Vertex baselines per model")."""
 from __future__ import annotations
 
 import math

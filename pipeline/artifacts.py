@@ -21,6 +21,29 @@ ITEM_EMBEDDINGS_META_FILE = "meta.json"
 ITEM_EMBEDDINGS_URI = "item_embeddings_uri"
 
 
+# A final gate's ModelBlessing names the model it gates (RetrievalEvaluator: PinnerFormer,
+# RankerBaselineCheck: the ranker). Locally a latest-blessed resolver finds a trainer's
+# blessings through MLMD's node contexts; a compiled Vertex resolver has only a filter on the
+# artifacts' metadata, which this property makes specific (pipeline/kubeflow_v2_runner.py).
+GATED_MODEL = "gated_model"
+PINNERFORMER = "pinnerformer"
+RANKER = "ranker"
+
+
+def set_blessing_properties(blessing, model, blessed: bool, gated_model: str, baseline_model=None) -> None:
+    """The stock Evaluator's blessing properties (what the Pusher and the latest-blessed resolvers
+    read: blessed, current_model[_id], baseline_model[_id]) plus GATED_MODEL."""
+    if gated_model not in (PINNERFORMER, RANKER):
+        raise ValueError(f"gated_model must be {PINNERFORMER!r} or {RANKER!r}, got {gated_model!r}")
+    blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_string_custom_property("current_model", model.uri)
+    blessing.set_int_custom_property("current_model_id", model.id)
+    if baseline_model is not None:
+        blessing.set_string_custom_property("baseline_model", baseline_model.uri)
+        blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
+    blessing.set_string_custom_property(GATED_MODEL, gated_model)
+
+
 def write_item_embeddings(uri: str, ids: np.ndarray, emb: np.ndarray, interests: np.ndarray,
                           meta: dict) -> None:
     """item_id [N] int64, embedding [N, D] float32, interests [N, K] int32 (-1 padded), meta."""

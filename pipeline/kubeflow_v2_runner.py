@@ -11,13 +11,14 @@ TensorFlow/TFX are imported by `compile_pipeline` only: the CLI checks its input
 """
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
 from importlib import metadata
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
-from pinrank.pipeline.artifacts import is_remote
+from pinrank.pipeline.artifacts import GATED_MODEL, PINNERFORMER, RANKER, is_remote
 from pinrank.pipeline.config import ConfigError, PipelineConfig, VertexConfig
 
 DIST_NAME = "pinrank"  # [project] name in pyproject.toml; also the image's name
@@ -135,15 +136,51 @@ def compile_pipeline(cfg: PipelineConfig, *, pipeline_root: str, dataset_dir: st
 
 
 def _write_job(pipeline, image: str, output_path: str) -> str:
-    """The one KubeflowV2DagRunner call of both pipelines: every task runs `image`."""
+    """The one KubeflowV2DagRunner call of both pipelines: every task runs `image`; then the
+    blessing queries are scoped to their model (`scope_blessing_queries`)."""
     from tfx import v1 as tfx
+
+    from pinrank.pipeline import embedding_pipeline
+    from pinrank.pipeline import pipeline as training
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image,
                                                                 default_commands=CONTAINER_COMMAND),
         output_dir=os.path.dirname(os.path.abspath(output_path)),
         output_filename=os.path.basename(output_path))
     runner.run(pipeline, write_out=True)
+    with open(output_path) as fh:
+        job = json.load(fh)
+    scope_blessing_queries(job, {training.PINNERFORMER_RESOLVER_ID: PINNERFORMER,
+                                 training.RANKER_RESOLVER_ID: RANKER,
+                                 embedding_pipeline.RESOLVER_ID: PINNERFORMER})
+    with open(output_path, "w") as fh:
+        json.dump(job, fh, indent=2, sort_keys=True)
     return output_path
+
+
+BLESSING_RESOLVER_SUFFIX = "-model-blessing-resolver"  # the compiler's first task of a resolver
+
+
+def scope_blessing_queries(job: dict, gated_models: Mapping[str, str]) -> None:
+    """Adds `metadata.gated_model.string_value="<model>"` to each latest-blessed resolver's
+    blessing query. The compiler keeps only the artifact type and `blessed` of a resolver's
+    channels (not their producer node), so on Vertex every such query matched every blessed
+    blessing: PinnerFormer's baseline could be the newest *ranker* (or the TFMA Evaluator's
+    intermediate blessing). gated_models: resolver node id -> the model its gate blesses
+    (pipeline/artifacts.py GATED_MODEL); a blessing query of another resolver is an error."""
+    spec = job["pipelineSpec"]
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        queries = spec["deploymentSpec"]["executors"][label].get("resolver", {}).get(
+            "outputArtifactQueries", {})
+        for query in queries.values():
+            if 'schema_title="tfx.ModelBlessing"' not in query["filter"]:
+                continue
+            resolver_id = task_name.removesuffix(BLESSING_RESOLVER_SUFFIX)
+            if resolver_id not in gated_models:
+                raise ConfigError(f"compile: resolver {resolver_id!r} queries blessings, but no "
+                                  f"gated model is known for it")
+            query["filter"] += f' AND metadata.{GATED_MODEL}.string_value="{gated_models[resolver_id]}"'
 
 
 AS_OF_PARAMETER = "as_of"  # the embedding job's runtime parameter when compiled without --as-of

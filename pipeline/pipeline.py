@@ -45,6 +45,9 @@ RANKER_SCHEMA = os.path.join(os.path.dirname(__file__), "schema", "ranker_raw.pb
 RANKER_PREPROCESSING_FN = "pinrank.transform.ranker.preprocessing_fn"
 RANKER_RUN_FN = "pinrank.models.realtime.run.run_fn"
 RANKER_MODEL_NAME = "ranker"
+# The latest-blessed resolvers (each model's baseline for its gate).
+PINNERFORMER_RESOLVER_ID = "latest_blessed_pinnerformer_resolver"
+RANKER_RESOLVER_ID = "latest_blessed_ranker_resolver"
 
 
 def _validated(examples, schema_file: str, suffix: str):
@@ -133,7 +136,7 @@ def create_pipeline(
         custom_config={"config_json": cfg.sections_json("model", "train")})
 
     baseline_resolver = _latest_blessed("ItemAwareTrainer", "RetrievalEvaluator",
-                                        "latest_blessed_pinnerformer_resolver")
+                                        PINNERFORMER_RESOLVER_ID)
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         item_embeddings=item_embedding_gen.outputs["item_embeddings"],
@@ -190,7 +193,7 @@ def _ranker_branch(cfg: PipelineConfig, events, serving_dir: str, pf_trainer, pf
     # The ranker's last blessed model is the last one that passed the whole gate (TFMA and the
     # non-learned rankers), i.e. the one RankerBaselineCheck blessed.
     resolver = _latest_blessed("RankerTrainer", "RankerBaselineCheck",
-                               "latest_blessed_ranker_resolver")
+                               RANKER_RESOLVER_ID)
     # TFMA gates on value thresholds, overall and per slice (surface, pf_present), and reports
     # the diffs to the last blessed ranker; the change decision itself is RankerBaselineCheck's
     # paired test (point diffs are noise).

@@ -41,7 +41,7 @@ from pinrank.components.retrieval_evaluator.baselines import TrainPositives
 from pinrank.components.types import EventLog, ItemEmbeddings
 from pinrank.models.realtime import metrics as RM
 from pinrank.pipeline import features as F
-from pinrank.pipeline.artifacts import load_item_embeddings
+from pinrank.pipeline.artifacts import RANKER, load_item_embeddings, set_blessing_properties
 from pinrank.pipeline.config import DAY_S, PipelineConfig
 
 HEAD = "repin"
@@ -309,9 +309,7 @@ def RankerBaselineCheck(
                   required=cfg.require_beating_baselines, last_blessed=last, slices=slices)
     write_report(evaluation.uri, metrics, gate, len(np.unique(req["request_id"])), slices)
     blessed = bool(gate["blessed"])
-    blessing.set_int_custom_property("blessed", int(blessed))
-    blessing.set_string_custom_property("current_model", model.uri)
-    blessing.set_int_custom_property("current_model_id", model.id)
+    set_blessing_properties(blessing, model, blessed, RANKER, baseline_model)
     with tf.io.gfile.GFile(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE),
                            "w") as fh:
         fh.write(json.dumps(gate))

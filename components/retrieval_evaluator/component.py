@@ -31,7 +31,7 @@ from pinrank.components.retrieval_evaluator import slices as SL
 from pinrank.components.retrieval_evaluator import stats as S
 from pinrank.components.types import EventLog, ItemEmbeddings
 from pinrank.pipeline import features as F
-from pinrank.pipeline.artifacts import load_item_embeddings
+from pinrank.pipeline.artifacts import PINNERFORMER, load_item_embeddings, set_blessing_properties
 from pinrank.pipeline.config import PipelineConfig
 
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
@@ -178,12 +178,7 @@ def RetrievalEvaluator(
                  "; ".join(gate["reasons"]) or "all checks pass")
 
     blessed = bool(gate["blessed"])
-    blessing.set_int_custom_property("blessed", int(blessed))
-    blessing.set_string_custom_property("current_model", model.uri)
-    blessing.set_int_custom_property("current_model_id", model.id)
-    if baseline_model is not None:
-        blessing.set_string_custom_property("baseline_model", baseline_model.uri)
-        blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
+    set_blessing_properties(blessing, model, blessed, PINNERFORMER, baseline_model)
     with tf.io.gfile.GFile(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE),
                            "w") as fh:
         fh.write(json.dumps(gate))

@@ -64,7 +64,8 @@ def _softmax_pair_loss(user, pos, neg, pos_shift, neg_shift, valid):
     Written out with its gradient (softmax minus the positive's one-hot) so that the [P, N] logits
     are passed over a few times instead of once per autodiff op: the shift rides in the matmul as
     an extra column, and the forward's exponentials are the backward's softmax (docs/status.md,
-    "Session 13: a faster training step"). Gradients flow to user, pos and neg only."""
+    "Session 13: a faster training step, Vertex baselines per model"). Gradients flow to user,
+    pos and neg only."""
     pos_logit = tf.reduce_sum(user * pos, axis=-1) - pos_shift  # [P]
     ones = tf.ones_like(user[:, :1])
     neg_logit = tf.matmul(tf.concat([user, ones], 1), tf.concat([neg, -neg_shift[:, None]], 1),

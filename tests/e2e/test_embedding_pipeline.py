@@ -87,6 +87,8 @@ def test_lineage_model_to_execution_to_snapshot(embedded):
         (blessing,) = store.get_artifacts_by_id([inputs["model_blessing"]])
         assert blessing.custom_properties["blessed"].int_value == 1
         assert blessing.custom_properties["current_model_id"].int_value == model.id
+        # the gate's blessing names its model (what a compiled Vertex resolver filters on)
+        assert blessing.custom_properties["gated_model"].string_value == "pinnerformer"
         # The data it read is the training run's own EventLog (the importer found it, it did
         # not register a copy), so the snapshot's lineage reaches DatasetGen and the raw files.
         (events,) = store.get_artifacts_by_id([inputs["events"]])

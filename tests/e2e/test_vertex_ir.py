@@ -66,7 +66,7 @@ def test_every_task_of_the_compiled_job_ran(vertex_run):
     for task in kinds["container"]:
         container = runner.executor(task)["container"]
         assert container["command"] == ["python", "-m", "pinrank.pipeline.vertex_entrypoint"]
-        assert os.path.isfile(os.path.join(paths["root"], task, "executor_output.json")), task
+        assert os.path.isfile(os.path.join(runner.run_dir, task, "executor_output.json")), task
         for key, arts in outputs[task].items():
             assert len(arts) == 1 and os.path.isdir(arts[0]["uri"]), (task, key)
     assert {"Pusher", "RankerPusher", "RankerTrainer", "RankerBaselineCheck"} <= set(outputs)
@@ -111,9 +111,35 @@ def test_trainers_wrote_saved_models_and_the_pushers_pushed_them(vertex_run):
 def test_the_executor_input_is_what_vertex_would_send(vertex_run):
     """Spot check of the runner's side of the contract: the Pusher got the blessing with the
     metadata RetrievalEvaluator wrote, and the evaluator got no baseline (nothing resolved)."""
-    _, outputs, paths = vertex_run
-    with open(os.path.join(paths["root"], "Pusher", "executor_input.json")) as fh:
+    runner, outputs, _ = vertex_run
+    with open(os.path.join(runner.run_dir, "Pusher", "executor_input.json")) as fh:
         sent = json.load(fh)["inputs"]["artifacts"]
     assert sent["model_blessing"]["artifacts"] == outputs["RetrievalEvaluator"]["blessing"]
-    with open(os.path.join(paths["root"], "RetrievalEvaluator", "executor_input.json")) as fh:
+    with open(os.path.join(runner.run_dir, "RetrievalEvaluator", "executor_input.json")) as fh:
         assert "baseline_model" not in json.load(fh)["inputs"]["artifacts"]
+
+
+def test_a_second_run_resolves_each_models_own_last_blessed_model(vertex_run):
+    """A second run on the same root: its resolver tasks query the metadata store the first run
+    filled (tests/e2e/vertex_ir.py, ArtifactStore) with the compiled filters. Each finds its own
+    model's gate blessing and the model it names. Without the compiled `gated_model` term the
+    PinnerFormer query would match the newest blessed blessing of any model, which is not
+    PinnerFormer's (pipeline/kubeflow_v2_runner.py, scope_blessing_queries)."""
+    runner, outputs, paths = vertex_run
+    resolvers = [t for t in runner.tasks if "resolver" in runner.executor(t)]
+    second = _vertex_ir().IRRunner(runner.job_path, paths["root"], log=lambda *_: None)
+    got = second.run(only=resolvers)
+    for prefix, trainer, gate in (("latest_blessed_pinnerformer_resolver", "ItemAwareTrainer",
+                                   "RetrievalEvaluator"),
+                                  ("latest_blessed_ranker_resolver", "RankerTrainer",
+                                   "RankerBaselineCheck")):
+        (blessing,) = got[f"{prefix}-model-blessing-resolver"]["model_blessing"]
+        (model,) = got[f"{prefix}-model-resolver"]["model"]
+        assert blessing["name"] == outputs[gate]["blessing"][0]["name"], prefix
+        assert model["name"] == outputs[trainer]["model"][0]["name"], prefix
+        assert model["uri"] == outputs[trainer]["model"][0]["uri"], prefix
+    pf_query = second.executor("latest_blessed_pinnerformer_resolver-model-blessing-resolver")
+    stock = pf_query["resolver"]["outputArtifactQueries"]["model_blessing"]["filter"]
+    stock = stock.split(" AND metadata.gated_model")[0]
+    (newest,) = second.store.latest(stock)
+    assert newest["name"] != outputs["RetrievalEvaluator"]["blessing"][0]["name"]

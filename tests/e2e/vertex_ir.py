@@ -4,19 +4,26 @@ Kubeflow-V2 entrypoint (`python -m tfx.orchestration.kubeflow.v2.container.
 kubeflow_v2_run_executor`) with an ExecutorInput JSON in place of `{{$}}`, as Vertex's launcher
 does. This process's Python and environment stand in for the image.
 
-What it does not do (a test double of the orchestrator, not a product runner): no MLMD and no
-cache; resolver tasks resolve to nothing (the state of a fresh pipeline root, see `_resolve`);
+Metadata: every task's outputs are recorded in an MLMD (SQLite) store at `<root>/metadata.sqlite`,
+standing in for Vertex ML Metadata, and resolver tasks answer the compiled filter (Vertex's
+syntax: `schema_title=... AND state=LIVE AND metadata.k.number_value=1 AND name="{{...}}"`)
+translated to an MLMD filter query, newest artifact first (`ArtifactStore`). So the first run on a
+root resolves nothing, and a later run on the same root finds the earlier runs' artifacts.
+
+What it does not do (a test double of the orchestrator, not a product runner): no cache;
 parameters must be constants (all of this project's are).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional
 
 ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
 # The commands a task may have: TFX's entrypoint, or the project's, which runs it after
@@ -60,19 +67,108 @@ def _upstream(task: dict):
             yield spec["taskOutputParameter"]["producerTask"]
 
 
+def schema_title(artifact_type: dict) -> str:
+    """`tfx.Model` from an IR artifactType ({"schemaTitle": ...} or {"instanceSchema": "title: ...})."""
+    if "schemaTitle" in artifact_type:
+        return artifact_type["schemaTitle"]
+    match = re.search(r"^title: (\S+)$", artifact_type.get("instanceSchema", ""), re.M)
+    if not match:
+        raise ValueError(f"artifact type without a schema title: {artifact_type}")
+    return match.group(1)
+
+
+# Vertex filter terms (the KFP v2 compiler's resolver queries) -> MLMD filter_query terms.
+_TERMS = (
+    (re.compile(r'schema_title="([^"\']+)"'), "type = '{0}'"),
+    (re.compile(r"state=(LIVE)"), "state = {0}"),
+    (re.compile(r"metadata\.(\w+)\.number_value=([-+0-9.eE]+)"), "custom_properties.{0}.double_value = {1}"),
+    (re.compile(r'metadata\.(\w+)\.string_value="([^"\']*)"'), "custom_properties.{0}.string_value = '{1}'"),
+    (re.compile(r'name="([^"\']+)"'), "name = '{0}'"),
+)
+
+
+def mlmd_filter(vertex_filter: str) -> str:
+    """`schema_title="tfx.Model" AND state=LIVE AND metadata.blessed.number_value=1` ->
+    `type = 'tfx.Model' AND state = LIVE AND custom_properties.blessed.double_value = 1`."""
+    out = []
+    for term in vertex_filter.split(" AND "):
+        for pattern, template in _TERMS:
+            match = pattern.fullmatch(term.strip())
+            if match:
+                out.append(template.format(*match.groups()))
+                break
+        else:
+            raise ValueError(f"filter term {term!r} of {vertex_filter!r} is not one this runner knows")
+    return " AND ".join(out)
+
+
+class ArtifactStore:
+    """The runs' output artifacts in an MLMD SQLite store: type = the schema title, name = the
+    runtime name, state LIVE, the metadata as custom properties (numbers as doubles, as Vertex's
+    Struct holds them; strings as strings; anything else as its JSON text)."""
+
+    def __init__(self, path: str):
+        from ml_metadata.metadata_store import metadata_store
+        from ml_metadata.proto import metadata_store_pb2
+        self._pb = metadata_store_pb2
+        self._list_options = metadata_store.ListOptions
+        config = metadata_store_pb2.ConnectionConfig()
+        config.sqlite.filename_uri = path
+        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+        self.store = metadata_store.MetadataStore(config)
+
+    def record(self, artifacts: Iterable[dict]) -> None:
+        rows = []
+        for a in artifacts:
+            type_id = self.store.put_artifact_type(self._pb.ArtifactType(name=schema_title(a["type"])))
+            row = self._pb.Artifact(type_id=type_id, uri=a["uri"], name=a["name"],
+                                    state=self._pb.Artifact.LIVE)
+            for key, value in (a.get("metadata") or {}).items():
+                prop = row.custom_properties[key]
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    prop.double_value = float(value)
+                elif isinstance(value, str):
+                    prop.string_value = value
+                else:
+                    prop.string_value = json.dumps(value, sort_keys=True)
+            rows.append(row)
+        if rows:
+            self.store.put_artifacts(rows)
+
+    def latest(self, vertex_filter: str) -> List[dict]:
+        """The newest artifact matching the filter, as [artifact dict], or []."""
+        found = self.store.get_artifacts(list_options=self._list_options(filter_query=mlmd_filter(vertex_filter)))
+        if not found:
+            return []
+        a = max(found, key=lambda x: (x.create_time_since_epoch, x.id))
+        metadata = {k: getattr(v, v.WhichOneof("value")) for k, v in a.custom_properties.items()}
+        return [{"name": a.name, "uri": a.uri, "metadata": metadata}]
+
+
+# `{{$.inputs.artifacts['input'].metadata['current_model_id']}}` in a resolver's filter
+_PLACEHOLDER = re.compile(r"\{\{\$\.inputs\.artifacts\['(\w+)'\]\.metadata\['(\w+)'\]\}\}")
+
+
 class IRRunner:
     """`IRRunner(job_json_path, root).run()` -> {task: {output_key: [RuntimeArtifact dict]}}.
-    root: where output artifacts go, `<root>/<task>/<output_key>`, and each task's
-    `executor_output.json` (the ExecutorOutput the entrypoint writes, read back so that its
-    artifacts' metadata, e.g. a blessing's `blessed`, reaches the downstream tasks)."""
+    root: the pipeline root; one run's output artifacts go to `<root>/<run_id>/<task>/<output_key>`
+    with each task's `executor_output.json` (the ExecutorOutput the entrypoint writes, read back so
+    that its artifacts' metadata, e.g. a blessing's `blessed`, reaches the downstream tasks), and
+    the metadata store of all runs on the root is `<root>/metadata.sqlite`. A runtime artifact's
+    name is `<run_id>/<task>/<output_key>`, unique as Vertex's resource names are."""
 
     def __init__(self, job_path: str, root: str, *, python: str = sys.executable,
                  env: Optional[Mapping[str, str]] = None, timeout_s: float = 1800,
-                 parallelism: int = 1, log=print):
+                 parallelism: int = 1, log=print, run_id: Optional[str] = None):
+        self.job_path = job_path
         with open(job_path) as fh:
             self.job = json.load(fh)
         self.spec = self.job["pipelineSpec"]
         self.root = os.path.abspath(root)
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.run_dir = os.path.join(self.root, self.run_id)
+        os.makedirs(self.root, exist_ok=True)
+        self.store = ArtifactStore(os.path.join(self.root, "metadata.sqlite"))
         self.python = python
         self.env = {**os.environ, **IMAGE_ENV, **(env or {})}
         self.timeout_s = timeout_s
@@ -92,12 +188,19 @@ class IRRunner:
         label = self.component(task)["executorLabel"]
         return self.spec["deploymentSpec"]["executors"][label]
 
-    def run(self) -> Dict[str, Dict[str, List[dict]]]:
-        """Every task once its upstream tasks are done, up to `parallelism` at a time (Vertex
-        runs independent tasks concurrently too); the first failure stops the run once the
-        tasks already started have ended."""
+    def run(self, only: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, List[dict]]]:
+        """Every task (or the tasks `only` names, which must include their upstream tasks) once
+        its upstream tasks are done, up to `parallelism` at a time (Vertex runs independent tasks
+        concurrently too); the first failure stops the run once the tasks already started have
+        ended. Each task's new artifacts are recorded in the store as it ends."""
         order = task_order(self.tasks)  # also checks: known dependencies, no cycle
+        if only is not None:
+            only = set(only)
+            order = [name for name in order if name in only]
         deps = {name: set(_upstream(self.tasks[name])) for name in order}
+        missing = {d for ds in deps.values() for d in ds} - set(order)
+        if missing:
+            raise ValueError(f"tasks {sorted(missing)} are upstream of the selected ones")
         pending, running, failures = list(order), {}, []
         with ThreadPoolExecutor(self.parallelism) as pool:
             while (pending and not failures) or running:
@@ -112,6 +215,9 @@ class IRRunner:
                         self.outputs[name] = future.result()
                     except Exception as e:  # raised below, once the running tasks have ended
                         failures.append(e)
+                        continue
+                    if "resolver" not in self.executor(name):  # a resolver's answer is not new
+                        self.store.record(a for arts in self.outputs[name].values() for a in arts)
         if failures:
             raise failures[0]
         return self.outputs
@@ -135,14 +241,14 @@ class IRRunner:
     # -- task kinds ------------------------------------------------------------------------
 
     def _run_container(self, name: str, container: dict) -> Dict[str, List[dict]]:
-        task_dir = os.path.join(self.root, name)
+        task_dir = os.path.join(self.run_dir, name)
         output_file = os.path.join(task_dir, "executor_output.json")
         out_defs = self.component(name).get("outputDefinitions", {}).get("artifacts", {})
         outputs = {}
         for key, definition in sorted(out_defs.items()):
             uri = os.path.join(task_dir, key)
             os.makedirs(uri, exist_ok=True)  # as Vertex's launcher prepares local output paths
-            outputs[key] = {"artifacts": [{"name": f"{name}/{key}",
+            outputs[key] = {"artifacts": [{"name": f"{self.run_id}/{name}/{key}",
                                            "type": definition["artifactType"],
                                            "uri": uri, "metadata": {}}]}
         executor_input = {
@@ -185,16 +291,28 @@ class IRRunner:
         uri = importer["artifactUri"]["constantValue"]["stringValue"]
         key = self.component(name)["outputDefinitions"]["artifacts"]
         (key,) = key  # an importer has one output, `result`
-        return {key: [{"name": f"{name}/{key}", "type": importer["typeSchema"], "uri": uri,
+        return {key: [{"name": f"{self.run_id}/{name}/{key}", "type": importer["typeSchema"], "uri": uri,
                        "metadata": dict(importer.get("metadata", {}))}]}
 
     def _resolve(self, name: str) -> Dict[str, List[dict]]:
-        # The "latest blessed model" resolvers query the metadata store for earlier blessed
-        # models. This runner keeps no store, so it answers as on a fresh pipeline root: no
-        # artifacts, and the optional `baseline_model` inputs are absent downstream. (A resolver
-        # backed by MLMD, for a second run on the same root, is out of scope.)
-        keys = self.component(name).get("outputDefinitions", {}).get("artifacts", {})
-        return {key: [] for key in keys}
+        """Each output's query against the store: the newest match, or nothing (a fresh root).
+        A placeholder naming an absent input (nothing resolved upstream) resolves to nothing."""
+        inputs = self._artifacts(name)
+        out_defs = self.component(name).get("outputDefinitions", {}).get("artifacts", {})
+        result = {}
+        for key, query in self.executor(name)["resolver"]["outputArtifactQueries"].items():
+            values = []
+
+            def fill(match):
+                arts = inputs.get(match.group(1), {}).get("artifacts", [])
+                value = arts[0].get("metadata", {}).get(match.group(2)) if arts else None
+                values.append(value)
+                return "" if value is None else str(value)
+
+            vertex_filter = _PLACEHOLDER.sub(fill, query["filter"])
+            found = [] if None in values else self.store.latest(vertex_filter)
+            result[key] = [{**a, "type": out_defs[key]["artifactType"]} for a in found]
+        return result
 
     # -- inputs ----------------------------------------------------------------------------
 

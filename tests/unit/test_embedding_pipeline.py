@@ -100,6 +100,9 @@ def test_compiled_job_resolves_then_embeds(job):
         BLESSING_RESOLVER
     blessing_query = _executor(spec, BLESSING_RESOLVER)["resolver"]["outputArtifactQueries"]
     assert "metadata.blessed.number_value=1" in blessing_query["model_blessing"]["filter"]
+    # only PinnerFormer's gate blessings (Vertex has no node context to tell them apart)
+    assert blessing_query["model_blessing"]["filter"].endswith(
+        ' AND metadata.gated_model.string_value="pinnerformer"')
     # as_of: a parameter of each run (a daily schedule passes it), not a constant.
     assert inputs["parameters"]["as_of"] == {"componentInputParameter": "as_of"}
     assert spec["root"]["inputDefinitions"]["parameters"]["as_of"]["type"] == "INT"

@@ -39,6 +39,15 @@ def test_compile_offline_with_gcs_paths(tmp_path):
     assert images == {"example.com/pinrank:abc"}
     assert "gs://b/serving/pinnerformer" in text
     assert _param(spec, "ImportSchemaGen", "schema_file") == "gs://b/schema.pbtxt"
+    # Each latest-blessed resolver asks for its own model's gate blessing (not any blessed one).
+    filters = {task: query["filter"] for task in tasks if task.endswith("-model-blessing-resolver")
+               for query in _resolver(spec, task)["outputArtifactQueries"].values()}
+    assert filters == {
+        f"{resolver}-model-blessing-resolver":
+            'schema_title="tfx.ModelBlessing" AND state=LIVE AND metadata.blessed.number_value=1'
+            f' AND metadata.gated_model.string_value="{model}"'
+        for resolver, model in (("latest_blessed_pinnerformer_resolver", "pinnerformer"),
+                                ("latest_blessed_ranker_resolver", "ranker"))}
     # No project: Beam runs inside the task's container with the local runner's settings.
     args = _executor(spec, "StatisticsGen")["args"]
     assert "--runner=DirectRunner" in args and "--direct_running_mode=in_memory" in args
@@ -61,6 +70,25 @@ def _walk(obj, where=""):
 def _param(spec, task, name):
     params = spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"]
     return params[name]["runtimeValue"]["constantValue"]["stringValue"]
+
+
+def _resolver(spec, task):
+    label = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+    return spec["deploymentSpec"]["executors"][spec["components"][label]["executorLabel"]]["resolver"]
+
+
+def test_a_blessing_query_of_an_unknown_resolver_is_refused():
+    from pinrank.pipeline.config import ConfigError
+    from pinrank.pipeline.kubeflow_v2_runner import scope_blessing_queries
+    query = {"filter": 'schema_title="tfx.ModelBlessing" AND state=LIVE'}
+    job = {"pipelineSpec": {
+        "root": {"dag": {"tasks": {"other-model-blessing-resolver": {"componentRef": {"name": "c"}}}}},
+        "components": {"c": {"executorLabel": "e"}},
+        "deploymentSpec": {"executors": {"e": {"resolver": {"outputArtifactQueries": {"b": query}}}}}}}
+    with pytest.raises(ConfigError, match="'other' queries blessings"):
+        scope_blessing_queries(job, {"latest_blessed_pinnerformer_resolver": "pinnerformer"})
+    scope_blessing_queries(job, {"other": "ranker"})
+    assert query["filter"].endswith(' AND metadata.gated_model.string_value="ranker"')
 
 
 def _executor(spec, task):

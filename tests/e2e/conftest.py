@@ -1,4 +1,26 @@
+import os
+
 import pytest
+
+# tests/run.sh runs the e2e tests in two processes side by side: PINRANK_E2E_GROUP=shared keeps
+# the tests that use the session's tiny_run (so it runs once), =own the ones that run their own
+# pipelines. Unset: all of them.
+_GROUPS = ("shared", "own")
+
+
+def pytest_collection_modifyitems(config, items):
+    group = os.environ.get("PINRANK_E2E_GROUP", "")
+    if not group:
+        return
+    if group not in _GROUPS:
+        raise pytest.UsageError(f"PINRANK_E2E_GROUP={group!r}: expected one of {', '.join(_GROUPS)}")
+    keep, drop = [], []
+    for item in items:
+        shared = "tiny_run" in getattr(item, "fixturenames", ())
+        (keep if shared == (group == "shared") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

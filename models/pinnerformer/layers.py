@@ -40,6 +40,30 @@ def gelu_activation(hand_gradients: bool):
     return _gelu_hand_grad if hand_gradients else _gelu
 
 
+@tf.custom_gradient
+def _l2_normalize_hand_grad(x):
+    """tf.math.l2_normalize(x, axis=-1) (the same forward ops, epsilon 1e-12) with the closed-form
+    gradient dx = r * (dy - y * sum(dy * y)), r = 1 / max(|x|, 1e-6): autodiff of the broadcast
+    product reduces through a slow broadcast-gradient Sum (~2x the time on [8k, 64])."""
+    square_sum = tf.reduce_sum(tf.square(x), -1, keepdims=True)
+    r = tf.math.rsqrt(tf.maximum(square_sum, 1e-12))
+    y = x * r
+
+    def grad(dy):
+        # Below the epsilon clamp r is a constant: no projection term (as tf.maximum's gradient).
+        proj = tf.where(square_sum >= 1e-12, tf.reduce_sum(dy * y, -1, keepdims=True), 0.0)
+        return r * (dy - y * proj)
+
+    return y, grad
+
+
+def l2_normalize(x, hand_gradients: bool):
+    """Unit rows over the last axis; with `hand_gradients` (float32 only) the closed-form gradient."""
+    if hand_gradients and x.dtype == tf.float32:
+        return _l2_normalize_hand_grad(x)
+    return tf.math.l2_normalize(x, axis=-1)
+
+
 def _layer_norm_hand_grad(x, gamma, beta, epsilon: float):
     """LayerNorm over the last axis with the closed-form gradient
     dx = r * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, r = 1 / sqrt(var + eps):
@@ -182,11 +206,12 @@ class OutputHead(keras.layers.Layer):
         self.ln = LayerNorm(hand_gradients, epsilon=1e-6, name="ln_out")
         self.fc1 = keras.layers.Dense(ffn_mult * hidden, activation=gelu_activation(hand_gradients), name="fc1")
         self.fc2 = keras.layers.Dense(output_dim, name="fc2")
+        self.hand_gradients = hand_gradients
 
     def call(self, x, skip=None):
         """`skip` (same shape as the output, optional) is added before the normalisation."""
         y = tf.cast(self.fc2(self.fc1(self.ln(x))), tf.float32)  # float32 output under any policy
-        return tf.math.l2_normalize(y if skip is None else y + tf.cast(skip, tf.float32), axis=-1)
+        return l2_normalize(y if skip is None else y + tf.cast(skip, tf.float32), self.hand_gradients)
 
 
 class ItemTower(keras.layers.Layer):
@@ -198,11 +223,12 @@ class ItemTower(keras.layers.Layer):
         super().__init__(**kwargs)
         self.fc1 = keras.layers.Dense(ffn_mult * hidden, activation=gelu_activation(hand_gradients), name="fc1")
         self.fc2 = keras.layers.Dense(output_dim, name="fc2")
+        self.hand_gradients = hand_gradients
 
     def call(self, x, skip=None):
         """`skip` (same shape as the output, optional) is added before the normalisation."""
         y = tf.cast(self.fc2(self.fc1(x)), tf.float32)  # float32 output under any policy
-        return tf.math.l2_normalize(y if skip is None else y + tf.cast(skip, tf.float32), axis=-1)
+        return l2_normalize(y if skip is None else y + tf.cast(skip, tf.float32), self.hand_gradients)
 
 
 def history_mean(item_vec, weight):

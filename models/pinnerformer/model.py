@@ -32,6 +32,15 @@ from .sketch import CountMinSketch
 _no_autograph = tf.autograph.experimental.do_not_convert
 
 
+def embed_distinct(embed, *row_sets):
+    """`embed(rows)` of each 1-D row set, from one call on their distinct rows. The pin tower is
+    row-wise, so this gives the same embeddings (and gradients, summed in another order) while
+    the in-batch negatives, which are the labels again, and repeated popular items run once."""
+    sizes = tf.stack([tf.size(r) for r in row_sets])
+    rows, row_of = tf.unique(tf.concat(row_sets, 0), out_idx=tf.int32)
+    return tf.split(tf.gather(embed(rows), row_of), sizes)
+
+
 class PinnerFormer(keras.Model):
     """`model(features) -> [B, D]` user embeddings (e_1, the most recent position), unit norm.
 
@@ -235,9 +244,9 @@ class PinnerFormer(keras.Model):
         rand_log_q = math.log(n_rand / self.num_items) if n_rand > 0 else 0.0
         neg = losses.assemble_negatives(pool_rows, pool_log_q, pair_user, user_pos_rows, user_pos_valid,
                                         rand_rows, rand_log_q, cfg.max_in_batch_negatives, seeds[2])
+        label_emb, neg_emb = embed_distinct(self.item_embedding_from_rows, label_rows, neg.item)
         loss, _ = losses.sampled_softmax_loss(
-            user_emb, self.item_embedding_from_rows(label_rows), label_log_q,
-            self.item_embedding_from_rows(neg.item), neg.log_q, neg.valid, pair_user,
+            user_emb, label_emb, label_log_q, neg_emb, neg.log_q, neg.valid, pair_user,
             self.temperature, cfg.logq_correction, num_users=b)
         return loss, n_labels
 

@@ -1,4 +1,4 @@
-"""model.hand_gradients: GELU and LayerNorm with hand-written gradients give the values and
+"""model.hand_gradients: GELU, LayerNorm and L2 normalisation with hand-written gradients give the values and
 gradients of TF's autodiff within float tolerance, and so does the whole model's loss."""
 import dataclasses
 
@@ -84,3 +84,42 @@ def test_model_loss_and_gradients_match_autodiff():
     assert abs(loss - ref_loss) < 1e-5 * max(1.0, abs(ref_loss))
     for r, g in zip(ref_grads, grads):
         np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-5)
+
+
+def test_l2_normalize_matches_autodiff():
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 2, (6, 9)).astype(np.float32)
+    x[1] = 0.0  # no norm at all
+    x[2] *= 1e-9  # below the epsilon clamp: a plain scaling there
+    ref = _value_and_grads(lambda t: tf.math.l2_normalize(t, axis=-1), x)
+    got = _value_and_grads(lambda t: layers.l2_normalize(t, True), x)
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+    assert np.abs(got[1][2]).max() > 1e5  # the clamped row's gradient is 1 / 1e-6 times dy
+
+
+def test_embed_distinct_runs_once_and_matches_separate_calls():
+    from pinrank.models.pinnerformer.model import embed_distinct
+    table = tf.Variable(np.random.default_rng(4).normal(size=(10, 3)).astype(np.float32))
+    calls = []
+
+    def embed(rows):
+        calls.append(int(tf.size(rows)))
+        return tf.tanh(tf.gather(table, rows)) * tf.cast(rows[:, None] + 1, tf.float32)
+
+    a = tf.constant([3, 1, 3, 7], tf.int64)
+    b = tf.constant([1, 9, 7, 7, 0], tf.int64)
+    w = tf.constant(np.random.default_rng(5).normal(size=(9, 3)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        ea, eb = embed_distinct(embed, a, b)
+        got = tf.reduce_sum(tf.concat([ea, eb], 0) * w)
+    got_grad = tf.convert_to_tensor(tape.gradient(got, table)).numpy()
+    assert calls == [5]  # 3, 1, 7, 9, 0 once each
+    calls.clear()
+    with tf.GradientTape() as tape:
+        ra, rb = embed(a), embed(b)
+        ref = tf.reduce_sum(tf.concat([ra, rb], 0) * w)
+    ref_grad = tf.convert_to_tensor(tape.gradient(ref, table)).numpy()
+    np.testing.assert_allclose(ea.numpy(), ra.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(eb.numpy(), rb.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(got_grad, ref_grad, rtol=1e-5, atol=1e-6)

@@ -50,7 +50,11 @@ TensorFlow with oneDNN as this process has it, numpy and torch if installed).
 
 The RecBole SASRec column repeats the issue's reference figures (RecBole 1.2.1 SASRec, measured
 by the issue's author on another run on this 2-core machine class), not a measurement of this
-script. Not a timed test: prints a table, asserts nothing about speed.
+script. With `--peer PYTHON` (an interpreter that has torch and recbole==1.2.1; the project's
+environment has neither, benchmarks/recbole_peer.py says how to make one) the peer is measured
+in the same run instead, right after each dims, with the same steps, warm-up and catalogue size,
+and the ratio is ours over the peer's, fastest step to fastest and median to median.
+Not a timed test: prints a table, asserts nothing about speed.
 """
 from __future__ import annotations
 
@@ -320,6 +324,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", help="write a TensorBoard profiler trace of one step here")
     ap.add_argument("--check-flops", action="store_true",
                     help="also count the executed step's matmul FLOPs from its run metadata")
+    ap.add_argument("--peer", metavar="PYTHON",
+                    help="also measure RecBole SASRec with this interpreter (benchmarks/recbole_peer.py)")
     ap.add_argument("--peak-n", type=int, default=2048)
     ap.add_argument("--peak-repeats", type=int, default=5)
     args = ap.parse_args(argv)
@@ -331,10 +337,46 @@ def main(argv=None) -> int:
           f"{args.warmup} warm-up + {args.steps} timed steps")
     measured_peak = peak_mod.measure(args.peak_n, args.peak_repeats)
     rows: List[dict] = []
+    peers: Dict[str, dict] = {}
     for dims in args.dims:
         rows += run_dims(dims, args, measured_peak)
+        if args.peer:
+            peers[dims] = measure_peer(dims, args)
     report(rows, measured_peak, args)
+    if peers:
+        report_peer(rows, peers)
     return 0
+
+
+def measure_peer(dims: str, args) -> dict:
+    """RecBole SASRec's fastest and median step at `dims`, from benchmarks/recbole_peer.py run by
+    the interpreter `args.peer` (a separate process: torch and TensorFlow do not share one)."""
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recbole_peer.py")
+    cmd = [args.peer, script, "--dims", dims, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--items", str(args.items)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] == [dims]]
+    if out.returncode != 0 or len(rows) != 1:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:]
+        raise SystemExit(f"--peer {args.peer}: recbole_peer.py --dims {dims} failed "
+                         f"(exit {out.returncode}): {tail[0] if tail else 'no output'}")
+    _, _, _, seq, batch, min_ms, median_ms = rows[0][:7]
+    return {"tokens": int(seq) * int(batch), "min_s": float(min_ms) / 1e3, "median_s": float(median_ms) / 1e3}
+
+
+def report_peer(rows: List[dict], peers: Dict[str, dict]) -> None:
+    print("\nside by side with RecBole 1.2.1 SASRec, measured in this run (benchmarks/recbole_peer.py):")
+    hdr = (f"{'dims':<5}{'':<3}{'tokens/s (fastest)':>20}{'peer':>10}{'ratio':>8}"
+           f"{'tokens/s (median)':>20}{'peer':>10}{'ratio':>8}")
+    print(hdr + "\n" + "-" * len(hdr))
+    for r in rows:
+        p = peers[r["dims"]]
+        ours_best, ours_med = r["tokens"] / r["min_s"], r["tokens"] / r["median_s"]
+        peer_best, peer_med = p["tokens"] / p["min_s"], p["tokens"] / p["median_s"]
+        print(f"{r['dims']:<5}{r['label']:<3}{ours_best:>20.0f}{peer_best:>10.0f}{ours_best / peer_best:>7.2f}x"
+              f"{ours_med:>20.0f}{peer_med:>10.0f}{ours_med / peer_med:>7.2f}x")
 
 
 if __name__ == "__main__":

@@ -236,6 +236,9 @@ def _reference_coverage(user, item, hist, k):
 
 
 def test_validation_recall_matches_numpy():
+    # Keras' initializers draw from the global generator: seeded, so the weights (and a recall
+    # strictly between 0 and 1 on these 21 users) do not depend on the tests that ran before.
+    keras.utils.set_random_seed(7)  # recall 0.169 on these users
     m = _model(seed=3)
     data = _batch(np.random.default_rng(7), 21)
     cb = train.ValidationRecall(tf.data.Dataset.from_tensor_slices(data).batch(8), K)
@@ -246,7 +249,7 @@ def test_validation_recall_matches_numpy():
     hist = [r[:n] for r, n in zip(data[F.xf(F.HIST_ITEM)], lens)]
     fut = [r[:n] for r, n in zip(data[F.xf(F.FUT_ITEM)], data[F.FUT_LEN_XF][:, 0])]
     want = _reference_recall(user, item, hist, fut, K)
-    assert 0 < want < 1
+    assert 0 < want < 1, want
     got = cb.scores()
     assert got["recall"] == pytest.approx(want, abs=1e-9)
     assert got["coverage"] == pytest.approx(_reference_coverage(user, item, hist, K), abs=1e-9)

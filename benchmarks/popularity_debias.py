@@ -40,10 +40,13 @@ BETAS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.04)
 WINDOWS = {"all": None, "30d": 30}
 
 
-def only(pattern: str) -> str:
+def one_output(root: str, component: str, key: str) -> str:
+    """The artifact directory of `component`'s output `key` in a pipeline root holding one run's
+    outputs (benchmarks/ranker_lr.py uses it too)."""
+    pattern = os.path.join(root, component, key, "*")
     found = sorted(glob.glob(pattern))
     if len(found) != 1:
-        raise SystemExit(f"popularity_debias: expected one match for {pattern}, found {len(found)}")
+        raise SystemExit(f"expected one artifact at {pattern}, found {len(found)}")
     return found[0]
 
 
@@ -53,9 +56,8 @@ def main(argv=None) -> None:
     ap.add_argument("--betas", nargs="+", type=float, default=list(BETAS))
     ap.add_argument("--windows", nargs="+", choices=sorted(WINDOWS), default=sorted(WINDOWS))
     args = ap.parse_args(argv)
-    examples = only(os.path.join(args.root, "EventExampleGen", "examples", "*"))
-    item_ids, _, interests = load_item_embeddings(
-        only(os.path.join(args.root, "ItemEmbeddingGen", "item_embeddings", "*")))
+    examples = one_output(args.root, "EventExampleGen", "examples")
+    item_ids, _, interests = load_item_embeddings(one_output(args.root, "ItemEmbeddingGen", "item_embeddings"))
     serialized = C.read_examples(tf.io.gfile.glob(os.path.join(examples, "Split-eval", "*")))
     lists = C.parse_lists(serialized, (F.HIST_ITEM, F.FUT_ITEM, F.ANCHOR_TS))
     train = B.TrainPositives(*read_train_positives(examples), item_ids)

@@ -16,6 +16,7 @@ import argparse
 import glob
 import json
 import os
+import sys
 import time
 
 from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
@@ -27,21 +28,16 @@ import tensorflow_transform as tft
 import tf_keras as keras
 from tfx_bsl.public import tfxio
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.popularity_debias import one_output
 from pinrank.models.realtime import metrics as RM
 from pinrank.models.realtime import ranker as R
 from pinrank.models.realtime import serving_model as S
 from pinrank.models.realtime.run import ranker_config
-from pinrank.models.schedules import WarmupCosine
 from pinrank.pipeline import features as F
 from pinrank.pipeline.artifacts import load_item_embeddings
 from pinrank.pipeline.config import apply_overrides, preset
-
-
-def only(pattern: str) -> str:
-    found = sorted(glob.glob(pattern))
-    if len(found) != 1:
-        raise SystemExit(f"ranker_lr: expected one match for {pattern}, found {len(found)}")
-    return found[0]
 
 
 def main(argv=None) -> None:
@@ -56,13 +52,12 @@ def main(argv=None) -> None:
     cfg = apply_overrides(preset("cpu", args.source),
                           [f"ranker.learning_rate={args.lr}", f"ranker.seed={args.seed}"])
     keras.utils.set_random_seed(args.seed)
-    transform = os.path.join(args.root, "TransformRanker")
-    tft_out = tft.TFTransformOutput(only(os.path.join(transform, "transform_graph", "*")))
+    tft_out = tft.TFTransformOutput(one_output(args.root, "TransformRanker", "transform_graph"))
     item_ids, item_emb, interests = load_item_embeddings(
-        only(os.path.join(args.root, "ItemEmbeddingGen", "item_embeddings", "*")))
+        one_output(args.root, "ItemEmbeddingGen", "item_embeddings"))
     featurizer = S.Featurizer(item_ids, item_emb, interests)
     rcfg = ranker_config(cfg, tft_out, item_emb.shape[1], featurizer.num_interests)
-    examples = only(os.path.join(transform, "transformed_examples", "*"))
+    examples = one_output(args.root, "TransformRanker", "transformed_examples")
 
     def dataset(split: str, train: bool):
         record = tfxio.TFExampleRecord(
@@ -73,10 +68,10 @@ def main(argv=None) -> None:
             num_epochs=None if train else 1, drop_final_batch=train)), featurizer)
 
     model = R.Ranker(rcfg, seed=args.seed)
-    clip = {"clipnorm": args.clipnorm} if args.clipnorm > 0 else {}
-    model.compile(optimizer=keras.optimizers.Adam(
-        WarmupCosine(rcfg.learning_rate, rcfg.warmup_steps, rcfg.decay_steps, rcfg.min_lr_ratio),
-        **clip))
+    optimizer = R.make_optimizer(rcfg)  # the run_fn's; clipnorm is read when gradients apply
+    if args.clipnorm > 0:
+        optimizer.clipnorm = args.clipnorm
+    model.compile(optimizer=optimizer)
     start = time.time()
     per_epoch = min(100, args.steps)
     history = model.fit(dataset("train", True), steps_per_epoch=per_epoch,

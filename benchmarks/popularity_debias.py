@@ -42,7 +42,7 @@ WINDOWS = {"all": None, "30d": 30}
 
 def one_output(root: str, component: str, key: str) -> str:
     """The artifact directory of `component`'s output `key` in a pipeline root holding one run's
-    outputs (benchmarks/ranker_lr.py uses it too)."""
+    outputs (benchmarks/ranker_select.py uses it too)."""
     pattern = os.path.join(root, component, key, "*")
     found = sorted(glob.glob(pattern))
     if len(found) != 1:

@@ -1,0 +1,149 @@
+"""The ranker at a learning rate, gradient clip or hide weight of your choice, on a run's data.
+
+    python benchmarks/ranker_select.py PIPELINE_ROOT [--lr 1e-3] [--clipnorm 1.0] \
+        [--hide-weight 10] [--protocol validation|eval] [--seed 0]
+
+Trains the `cpu` ranker (models/realtime) the way its run_fn does, for `--steps` steps in epochs
+of 100, from the run's TransformRanker output and item embeddings, with Adam on the preset's
+warmup + cosine schedule (`--clipnorm`: Keras' per-variable gradient-norm clip) and
+`--hide-weight` as the weight a hide gives the repin and click heads (losses.py, the paper's
+100 by default).
+
+`--protocol validation` (the default, for choosing settings): the ranker trains on the train
+requests before the 85th percentile of the train request times and is scored on the train
+requests at or after it; the gate's eval requests are not used. `--protocol eval` trains on
+the whole train split and scores the gate's eval split: a diagnostic, never a way to choose.
+Either way the scored requests go through the `serving_default` path (Transform graph,
+Featurizer, model) and are compared with RankerBaselineCheck's two popularity rankers
+(components/ranker_eval/baseline_check.py) on the same requests: AUC/repin and HIT@3/repin.
+Prints one JSON line, with the spread of the repin scores (a collapsed ranker has ~0) and the
+training loss per epoch. Findings: docs/status.md, "Session 15: where the demo's time goes, a
+popularity penalty, fused projections" (learning rate, clipping) and "Session 16: the ranker's
+hide weight" (hide weight).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+from pinrank.pipeline import bootstrap  # noqa: F401  (environment before TensorFlow)
+
+# isort: split
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from tfx_bsl.public import tfxio
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.popularity_debias import one_output
+from pinrank.components.ranker_eval import baseline_check as BC
+from pinrank.models.realtime import metrics as RM
+from pinrank.models.realtime import ranker as R
+from pinrank.models.realtime import serving_model as S
+from pinrank.models.realtime.run import ranker_config
+from pinrank.pipeline import features as F
+from pinrank.pipeline.artifacts import load_item_embeddings
+from pinrank.pipeline.config import apply_overrides, default_label_weights, preset
+
+VALIDATION_QUANTILE = 0.85  # train requests at or after this quantile of their times validate
+POPULARITY_WINDOW_DAYS = 30  # RankerEvalConfig's default window
+
+
+def requests(root: str, protocol: str):
+    """(raw requests to score, the training cut-off: train requests before it train)."""
+    examples = one_output(root, "RankingExampleGen", "examples")
+    if protocol == "eval":
+        return BC.read_requests(examples, "eval"), None
+    train = BC.read_requests(examples, "train")
+    cut = int(np.quantile(np.unique(train["request_ts"]), VALIDATION_QUANTILE))
+    keep = train["request_ts"] >= cut
+    return {k: (np.asarray(v, object)[keep] if k == "serialized" else v[keep])
+            for k, v in train.items()}, cut
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", help="a pipeline root (…/pipeline_root) with one TransformRanker output")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    ap.add_argument("--clipnorm", type=float, default=0.0, help="0: no clipping (the preset)")
+    ap.add_argument("--hide-weight", type=float, default=None,
+                    help="M[repin|click, hide] (default: the preset's label_weights)")
+    ap.add_argument("--protocol", choices=("validation", "eval"), default="validation")
+    ap.add_argument("--steps", type=int, default=None, help="default: the preset's ranker_train.train_steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--source", default="movielens")
+    args = ap.parse_args(argv)
+    overrides = [f"ranker.seed={args.seed}"]
+    if args.lr is not None:
+        overrides.append(f"ranker.learning_rate={args.lr}")
+    cfg = apply_overrides(preset("cpu", args.source), overrides)
+    if args.hide_weight is not None:
+        cfg = cfg.replace(ranker={"label_weights": default_label_weights(cfg.ranker.heads,
+                                                                         args.hide_weight)})
+    steps = args.steps or cfg.ranker_train.train_steps
+    keras.utils.set_random_seed(args.seed)
+    tft_out = tft.TFTransformOutput(one_output(args.root, "TransformRanker", "transform_graph"))
+    item_dir = one_output(args.root, "ItemEmbeddingGen", "item_embeddings")
+    item_ids, item_emb, interests = load_item_embeddings(item_dir)
+    featurizer = S.Featurizer(item_ids, item_emb, interests)
+    rcfg = ranker_config(cfg, tft_out, item_emb.shape[1], featurizer.num_interests)
+    scored, cut = requests(args.root, args.protocol)
+    examples = one_output(args.root, "TransformRanker", "transformed_examples")
+
+    record = tfxio.TFExampleRecord(
+        file_pattern=glob.glob(os.path.join(examples, "Split-train", "*")),
+        schema=tft_out.transformed_metadata.schema, telemetry_descriptors=["pinrank"])
+    train = record.TensorFlowDataset(tfxio.TensorFlowDatasetOptions(
+        batch_size=rcfg.batch_size, shuffle=True, shuffle_seed=args.seed, num_epochs=None,
+        drop_final_batch=True))
+    if cut is not None:  # validation: only the requests before the cut train
+        train = (train.unbatch().filter(lambda xf: xf[F.xf(F.REQUEST_TS)] < cut)
+                 .batch(rcfg.batch_size, drop_remainder=True))
+
+    model = R.Ranker(rcfg, seed=args.seed)
+    optimizer = R.make_optimizer(rcfg)  # the run_fn's; clipnorm is read when gradients apply
+    if args.clipnorm > 0:
+        optimizer.clipnorm = args.clipnorm
+    model.compile(optimizer=optimizer)
+    start = time.time()
+    per_epoch = min(100, steps)
+    history = model.fit(S.featurized_dataset(train, featurizer), steps_per_epoch=per_epoch,
+                        epochs=max(1, steps // per_epoch), verbose=0)
+    train_s = time.time() - start
+
+    tft_layer = tft_out.transform_features_layer()
+    raw_spec = {k: v for k, v in tft_out.raw_feature_spec().items()
+                if k in S.RAW_SERVING_FEATURES}
+    scores = {h: [] for h in F.HEADS}
+    for i in range(0, len(scored["label"]), 2048):
+        xf = tft_layer(tf.io.parse_example(tf.constant(list(scored["serialized"][i:i + 2048])),
+                                           raw_spec))
+        out = model(featurizer(xf), training=False)
+        for h in F.HEADS:
+            scores[h].append(out[h].numpy().reshape(-1))
+    heads = {h: np.concatenate(v) for h, v in scores.items()}
+    positives = BC.read_positives(one_output(args.root, "DatasetGen", "events"), item_ids)
+    methods = {"ranker": heads[BC.HEAD], **BC.popularity_scores(
+        positives, item_ids, scored["request_ts"], scored["cand_item"], POPULARITY_WINDOW_DAYS)}
+    metrics = BC.compare(methods, scored["label"], scored["request_id"], k=3)
+    print(json.dumps({
+        "protocol": args.protocol, "seed": args.seed, "steps": steps, "lr": rcfg.learning_rate,
+        "clipnorm": args.clipnorm, "hide_weight": args.hide_weight,
+        "requests": int(len(np.unique(scored["request_id"]))),
+        "repin": {m: {k: round(v, 4) for k, v in d.items()} for m, d in metrics.items()},
+        "auc_per_head": {h: round(float(RM.auc(heads[h], scored["labels"][:, i] > 0)), 4)
+                         for i, h in enumerate(F.HEADS)},
+        "repin_score_std": round(float(np.std(heads[BC.HEAD])), 5),
+        "loss": [round(v, 3) for v in history.history["loss"]],
+        "train_s": round(train_s, 1)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from pinrank.pipeline.config import (
+    CPU_HIDE_WEIGHT,
     ConfigError,
     PipelineConfig,
     RankerConfig,
@@ -17,6 +18,7 @@ from pinrank.pipeline.config import (
     apply_overrides,
     check_consistency,
     config_values,
+    default_label_weights,
     leaf_paths,
     preset,
 )
@@ -105,10 +107,14 @@ def test_nested_overrides_change_values():
     assert cfg.data.temporal_dynamics is False and cfg.ranker_train.enabled is False
     assert cfg.train.learning_rate == 1e-4 and cfg.model.objective == "next_action"
     assert cfg.name == "other" and cfg.eval.min_lift_over_popularity == -5.0
-    # Untouched fields stay; null derives the default weights again.
+    # Untouched fields stay; null derives the paper's default weights (hide 100), which the cpu
+    # preset lowers to CPU_HIDE_WEIGHT.
     assert cfg.ranker.realtime.latest_k == preset("cpu").ranker.realtime.latest_k
     reset = apply_overrides(cfg, ["ranker.label_weights=null"])
-    assert reset.ranker.label_weights == preset("cpu").ranker.label_weights
+    assert reset.ranker.label_weights == default_label_weights(cfg.ranker.heads)
+    assert preset("cpu").ranker.label_weights == default_label_weights(cfg.ranker.heads,
+                                                                        CPU_HIDE_WEIGHT)
+    assert preset("paper").ranker.label_weights == default_label_weights(cfg.ranker.heads)
     # New heads re-derive the default label weights (RankerConfig.replace).
     two = apply_overrides(preset("cpu"), ['ranker.heads=["click", "hide"]'])
     assert two.ranker.label_weights == ((1.0, 100.0), (1.0, 1.0))

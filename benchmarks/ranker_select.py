@@ -61,11 +61,16 @@ def requests(root: str, protocol: str):
     examples = one_output(root, "RankingExampleGen", "examples")
     if protocol == "eval":
         return BC.read_requests(examples, "eval"), None
-    train = BC.read_requests(examples, "train")
-    cut = int(np.quantile(np.unique(train["request_ts"]), VALIDATION_QUANTILE))
-    keep = train["request_ts"] >= cut
-    return {k: (np.asarray(v, object)[keep] if k == "serialized" else v[keep])
-            for k, v in train.items()}, cut
+    # Two passes over the train split, holding only the request times and then the kept rows
+    # (a large split's parsed examples do not fit in memory).
+    spec = {F.REQUEST_TS: tf.io.FixedLenFeature([1], tf.int64)}
+    batches = BC.split_records(examples, "train").batch(4096)
+    times = np.concatenate([tf.io.parse_example(b, spec)[F.REQUEST_TS].numpy().reshape(-1)
+                            for b in batches])
+    cut = int(np.quantile(np.unique(times), VALIDATION_QUANTILE))
+    rows = [r for b in batches for r, t in zip(
+        b.numpy(), tf.io.parse_example(b, spec)[F.REQUEST_TS].numpy().reshape(-1)) if t >= cut]
+    return BC.requests_of(rows), cut
 
 
 def main(argv=None) -> None:

@@ -48,12 +48,22 @@ HEAD = "repin"
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
 
 
+def split_records(examples_uri: str, split: str = "eval") -> tf.data.Dataset:
+    """The serialized examples of one split of RankingExampleGen's output."""
+    files = tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
+    return tf.data.TFRecordDataset(files, compression_type="GZIP")
+
+
 def read_requests(examples_uri: str, split: str = "eval") -> Dict[str, Any]:
     """Serialized examples and the fields the non-learned rankers need, one row per example."""
-    files = tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
-    rows = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    rows = [r.numpy() for r in split_records(examples_uri, split)]
     if not rows:
         raise ValueError(f"no {split} examples under {examples_uri}/Split-{split}")
+    return requests_of(rows)
+
+
+def requests_of(rows: List[bytes]) -> Dict[str, Any]:
+    """`read_requests`' fields of these serialized examples."""
     feats = [tf.train.Example.FromString(r).features.feature for r in rows]
     labels = np.array([[f[F.label_key(h)].int64_list.value[0] for h in F.HEADS] for f in feats],
                       np.int64)

@@ -6,8 +6,8 @@
 Trains the `cpu` ranker (models/realtime) the way its run_fn does, for `--steps` steps in epochs
 of 100, from the run's TransformRanker output and item embeddings, with Adam on the preset's
 warmup + cosine schedule (`--clipnorm`: Keras' per-variable gradient-norm clip) and
-`--hide-weight` as the weight a hide gives the repin and click heads (losses.py, the paper's
-100 by default).
+`--hide-weight` as the weight a hide gives the repin and click heads (losses.py; default: the
+preset's, 10 in `cpu`, where the paper has 100).
 
 `--protocol validation` (the default, for choosing settings): the ranker trains on the train
 requests before the 85th percentile of the train request times and is scored on the train
@@ -53,7 +53,6 @@ from pinrank.pipeline.artifacts import load_item_embeddings
 from pinrank.pipeline.config import apply_overrides, default_label_weights, preset
 
 VALIDATION_QUANTILE = 0.85  # train requests at or after this quantile of their times validate
-POPULARITY_WINDOW_DAYS = 30  # RankerEvalConfig's default window
 
 
 def requests(root: str, protocol: str):
@@ -136,7 +135,8 @@ def main(argv=None) -> None:
     heads = {h: np.concatenate(v) for h, v in scores.items()}
     positives = BC.read_positives(one_output(args.root, "DatasetGen", "events"), item_ids)
     methods = {"ranker": heads[BC.HEAD], **BC.popularity_scores(
-        positives, item_ids, scored["request_ts"], scored["cand_item"], POPULARITY_WINDOW_DAYS)}
+        positives, item_ids, scored["request_ts"], scored["cand_item"],
+        cfg.ranker_eval.popularity_window_days)}
     metrics = BC.compare(methods, scored["label"], scored["request_id"], k=3)
     print(json.dumps({
         "protocol": args.protocol, "seed": args.seed, "steps": steps, "lr": rcfg.learning_rate,

@@ -63,12 +63,11 @@ def requests(root: str, protocol: str):
     # Two passes over the train split, holding only the request times and then the kept rows
     # (a large split's parsed examples do not fit in memory).
     spec = {F.REQUEST_TS: tf.io.FixedLenFeature([1], tf.int64)}
-    batches = BC.split_records(examples, "train").batch(4096)
+    records = BC.split_records(examples, "train")
     times = np.concatenate([tf.io.parse_example(b, spec)[F.REQUEST_TS].numpy().reshape(-1)
-                            for b in batches])
+                            for b in records.batch(4096)])
     cut = int(np.quantile(np.unique(times), VALIDATION_QUANTILE))
-    rows = [r for b in batches for r, t in zip(
-        b.numpy(), tf.io.parse_example(b, spec)[F.REQUEST_TS].numpy().reshape(-1)) if t >= cut]
+    rows = [r.numpy() for r, t in zip(records, times) if t >= cut]
     return BC.requests_of(rows), cut
 
 
@@ -122,17 +121,10 @@ def main(argv=None) -> None:
                         epochs=max(1, steps // per_epoch), verbose=0)
     train_s = time.time() - start
 
-    tft_layer = tft_out.transform_features_layer()
-    raw_spec = {k: v for k, v in tft_out.raw_feature_spec().items()
-                if k in S.RAW_SERVING_FEATURES}
-    scores = {h: [] for h in F.HEADS}
-    for i in range(0, len(scored["label"]), 2048):
-        xf = tft_layer(tf.io.parse_example(tf.constant(list(scored["serialized"][i:i + 2048])),
-                                           raw_spec))
-        out = model(featurizer(xf), training=False)
-        for h in F.HEADS:
-            scores[h].append(out[h].numpy().reshape(-1))
-    heads = {h: np.concatenate(v) for h, v in scores.items()}
+    # The serving_default signature the pipeline exports (the path TFMA and the gate score).
+    serving_default = S.signatures(model, featurizer, tft_out)["serving_default"]
+    scored_heads = BC.score_signature(serving_default, scored)
+    heads = {h: scored_heads[:, i] for i, h in enumerate(F.HEADS)}
     positives = BC.read_positives(one_output(args.root, "DatasetGen", "events"), item_ids)
     methods = {"ranker": heads[BC.HEAD], **BC.popularity_scores(
         positives, item_ids, scored["request_ts"], scored["cand_item"],

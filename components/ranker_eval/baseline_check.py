@@ -121,10 +121,13 @@ def _batched(fn, inputs: Dict[str, np.ndarray], n: int, batch: int = 2048) -> np
 
 def score_heads(ranker_dir: str, req: Dict[str, np.ndarray]) -> np.ndarray:
     """[N, len(HEADS)] scores of a ranker's `serving_default` signature, the path TFMA uses."""
-    ranker = tf.saved_model.load(ranker_dir).signatures["serving_default"]
+    return score_signature(tf.saved_model.load(ranker_dir).signatures["serving_default"], req)
 
+
+def score_signature(serving_default, req: Dict[str, np.ndarray]) -> np.ndarray:
+    """`score_heads` with the signature in hand (a SavedModel's, or serving_model.signatures')."""
     def heads(examples):
-        out = ranker(examples=examples)
+        out = serving_default(examples=examples)
         return np.stack([out[h].numpy().reshape(-1) for h in F.HEADS], axis=1)
     return _batched(heads, {"examples": np.array(req["serialized"], object)}, len(req["label"]))
 

@@ -19,6 +19,9 @@ ITEM_EMBEDDINGS_FILE = "item_embeddings.npz"
 ITEM_EMBEDDINGS_META_FILE = "meta.json"
 # run_fn's custom_config key for that artifact's URI (components/trainer.py sets it).
 ITEM_EMBEDDINGS_URI = "item_embeddings_uri"
+# ... and for the serving SavedModel of the PinnerFormer that built the ranker's examples
+# (the ranker's Trainer, with ranker.use_pf_dot).
+PINNERFORMER_DIR = "pinnerformer_dir"
 
 
 # A final gate's ModelBlessing names the model it gates (RetrievalEvaluator: PinnerFormer,

@@ -390,7 +390,9 @@ HIDE_WEIGHT = 100.0
 # What the pipeline's ranker featurizer (models/realtime/serving_model.py) provides, and so the only
 # feature names `ranker.context_categorical` / `candidate_categorical` may use in the pipeline.
 RANKER_CONTEXT_CATEGORICAL = ("surface", "hour_of_day", "day_of_week")
-RANKER_CANDIDATE_CATEGORICAL = ("candidate_interest",)
+# candidate_id: the candidate's catalog row (0 = unknown), a learned per-item embedding; its
+# vocab_size is derived from the catalog like the others'.
+RANKER_CANDIDATE_CATEGORICAL = ("candidate_interest", "candidate_id")
 # Raw features of the ranking examples that are constant within a request, so TFMA can slice the
 # per-request metrics (HIT@k) by them (`ranker_eval.slice_features`).
 RANKER_SLICE_FEATURES = ("surface", "pf_present")
@@ -513,6 +515,9 @@ class RankerConfig:
     `label_weights` (M, H x H, rows = heads, columns = label actions in `heads` order) defaults to
     `default_label_weights(heads)`; see losses.py for the exact weighting rule.
     Ablations (TransAct Table 2): use_pinnerformer / use_realtime on/off.
+    `use_pf_dot` adds one user x candidate feature, the PinnerFormer dot product
+    <user embedding, pin tower(candidate)> (our addition, docs/models.md, "Deviations"); it needs
+    use_pinnerformer, and the pipeline bakes the pin tower's catalog table into the ranker.
 
     In the pipeline (models/realtime/run.py), sizes that only the data knows are *derived*, and
     only these: `realtime.num_action_types` (the action vocabulary of the training split) and the
@@ -528,6 +533,7 @@ class RankerConfig:
     use_realtime: bool = True
     use_pinnerformer: bool = True
     pinnerformer_dim: int = 64  # PinnerFormer output_dim
+    use_pf_dot: bool = False  # <PinnerFormer user, pin tower(candidate)> as a feature (our addition)
     context_categorical: Tuple[Tuple[str, int, int], ...] = (("surface", 7, 8), ("hour_of_day", 24, 8))
     context_numeric: Tuple[str, ...] = ()
     candidate_categorical: Tuple[Tuple[str, int, int], ...] = (("candidate_interest", 64, 8),)
@@ -553,6 +559,8 @@ class RankerConfig:
         if not isinstance(self.realtime, RealtimeConfig):
             raise ValueError(f"realtime must be a RealtimeConfig, got {type(self.realtime).__name__}")
         _positive("pinnerformer_dim", self.pinnerformer_dim)
+        if self.use_pf_dot and not self.use_pinnerformer:
+            raise ValueError("use_pf_dot needs use_pinnerformer (the dot product's user side)")
         _set(self, "context_categorical", _spec_tuple("context_categorical", self.context_categorical))
         _set(self, "candidate_categorical", _spec_tuple("candidate_categorical", self.candidate_categorical))
         _set(self, "context_numeric", tuple(self.context_numeric))

@@ -184,6 +184,9 @@ def _ranker_branch(cfg: PipelineConfig, events, serving_dir: str, pf_trainer, pf
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         item_embeddings=item_embedding_gen.outputs["item_embeddings"],
+        # use_pf_dot: the pin tower of the PinnerFormer that built the examples (blessed: the
+        # RankingExampleGen above refuses any other)
+        pinnerformer_model=pf_trainer.outputs["model"] if cfg.ranker.use_pf_dot else None,
         run_fn=RANKER_RUN_FN,
         train_args=tfx.proto.TrainArgs(num_steps=cfg.ranker_train.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=cfg.ranker_train.eval_steps),

@@ -12,10 +12,14 @@ Input dict (B = number of (user, candidate) examples):
     candidate side
       CANDIDATE_EMB               float [B, De]        frozen item embedding of the candidate
       <candidate categorical name> int  [B] / [B, 1]
+      PF_CANDIDATE_EMB            float [B, Dp]        PinnerFormer pin-tower embedding of the
+                                                       candidate (if use_pf_dot)
 
 x0 = concat([user block (context embeddings, BN(numerics), PinnerFormer) | TransAct output | candidate block
-(candidate embedding, candidate categorical embeddings)]) -> full-rank DCNv2 (num_cross_layers) -> MLP
-(ReLU + dropout) -> Dense(H) -> one sigmoid per head. `model(features)` -> {head: prob [B]}.
+(candidate embedding, candidate categorical embeddings) | with use_pf_dot, the dot product
+<PINNERFORMER_EMB, PF_CANDIDATE_EMB>, the score PinnerFormer retrieves by (0 without an embedding)])
+-> full-rank DCNv2 (num_cross_layers) -> MLP (ReLU + dropout) -> Dense(H) -> one sigmoid per head.
+`model(features)` -> {head: prob [B]}.
 
 Training (`fit`): labels = {head: [B]} or [B, H] 0/1 in `cfg.heads` order; optional sample_weight [B] = w_u;
 loss = losses.weighted_bce_from_logits with losses.head_weights(labels, cfg.label_weights,
@@ -47,6 +51,7 @@ from .transact import TransAct
 
 PINNERFORMER_EMB = "pinnerformer_emb"
 CANDIDATE_EMB = "candidate_emb"
+PF_CANDIDATE_EMB = "pf_candidate_emb"
 RT_ACTION_TYPE = "rt_action_type"
 RT_ITEM_EMB = "rt_item_emb"
 RT_ACTION_TS = "rt_action_ts"
@@ -66,7 +71,8 @@ def user_feature_keys(cfg: RankerConfig):
 
 
 def candidate_feature_keys(cfg: RankerConfig):
-    return (CANDIDATE_EMB,) + tuple(s[0] for s in cfg.candidate_categorical)
+    return ((CANDIDATE_EMB,) + tuple(s[0] for s in cfg.candidate_categorical)
+            + ((PF_CANDIDATE_EMB,) if cfg.use_pf_dot else ()))
 
 
 def make_optimizer(cfg: RankerConfig):
@@ -133,6 +139,13 @@ class Ranker(keras.Model):
                           for layer, (n, v, _) in zip(self.candidate_embeddings, self.cfg.candidate_categorical)]
         return tf.concat(parts, axis=-1) if len(parts) > 1 else cand
 
+    def pf_dot(self, user_pf, candidate_features):
+        """[N, 1]: <user PinnerFormer embedding [1 or N, Dp], candidate's pin tower [N, Dp]>."""
+        dp = self.cfg.pinnerformer_dim
+        cand = tf.reshape(tf.cast(candidate_features[PF_CANDIDATE_EMB], tf.float32), [-1, dp])
+        user = tf.reshape(tf.cast(user_pf, tf.float32), [-1, dp])
+        return tf.reduce_sum(user * cand, axis=-1, keepdims=True)
+
     def _realtime_inputs(self, features):
         return {"action_type": features[RT_ACTION_TYPE], "item_emb_seq": features[RT_ITEM_EMB],
                 "action_ts": features[RT_ACTION_TS], "request_ts": features[REQUEST_TS],
@@ -152,6 +165,8 @@ class Ranker(keras.Model):
         if self.transact is not None:
             parts.append(tf.cast(self.transact(self._realtime_inputs(features), training=training), tf.float32))
         parts.append(self.candidate_block(features))
+        if self.cfg.use_pf_dot:
+            parts.append(self.pf_dot(features[PINNERFORMER_EMB], features))
         return self.top(self.cross(tf.concat(parts, axis=-1)), training=training)
 
     @_no_autograph
@@ -182,6 +197,8 @@ class Ranker(keras.Model):
             else:
                 per_row.append(tf.cast(self.transact.call_request(*seq, candidate_emb=cand_emb), tf.float32))
         per_row.append(self.candidate_block(dict(candidate_features, **{CANDIDATE_EMB: cand_emb})))
+        if cfg.use_pf_dot:
+            per_row.append(self.pf_dot(user[PINNERFORMER_EMB], candidate_features))
         shared = tf.concat(shared, axis=-1) if len(shared) > 1 else shared[0]
         per_row = tf.concat(per_row, axis=-1) if len(per_row) > 1 else per_row[0]
         z = tf.sigmoid(self.top(self.cross.call_split(shared, per_row), training=False))

@@ -14,12 +14,16 @@ from pinrank.models.pinnerformer.run import make_dataset  # noqa: E402
 from pinrank.models.realtime import ranker as R  # noqa: E402
 from pinrank.models.realtime import serving_model as S  # noqa: E402
 from pinrank.pipeline import features as F  # noqa: E402
-from pinrank.pipeline.artifacts import ITEM_EMBEDDINGS_URI, load_item_embeddings  # noqa: E402
+from pinrank.pipeline.artifacts import (  # noqa: E402
+    ITEM_EMBEDDINGS_URI,
+    PINNERFORMER_DIR,
+    load_item_embeddings,
+)
 from pinrank.pipeline.config import ConfigError, PipelineConfig, RankerConfig  # noqa: E402
 
 
 def ranker_config(cfg: PipelineConfig, tft_out: tft.TFTransformOutput, item_dim: int,
-                  num_interests: int) -> RankerConfig:
+                  num_interests: int, num_items: int) -> RankerConfig:
     """The configured ranker, checked against the data, with only the sizes documented as derived
     (RankerConfig's docstring) filled in: `realtime.num_action_types` and the categoricals'
     vocabulary sizes. A configured value the data contradicts stops the run, naming the field."""
@@ -41,7 +45,7 @@ def ranker_config(cfg: PipelineConfig, tft_out: tft.TFTransformOutput, item_dim:
                         f"no numeric context")
     vocab = {"surface": tft_out.vocabulary_size_by_name(F.SURFACE_VOCAB) + 2,  # + padding + OOV
              "hour_of_day": 24, "day_of_week": 7,
-             "candidate_interest": num_interests + 1}
+             "candidate_interest": num_interests + 1, "candidate_id": num_items + 1}
     for field in ("context_categorical", "candidate_categorical"):
         unknown = [s[0] for s in getattr(r, field) if s[0] not in vocab]
         if unknown:
@@ -59,8 +63,15 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     keras.utils.set_random_seed(cfg.ranker.seed)
     tft_out = tft.TFTransformOutput(fn_args.transform_output)
     item_ids, item_emb, interests = load_item_embeddings(fn_args.custom_config[ITEM_EMBEDDINGS_URI])
-    featurizer = S.Featurizer(item_ids, item_emb, interests)
-    rcfg = ranker_config(cfg, tft_out, item_emb.shape[1], featurizer.num_interests)
+    pf_items = None
+    if cfg.ranker.use_pf_dot:
+        if PINNERFORMER_DIR not in fn_args.custom_config:
+            raise ConfigError("ranker.use_pf_dot=true needs the PinnerFormer that built the "
+                              "examples: pass pinnerformer_model= to the ranker's Trainer")
+        pf_items = S.pinnerformer_item_table(fn_args.custom_config[PINNERFORMER_DIR], item_ids)
+    featurizer = S.Featurizer(item_ids, item_emb, interests, pf_items)
+    rcfg = ranker_config(cfg, tft_out, item_emb.shape[1], featurizer.num_interests,
+                         featurizer.num_items)
     shuffle = bool(fn_args.custom_config.get("shuffle_labels", False))
     if shuffle:
         logging.warning("Training the ranker on label-shuffled data (randomisation test).")

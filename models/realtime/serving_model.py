@@ -2,7 +2,10 @@
 
 The Ranker takes already-looked-up frozen item embeddings; `Featurizer` owns the id -> row table
 (the same frozen PinSage-analogue table PinnerFormer uses) and maps Transform outputs to Ranker
-inputs, both in tf.data during training and inside the serving signatures.
+inputs, both in tf.data during training and inside the serving signatures. With
+`ranker.use_pf_dot` it also holds the catalog's PinnerFormer pin-tower embeddings
+(`pinnerformer_item_table`, from the PinnerFormer that built the examples), so the served ranker
+needs no input beyond the request's.
 
 Signatures:
 - serving_default(examples: string [B]) -> {repin, click, closeup, hide: [B]}  (TFMA, InfraValidator)
@@ -10,7 +13,7 @@ Signatures:
   context and PinnerFormer inputs, sequence lookups, mask) runs once and is broadcast over the
   candidates (Ranker.rank_request).
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -38,7 +41,9 @@ RAW_SERVING_FEATURES = (F.HIST_ITEM, F.HIST_ACTION, F.HIST_TS, F.REQUEST_TS, F.S
 class Featurizer(tf.Module):
     """Transform outputs -> (Ranker user features, candidate features)."""
 
-    def __init__(self, item_ids: np.ndarray, item_embeddings: np.ndarray, item_interests: np.ndarray):
+    def __init__(self, item_ids: np.ndarray, item_embeddings: np.ndarray, item_interests: np.ndarray,
+                 pf_item_embeddings: Optional[np.ndarray] = None):
+        """pf_item_embeddings: [N, Dp] pin-tower rows aligned with item_ids (use_pf_dot), or None."""
         super().__init__(name="featurizer")
         n = len(item_ids)
         self.table = tf.lookup.StaticHashTable(
@@ -52,6 +57,16 @@ class Featurizer(tf.Module):
         self.interest = tf.Variable(np.concatenate([[0], first]).astype(np.int64), trainable=False,
                                     name="candidate_interest")  # 0 = none/unknown
         self.num_interests = int(first.max()) + 1
+        self.num_items = n
+        self.pf_items = None
+        if pf_item_embeddings is not None:
+            pf_item_embeddings = np.asarray(pf_item_embeddings, np.float32)
+            if pf_item_embeddings.ndim != 2 or len(pf_item_embeddings) != n:
+                raise ValueError(f"pf_item_embeddings must be [{n}, Dp] (one row per item id), "
+                                 f"got {pf_item_embeddings.shape}")
+            pad = np.zeros((1, pf_item_embeddings.shape[1]), np.float32)
+            self.pf_items = tf.Variable(np.vstack([pad, pf_item_embeddings]), trainable=False,
+                                        name="pinnerformer_item_embeddings")  # row 0: unknown
 
     def rows(self, ids):
         return self.table.lookup(tf.cast(ids, tf.int64))
@@ -71,11 +86,25 @@ class Featurizer(tf.Module):
 
     def candidates(self, cand_item) -> Dict[str, tf.Tensor]:
         rows = self.rows(tf.reshape(cand_item, [-1]))
-        return {R.CANDIDATE_EMB: tf.gather(self.embeddings, rows),
-                "candidate_interest": tf.gather(self.interest, rows)}
+        out = {R.CANDIDATE_EMB: tf.gather(self.embeddings, rows),
+               "candidate_interest": tf.gather(self.interest, rows),
+               "candidate_id": rows}  # catalog row, 0 = unknown
+        if self.pf_items is not None:
+            out[R.PF_CANDIDATE_EMB] = tf.gather(self.pf_items, rows)
+        return out
 
     def __call__(self, xf) -> Dict[str, tf.Tensor]:
         return {**self.user(xf), **self.candidates(xf[F.xf(F.CAND_ITEM)])}
+
+
+def pinnerformer_item_table(pinnerformer_dir: str, item_ids: np.ndarray,
+                            batch: int = 4096) -> np.ndarray:
+    """[N, Dp] pin-tower embeddings of `item_ids` from a PinnerFormer SavedModel's
+    `item_embedding` signature (models/pinnerformer/export.py), the vectors it retrieves with."""
+    fn = tf.saved_model.load(pinnerformer_dir).signatures["item_embedding"]
+    ids = np.asarray(item_ids, np.int64)
+    return np.concatenate([fn(item_id=tf.constant(ids[i:i + batch]))["embedding"].numpy()
+                           for i in range(0, len(ids), batch)]).astype(np.float32)
 
 
 def labels(xf) -> Dict[str, tf.Tensor]:

@@ -104,7 +104,7 @@ def test_trainer_derives_only_the_documented_sizes_and_checks_the_rest():
     from pinrank.pipeline.config import ConfigError, apply_overrides
     from pinrank.pipeline.config import preset as pipeline_preset
     cfg = pipeline_preset("tiny")
-    r = ranker_config(cfg, _FakeTransformOutput(12, actions=3), item_dim=16, num_interests=9)
+    r = ranker_config(cfg, _FakeTransformOutput(12, actions=3), item_dim=16, num_interests=9, num_items=30)
     assert r.realtime.num_action_types == 3
     assert r.context_categorical == (("surface", 7, 8), ("hour_of_day", 24, 8))
     assert r.candidate_categorical == (("candidate_interest", 10, 8),)
@@ -112,18 +112,21 @@ def test_trainer_derives_only_the_documented_sizes_and_checks_the_rest():
                                context_categorical=cfg.ranker.context_categorical,
                                candidate_categorical=cfg.ranker.candidate_categorical) == cfg.ranker
     dow = apply_overrides(cfg, ['ranker.context_categorical=[["day_of_week", 1, 4]]'])
-    assert ranker_config(dow, _FakeTransformOutput(12), 16, 9).context_categorical == \
+    assert ranker_config(dow, _FakeTransformOutput(12), 16, 9, 30).context_categorical == \
         (("day_of_week", 7, 4),)  # the vocabulary size is the data's, the width the config's
     dims = apply_overrides(cfg, ['ranker.context_categorical=[["surface", 7, 3]]'])
-    assert ranker_config(dims, _FakeTransformOutput(12), 16, 9).context_categorical == \
+    assert ranker_config(dims, _FakeTransformOutput(12), 16, 9, 30).context_categorical == \
         (("surface", 7, 3),)  # the configured embedding width stays
+    ids = apply_overrides(cfg, ['ranker.candidate_categorical=[["candidate_id", 1, 4]]'])
+    assert ranker_config(ids, _FakeTransformOutput(12), 16, 9, 30).candidate_categorical == \
+        (("candidate_id", 31, 4),)  # the catalog's 30 rows + row 0 (unknown)
     with pytest.raises(ConfigError, match="item_emb_dim=16 but the item embeddings are 32-d"):
-        ranker_config(cfg, _FakeTransformOutput(12), item_dim=32, num_interests=9)
+        ranker_config(cfg, _FakeTransformOutput(12), item_dim=32, num_interests=9, num_items=30)
     with pytest.raises(ConfigError, match="seq_len=12 but Transform kept 20"):
-        ranker_config(cfg, _FakeTransformOutput(20), item_dim=16, num_interests=9)
+        ranker_config(cfg, _FakeTransformOutput(20), item_dim=16, num_interests=9, num_items=30)
     with pytest.raises(ConfigError, match="ranker.pinnerformer_dim=8 but model.output_dim=32"):
         ranker_config(apply_overrides(cfg, ["ranker.pinnerformer_dim=8"]),
-                      _FakeTransformOutput(12), item_dim=16, num_interests=9)
+                      _FakeTransformOutput(12), item_dim=16, num_interests=9, num_items=30)
 
 
 def test_featurizer_provides_every_context_feature_the_config_allows():
@@ -146,3 +149,21 @@ def test_featurizer_provides_every_context_feature_the_config_allows():
     assert np.asarray(out["hour_of_day"]).tolist() == [0, 2]
     assert np.asarray(out["day_of_week"]).tolist() == [4, 0]  # Thursday = 4, Sunday = 0
     assert np.asarray(out["candidate_interest"]).tolist() == [2, 1]
+    assert np.asarray(out["candidate_id"]).tolist() == [2, 1]  # catalog rows, 0 = unknown
+
+
+def test_featurizer_pinnerformer_item_table_rows_follow_the_item_ids():
+    """use_pf_dot: the candidate's pin-tower row is the one given for its id; unknown ids get 0."""
+    import numpy as np
+    import pytest
+
+    from pinrank.models.realtime import PF_CANDIDATE_EMB
+    from pinrank.models.realtime.serving_model import Featurizer
+    pf = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    fz = Featurizer(np.array([10, 20]), np.ones((2, 4), np.float32), np.array([[0], [1]]), pf)
+    got = fz.candidates(np.array([20, 10, 7]))[PF_CANDIDATE_EMB].numpy()
+    np.testing.assert_array_equal(got, [[3.0, 4.0], [1.0, 2.0], [0.0, 0.0]])
+    assert PF_CANDIDATE_EMB not in Featurizer(np.array([10]), np.ones((1, 4), np.float32),
+                                              np.array([[0]])).candidates(np.array([10]))
+    with pytest.raises(ValueError, match=r"pf_item_embeddings must be \[2, Dp\]"):
+        Featurizer(np.array([10, 20]), np.ones((2, 4), np.float32), np.array([[0], [1]]), pf[:1])

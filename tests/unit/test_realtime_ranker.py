@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from pinrank.models.realtime import (
     CANDIDATE_EMB,
+    PF_CANDIDATE_EMB,
     PINNERFORMER_EMB,
     REQUEST_TS,
     RT_ACTION_TS,
@@ -36,6 +37,7 @@ def _features(rng, b):
         REQUEST_TS: np.full(b, REQ),
         CANDIDATE_EMB: rng.normal(size=(b, DE)).astype(np.float32),
         "candidate_interest": rng.integers(0, 9, b),
+        PF_CANDIDATE_EMB: rng.normal(size=(b, DP)).astype(np.float32),
     }
 
 
@@ -49,7 +51,7 @@ def test_outputs_and_feature_key_partition():
     assert set(out) == set(CFG.heads)
     p = _probs(out, CFG.heads)
     assert p.shape == (5, 4) and np.all((p > 0) & (p < 1))
-    keys = set(_features(np.random.default_rng(0), 1))
+    keys = set(_features(np.random.default_rng(0), 1)) - {PF_CANDIDATE_EMB}  # use_pf_dot only
     assert set(user_feature_keys(CFG)) | set(candidate_feature_keys(CFG)) == keys
     assert not set(user_feature_keys(CFG)) & set(candidate_feature_keys(CFG))
     names = [v.name for v in model.trainable_variables]
@@ -62,6 +64,8 @@ def test_outputs_and_feature_key_partition():
     {"realtime": {"fusion": "none"}},
     {"use_realtime": False},
     {"use_pinnerformer": False, "use_realtime": False, "context_categorical": (), "context_numeric": ()},
+    {"use_pf_dot": True},
+    {"use_pf_dot": True, "use_realtime": False, "context_categorical": (), "context_numeric": ()},
 ])
 def test_rank_request_equals_tiled_batch(overrides):
     cfg = CFG.replace(**overrides, dropout=0.2)  # dropout must be inactive at inference
@@ -99,6 +103,27 @@ def test_pinnerformer_and_realtime_ablations_change_inputs():
     assert width(full) - width(no_pf) == DP
     assert width(full) - width(no_rt) == d_rt
     assert no_rt.transact is None
+
+
+def test_pf_dot_feature_is_the_dot_product_in_x0():
+    """use_pf_dot adds one column to x0: sum_d user_pf[d] * pf_candidate[d] (numpy reference),
+    0 for a user without an embedding (the Featurizer zeroes it)."""
+    cfg = CFG.replace(use_pf_dot=True)
+    assert PF_CANDIDATE_EMB in candidate_feature_keys(cfg)
+    feats = _features(np.random.default_rng(3), 5)
+    feats[PINNERFORMER_EMB][4] = 0.0
+    model = Ranker(cfg, seed=0)
+    model(feats)
+    got = model.pf_dot(feats[PINNERFORMER_EMB], feats).numpy()
+    ref = (feats[PINNERFORMER_EMB].astype(np.float64) * feats[PF_CANDIDATE_EMB]).sum(1, keepdims=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert got[4, 0] == 0.0
+    plain = Ranker(CFG, seed=0)
+    plain(feats)
+    width = lambda m: m.cross.cross_layers[0].kernel.shape[0]  # noqa: E731
+    assert width(model) - width(plain) == 1
+    with pytest.raises(ValueError, match="use_pf_dot needs use_pinnerformer"):
+        CFG.replace(use_pf_dot=True, use_pinnerformer=False)
 
 
 def _toy(rng, b):

@@ -519,7 +519,7 @@ class RankerConfig:
     `default_label_weights(heads)`; see losses.py for the exact weighting rule.
     Ablations (TransAct Table 2): use_pinnerformer / use_realtime on/off.
     `use_pf_dot` adds one user x candidate feature, the PinnerFormer dot product
-    <user embedding, pin tower(candidate)> (our addition, docs/models.md, "Deviations"); it needs
+    <user embedding, pin tower(candidate)> (our addition, docs/models.md, "DCNv2 and heads"); it needs
     use_pinnerformer, and the pipeline bakes the pin tower's catalog table into the ranker.
 
     In the pipeline (models/realtime/run.py), sizes that only the data knows are *derived*, and

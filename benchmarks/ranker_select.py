@@ -142,9 +142,9 @@ def main(argv=None) -> None:
     scored_heads = BC.score_signature(serving_default, scored)
     heads = {h: scored_heads[:, i] for i, h in enumerate(F.HEADS)}
     positives = BC.read_positives(one_output(args.root, "DatasetGen", "events"), item_ids)
-    rows = {int(i): r for r, i in enumerate(item_ids)}  # an unknown candidate scores 0
-    padded = np.vstack([pf_items, np.zeros((1, pf_items.shape[1]), np.float32)])
-    cand_pf = padded[[rows.get(int(i), -1) for i in scored["cand_item"]]]
+    # The Featurizer's id -> row table: row 0 (an unknown candidate) scores 0.
+    padded = np.vstack([np.zeros((1, pf_items.shape[1]), np.float32), pf_items])
+    cand_pf = padded[featurizer.rows(scored["cand_item"]).numpy()]
     methods = {"ranker": heads[BC.HEAD], **BC.popularity_scores(
         positives, item_ids, scored["request_ts"], scored["cand_item"],
         cfg.ranker_eval.popularity_window_days),
